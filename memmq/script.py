@@ -1,0 +1,47 @@
+"""
+The C{memmq} command (and C{python -m memmq}): run the server in the
+foreground, logging to stderr, until SIGINT or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    textFileLogObserver,
+)
+
+from memmq.tap import Options, makeService
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """
+    Parse C{argv} (default: C{sys.argv[1:]}), serve, and return the exit
+    status once the reactor has stopped.
+    """
+    options = Options()
+    options.parseOptions(sys.argv[1:] if argv is None else argv)
+
+    from twisted.internet import reactor
+
+    observer = FilteringLogObserver(
+        textFileLogObserver(sys.stderr),
+        [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)],
+    )
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    service = makeService(options, reactor)
+    service.privilegedStartService()
+    service.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

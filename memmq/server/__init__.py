@@ -1,0 +1,3 @@
+"""
+The front-ends: what a memmq server serves over the network.
+"""

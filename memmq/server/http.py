@@ -1,0 +1,349 @@
+"""
+The HTTP front-end: one twisted.web L{Site} serving asim/mq's API.
+
+    POST|PUT /pub?topic=T      publish the body
+    GET /pub?topic=T           (WebSocket upgrade) publish each message received
+    GET /sub?topic=T           (WebSocket upgrade) one binary frame per message
+    GET /sub?topic=T           (no upgrade) a chunked stream of the payloads
+
+Errors are plain text, one line, with a status that says what is wrong
+(SPEC section 3); L{_Resource.render} is the one place that turns memmq's
+errors into statuses.  Nothing is logged per request unless the access log
+is asked for.
+"""
+
+from __future__ import annotations
+
+import io
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http, resource, server
+from zope.interface import implementer
+
+from memmq.broker import Message
+from memmq.errors import InvalidTopic, MessageTooLarge
+from memmq.interfaces import IBroker, ISubscriber
+from memmq.server.connections import Connections
+from memmq.server.topics import topic_from_query
+from memmq.server.websocket import PublisherProtocol, SubscriberProtocol, WebSocketFactory
+
+from autobahn.twisted.resource import WebSocketResource
+
+__all__ = ["MemmqSite", "DEFAULT_MAX_MESSAGE_SIZE"]
+
+_log = Logger()
+
+DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
+
+# How much of a refused body is read and thrown away before hanging up, so
+# that the client is reading our 413 rather than a reset when we close.
+_DISCARD_LIMIT = 4 * 1024 * 1024
+
+
+class _HTTPError(Exception):
+    """
+    An answer other than 200, with its one-line reason.
+    """
+
+    def __init__(self, code: int, reason: str, headers: dict[bytes, bytes] | None = None) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        self.headers = headers or {}
+
+
+def _plain_text(code: int, reason: str) -> bytes:
+    return (
+        f"HTTP/1.1 {code} {http.RESPONSES.get(code, b'').decode()}\r\n"
+        f"Content-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(reason) + 1}\r\n"
+        f"Connection: close\r\n\r\n{reason}\n"
+    ).encode("utf-8")
+
+
+class MemmqRequest(server.Request):
+    """
+    A request whose body is bounded by the site's C{max_message_size}.
+
+    An oversized body is refused as soon as it is known to be: on its
+    C{Content-Length} before a byte of it is read, or, for a chunked body,
+    at the chunk that passes the limit.  The 413 is sent at once; what the
+    client still sends of the body is read and dropped (up to a limit) so
+    that it sees the answer, and the connection is then closed.  Bodies are
+    kept in memory: they are bounded, and a temporary file would cost a
+    disk write for every chunked publish.
+    """
+
+    _refused = False
+    _received = 0
+
+    def __init__(self, channel, *args, **kwargs) -> None:
+        kwargs["parsePOSTFormSubmission"] = False
+        super().__init__(channel, *args, **kwargs)
+        self._limit = channel.site.max_message_size
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self._limit:
+            self._refuse()
+        else:
+            self.content = io.BytesIO()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._received += len(data)
+        if self._refused:
+            if self._received > _DISCARD_LIMIT:
+                self.channel.loseConnection()
+            return
+        if self._received > self._limit:
+            self._refuse()
+            return
+        self.content.write(data)
+
+    def requestReceived(self, command, path, version) -> None:
+        if self._refused:
+            self.channel.loseConnection()
+            return
+        super().requestReceived(command, path, version)
+
+    def _refuse(self) -> None:
+        self._refused = True
+        self._received = 0
+        self.content = io.BytesIO()
+        expects_continue = self.requestHeaders.hasHeader(b"expect")
+        # Twisted would otherwise send "100 Continue" after our answer.
+        self.requestHeaders.removeHeader(b"expect")
+        self.channel.persistent = False
+        self.channel.transport.write(
+            _plain_text(413, f"message larger than {self._limit} bytes")
+        )
+        if expects_continue:
+            # The client waits for our word before sending the body: it
+            # has it, and will send nothing more.
+            self.channel.loseConnection()
+
+
+class MemmqSite(server.Site):
+    """
+    The site: C{/pub} and C{/sub} over one broker.
+
+    @ivar connections: the open WebSocket connections and streaming
+        responses, closed by the server when it stops.
+    """
+
+    requestFactory = MemmqRequest
+    displayTracebacks = False
+    noisy = False
+
+    def __init__(
+        self,
+        broker: IBroker,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        access_log: bool = False,
+    ) -> None:
+        self.broker = broker
+        self.max_message_size = max_message_size
+        self.connections = Connections()
+        root = _Root()
+        root.putChild(
+            b"pub",
+            PublishResource(broker, WebSocketResource(
+                WebSocketFactory(PublisherProtocol, broker, self.connections, max_message_size)
+            )),
+        )
+        root.putChild(
+            b"sub",
+            SubscribeResource(broker, self.connections, WebSocketResource(
+                WebSocketFactory(SubscriberProtocol, broker, self.connections, max_message_size)
+            )),
+        )
+        super().__init__(root)
+        self.access_log = access_log
+        if not access_log:
+            self.log = _no_access_log
+
+
+def _no_access_log(request) -> None:
+    pass
+
+
+class _Resource(resource.Resource):
+    """
+    A leaf whose errors are plain one-line text with the right status.
+    """
+
+    isLeaf = True
+
+    def render(self, request):
+        try:
+            if request.postpath:
+                raise _HTTPError(404, f"unknown path: {request.path.decode('latin-1')}")
+            handler = getattr(self, "render_" + request.method.decode("ascii", "replace"), None)
+            if handler is None:
+                allowed = ", ".join(m.decode() for m in self.allowedMethods)
+                raise _HTTPError(
+                    405, f"method {request.method.decode('latin-1')} not allowed here; use {allowed}",
+                    {b"allow": allowed.encode()},
+                )
+            return handler(request)
+        except InvalidTopic as e:
+            return _error(request, 400, str(e))
+        except MessageTooLarge as e:
+            return _error(request, 413, str(e))
+        except _HTTPError as e:
+            return _error(request, e.code, e.reason, e.headers)
+
+
+def _error(request, code: int, reason: str, headers: dict[bytes, bytes] | None = None) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    for name, value in (headers or {}).items():
+        request.setHeader(name, value)
+    return reason.encode("utf-8") + b"\n"
+
+
+def _is_websocket_upgrade(request) -> bool:
+    upgrade = request.getHeader(b"upgrade")
+    return upgrade is not None and b"websocket" in upgrade.lower()
+
+
+class _Root(resource.Resource):
+    def getChild(self, path, request):
+        return _NotFound()
+
+
+class _NotFound(_Resource):
+    def render(self, request):
+        return _error(request, 404, f"unknown path: {request.path.decode('latin-1')}")
+
+
+class PublishResource(_Resource):
+    """
+    C{/pub}: the body of a POST or PUT is one message; a GET with a
+    WebSocket upgrade publishes each message of the connection.
+
+    A publish is answered 200, with an empty body, once the broker has
+    handed the message to every current subscriber; a broker that answers
+    later (a proxy's client) is waited for, and its failure is a 502.
+    """
+
+    allowedMethods = (b"POST", b"PUT")
+
+    def __init__(self, broker: IBroker, websocket: WebSocketResource) -> None:
+        super().__init__()
+        self._broker = broker
+        self._websocket = websocket
+
+    def render_POST(self, request):
+        topic = topic_from_query(request.args)
+        published = self._broker.publish(topic, request.content.read())
+        if published.called:
+            # The in-memory broker is done already; keep the common case short.
+            failures: list[Failure] = []
+            published.addErrback(failures.append)
+            if failures:
+                return self._failed(failures[0], request)
+            request.setHeader(b"content-length", b"0")
+            return b""
+        published.addCallbacks(self._done, self._failed_later, callbackArgs=(request,), errbackArgs=(request,))
+        return server.NOT_DONE_YET
+
+    render_PUT = render_POST
+
+    def render_GET(self, request):
+        if not _is_websocket_upgrade(request):
+            raise _HTTPError(
+                405, "GET /pub needs a WebSocket upgrade; publish with POST or PUT",
+                {b"allow": b"POST, PUT"},
+            )
+        topic_from_query(request.args)
+        return self._websocket.render(request)
+
+    def _failed(self, failure: Failure, request) -> bytes:
+        if failure.check(InvalidTopic):
+            return _error(request, 400, failure.getErrorMessage())
+        if failure.check(MessageTooLarge):
+            return _error(request, 413, failure.getErrorMessage())
+        return _error(request, 502, f"publish failed: {failure.getErrorMessage()}")
+
+    def _done(self, _, request) -> None:
+        if not request._disconnected:
+            request.setHeader(b"content-length", b"0")
+            request.finish()
+
+    def _failed_later(self, failure: Failure, request) -> None:
+        if not request._disconnected:
+            body = self._failed(failure, request)
+            request.setHeader(b"content-length", b"%d" % len(body))
+            request.write(body)
+            request.finish()
+
+
+class SubscribeResource(_Resource):
+    """
+    C{/sub}: a WebSocket subscriber when the request asks for an upgrade,
+    otherwise a streaming response carrying each payload as published.
+    """
+
+    allowedMethods = (b"GET",)
+
+    def __init__(self, broker: IBroker, connections: Connections, websocket: WebSocketResource) -> None:
+        super().__init__()
+        self._broker = broker
+        self._connections = connections
+        self._websocket = websocket
+
+    def render_GET(self, request):
+        topic = topic_from_query(request.args)
+        if _is_websocket_upgrade(request):
+            return self._websocket.render(request)
+        StreamingSubscriber(self._broker, self._connections, topic, request)
+        return server.NOT_DONE_YET
+
+
+@implementer(ISubscriber, IPushProducer)
+class StreamingSubscriber:
+    """
+    A subscriber on a plain HTTP response (what asim/mq answers to a GET
+    without an upgrade): each payload's bytes as one chunk, flushed at once.
+    """
+
+    def __init__(self, broker: IBroker, connections: Connections, topic: str, request) -> None:
+        self._broker = broker
+        self._connections = connections
+        self._request = request
+        request.setHeader(b"content-type", b"application/octet-stream")
+        request.setHeader(b"cache-control", b"no-cache")
+        request.write(b"")  # the headers, now: the stream has begun
+        request.registerProducer(self, True)
+        self.subscription = broker.subscribe(topic, self)
+        connections.add(self)
+        request.notifyFinish().addBoth(self._finished)
+
+    def deliver(self, message: Message) -> None:
+        if message.size:
+            self._request.write(message.payload)
+
+    def pauseProducing(self) -> None:
+        self.subscription.pause()
+
+    def resumeProducing(self) -> None:
+        self.subscription.resume()
+
+    def stopProducing(self) -> None:
+        pass
+
+    def _finished(self, _) -> None:
+        self._broker.unsubscribe(self.subscription)
+        self._connections.discard(self)
+
+    def close_going_away(self) -> None:
+        if not self._request.finished and not self._request._disconnected:
+            self._request.unregisterProducer()
+            self._request.finish()
+
+    def abort(self) -> None:
+        transport = self._request.channel.transport if self._request.channel else None
+        if transport is not None:
+            transport.abortConnection()

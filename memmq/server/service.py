@@ -1,0 +1,65 @@
+"""
+The HTTP front-end as a Twisted service: listen on start; on stop, stop
+listening, say goodbye to every subscriber and publisher connection
+(WebSocket close 1001, going away) and wait briefly for them to go.
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import Service
+from twisted.internet.defer import DeferredList, maybeDeferred
+from twisted.logger import Logger
+
+from memmq.server.http import MemmqSite
+from memmq.server.listen import Address, listen_tls
+from memmq.tls import ServerCertificate
+
+__all__ = ["HTTPService", "SHUTDOWN_GRACE"]
+
+_log = Logger()
+
+# How long connections get to close politely before they are dropped; the
+# whole stop stays within a second.
+SHUTDOWN_GRACE = 0.4
+
+
+class HTTPService(Service):
+    """
+    Serves a L{MemmqSite} over TLS on one address.
+
+    @ivar port: the listening port, once started.
+    """
+
+    name = "http"
+    port = None
+
+    def __init__(self, site: MemmqSite, address: Address, certificate: ServerCertificate, reactor) -> None:
+        self.site = site
+        self.address = address
+        self.certificate = certificate
+        self._reactor = reactor
+
+    def privilegedStartService(self) -> None:
+        # Listen here, before twistd sheds privileges, and raise at once
+        # (ListenError) when the port is taken.
+        if self.port is None:
+            self.port = listen_tls(self._reactor, self.address, self.certificate.options(), self.site)
+            host = self.port.getHost()
+            shown = f"[{host.host}]" if ":" in host.host else host.host
+            _log.info(
+                "memmq listening on https://{address} (certificate {origin})",
+                address=f"{shown}:{host.port}", origin=self.certificate.origin,
+            )
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        self.privilegedStartService()
+        super().startService()
+
+    def stopService(self):
+        super().stopService()
+        port, self.port = self.port, None
+        stopping = [self.site.connections.close_all(self._reactor, SHUTDOWN_GRACE)]
+        if port is not None:
+            stopping.append(maybeDeferred(port.stopListening))
+        return DeferredList(stopping, consumeErrors=True)

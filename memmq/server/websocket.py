@@ -1,0 +1,197 @@
+"""
+The WebSocket half of the HTTP front-end: autobahn protocols for C{/sub}
+(each message out as one binary frame) and C{/pub} (each message in is
+published).
+
+Each protocol holds only its own connection's state: it registers with the
+broker in C{onOpen} and leaves in C{onClose}, which runs as soon as the
+connection is lost, so a subscriber that disconnects is unsubscribed at once.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import PreparedMessage
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from memmq.broker import Message
+from memmq.errors import MemmqError
+from memmq.interfaces import IBroker, ISubscriber
+from memmq.server.connections import Connections
+from memmq.server.topics import topic_from_query
+
+__all__ = ["PublisherProtocol", "SubscriberProtocol", "WebSocketFactory", "binary_frame"]
+
+_log = Logger()
+
+# What autobahn wants in Sec-WebSocket-Key: 16 bytes, base64.
+_WELL_FORMED_KEY = re.compile(rb"[A-Za-z0-9+/]{22}==")
+_KEY_HEADER = re.compile(rb"(?im)^sec-websocket-key:[ \t]*([^\r\n]*?)[ \t]*\r?$")
+_STAND_IN_KEY = b"bWVtbXEtc3RhbmQtaW4ta2V5"[:22] + b"=="
+
+GOING_AWAY = 1001
+
+
+def binary_frame(payload: bytes) -> bytes:
+    """
+    The complete unmasked binary WebSocket frame carrying C{payload}.
+
+    Computed once per message (see L{Message.encoded}) and written as it is
+    to every subscriber; valid because permessage-deflate is never
+    negotiated here.
+    """
+    return PreparedMessage(payload, True, False, True).payloadHybi
+
+
+class _ServerProtocol(WebSocketServerProtocol):
+    """
+    What both memmq WebSocket protocols share: the topic from the query, the
+    broker from the factory, a lenient key check, and a place in the
+    factory's set of open connections.
+    """
+
+    topic: str | None = None
+    _key_as_sent: bytes | None = None
+
+    def processHandshake(self) -> None:
+        # asim/mq takes any non-empty Sec-WebSocket-Key, and the seed's own
+        # curl example sends "memmq"; autobahn insists on a 16-byte base64
+        # nonce.  Let autobahn validate a well-formed stand-in, and answer
+        # with the hash of the key as the client sent it.
+        end = self.data.find(b"\r\n\r\n")
+        if end >= 0 and self._key_as_sent is None:
+            match = _KEY_HEADER.search(self.data, 0, end + 2)
+            if match and match.group(1) and not _WELL_FORMED_KEY.fullmatch(match.group(1)):
+                self._key_as_sent = match.group(1)
+                self.data = self.data[: match.start(1)] + _STAND_IN_KEY + self.data[match.end(1):]
+        super().processHandshake()
+
+    def succeedHandshake(self, res) -> None:
+        if self._key_as_sent is not None:
+            self._wskey = self._key_as_sent.decode("latin-1")
+        super().succeedHandshake(res)
+
+    def onConnect(self, request):
+        try:
+            self.topic = topic_from_query(request.params)
+        except MemmqError as e:
+            raise ConnectionDeny(400, str(e))
+        return None
+
+    def onOpen(self) -> None:
+        self.factory.connections.add(self)
+
+    def onClose(self, wasClean, code, reason) -> None:
+        self.factory.connections.discard(self)
+
+    def close_going_away(self) -> None:
+        """
+        Start the closing handshake with 1001 (going away): the server stops.
+        """
+        if self.state == self.STATE_OPEN:
+            self.sendClose(GOING_AWAY, "server shutting down")
+        elif self.transport is not None:
+            self.transport.loseConnection()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+
+@implementer(ISubscriber, IPushProducer)
+class SubscriberProtocol(_ServerProtocol):
+    """
+    C{/sub} over WebSocket: every message published to the topic from now on,
+    one binary frame each, in publish order.
+
+    It is the push producer of its own connection: when the connection's
+    buffer fills, the broker is told to hold (and, past the limits, drop)
+    this subscriber's messages, and to resume when the buffer drains.
+    """
+
+    subscription = None
+
+    def onOpen(self) -> None:
+        super().onOpen()
+        # Under WebSocketResource the HTTP channel is still registered as
+        # the transport's producer; take its place.
+        self.transport.unregisterProducer()
+        self.transport.registerProducer(self, True)
+        self.subscription = self.factory.broker.subscribe(self.topic, self)
+
+    def deliver(self, message: Message) -> None:
+        if self.state == self.STATE_OPEN:
+            self.transport.write(message.encoded(binary_frame))
+
+    def onMessage(self, payload, isBinary) -> None:
+        # A subscriber has nothing to say; pings are answered by autobahn.
+        pass
+
+    def pauseProducing(self) -> None:
+        if self.subscription is not None:
+            self.subscription.pause()
+
+    def resumeProducing(self) -> None:
+        if self.subscription is not None:
+            self.subscription.resume()
+
+    def stopProducing(self) -> None:
+        # The connection is going; onClose unsubscribes.
+        pass
+
+    def onClose(self, wasClean, code, reason) -> None:
+        super().onClose(wasClean, code, reason)
+        if self.subscription is not None:
+            self.factory.broker.unsubscribe(self.subscription)
+            self.subscription = None
+
+
+class PublisherProtocol(_ServerProtocol):
+    """
+    C{/pub} over WebSocket: every message received, text or binary, is
+    published to the topic, in the order received.  A message over the
+    size limit closes the connection with 1009 (autobahn enforces it).
+    """
+
+    def onMessage(self, payload, isBinary) -> None:
+        self.factory.broker.publish(self.topic, payload).addErrback(self._publish_failed)
+
+    def _publish_failed(self, failure) -> None:
+        _log.warn(
+            "publish to {topic!r} from WebSocket {peer} failed: {reason}",
+            topic=self.topic, peer=self.peer, reason=failure.getErrorMessage(),
+        )
+
+
+class WebSocketFactory(WebSocketServerFactory):
+    """
+    A factory of one of the protocols above, bound to a broker and to the
+    set of open connections the front-end closes at shutdown.
+    """
+
+    def __init__(
+        self,
+        protocol: Callable[[], _ServerProtocol],
+        broker: IBroker,
+        connections: Connections,
+        max_message_size: int,
+    ) -> None:
+        # No URL: one with port 0 is refused, and the Site serves the path.
+        super().__init__()
+        self.protocol = protocol
+        self.broker = broker
+        self.connections = connections
+        self.setProtocolOptions(
+            maxFramePayloadSize=max_message_size,
+            maxMessagePayloadSize=max_message_size,
+            openHandshakeTimeout=10,
+            closeHandshakeTimeout=1,
+            autoPingInterval=30,
+            autoPingTimeout=30,
+        )
