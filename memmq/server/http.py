@@ -34,6 +34,7 @@ from autobahn.twisted.resource import WebSocketResource
 __all__ = ["MemmqSite", "DEFAULT_MAX_MESSAGE_SIZE"]
 
 _log = Logger()
+_access_log = Logger(namespace="memmq.access")
 
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 
@@ -160,12 +161,14 @@ class MemmqSite(server.Site):
         )
         super().__init__(root)
         self.access_log = access_log
-        if not access_log:
-            self.log = _no_access_log
 
-
-def _no_access_log(request) -> None:
-    pass
+    def log(self, request) -> None:
+        """
+        One combined-log-format line per request, through twisted.logger,
+        when the access log is on; nothing otherwise.
+        """
+        if self.access_log:
+            _access_log.info("{line}", line=self._logFormatter(self._logDateTime, request))
 
 
 class _Resource(resource.Resource):

@@ -95,7 +95,9 @@ class _ServerProtocol(WebSocketServerProtocol):
         Start the closing handshake with 1001 (going away): the server stops.
         """
         if self.state == self.STATE_OPEN:
-            self.sendClose(GOING_AWAY, "server shutting down")
+            # sendClose() keeps 1001 for autobahn's own use; the server going
+            # away is exactly what it means, so send the frame directly.
+            self.sendCloseFrame(code=GOING_AWAY, reasonUtf8=b"server shutting down", isReply=False)
         elif self.transport is not None:
             self.transport.loseConnection()
 

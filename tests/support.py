@@ -1,0 +1,197 @@
+"""
+What the end-to-end tests share: a real server on a loopback port with a
+real (generated) certificate, clients that verify it, and bounded waits.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet import endpoints, reactor, ssl
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
+
+import treq
+from treq.client import HTTPClient
+
+from memmq.broker import Broker
+from memmq.server.http import MemmqSite
+from memmq.server.listen import parse_address
+from memmq.server.service import HTTPService
+from memmq.tls import ServerCertificate, self_signed_certificate
+
+WAIT = 20.0  # seconds: the bound on any single wait in a test
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def child_env() -> dict[str, str]:
+    """
+    The environment for a child Python: it imports what this process does
+    (trial runs in _trial_temp).
+    """
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, *sys.path]), PYTHONUNBUFFERED="1")
+
+
+def bounded(d: Deferred, seconds: float = WAIT) -> Deferred:
+    """
+    C{d}, failing with TimeoutError after C{seconds}.
+    """
+    return d.addTimeout(seconds, reactor)
+
+
+class RunningServer:
+    """
+    An in-process memmq HTTP front-end listening on 127.0.0.1, port 0.
+    """
+
+    def __init__(self, testcase, certificate: ServerCertificate | None = None, **site_options) -> None:
+        broker_options = {
+            k: site_options.pop(k) for k in ("max_buffered_messages", "max_buffered_bytes") if k in site_options
+        }
+        self.broker = site_options.pop("broker", None) or Broker(**broker_options)
+        self.certificate = certificate or self_signed_certificate("127.0.0.1")
+        self.site = MemmqSite(self.broker, **site_options)
+        self.service = HTTPService(self.site, parse_address("127.0.0.1:0"), self.certificate, reactor)
+        self.service.startService()
+        testcase.addCleanup(self.stop)
+        self.port = self.service.port.getHost().port
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.client = TLSClient(testcase, self.certificate)
+
+    def stop(self) -> Deferred:
+        if self.service.running:
+            return self.service.stopService()
+        return None
+
+
+@implementer(IPolicyForHTTPS)
+class _TrustOne:
+    def __init__(self, certificate: ServerCertificate) -> None:
+        self._root = ssl.Certificate.loadPEM(certificate.chain_pem())
+
+    def creatorForNetloc(self, hostname, port):
+        return ssl.optionsForClientTLS(hostname.decode("ascii"), trustRoot=self._root)
+
+
+class TLSClient:
+    """
+    HTTP and WebSocket clients that verify the server's certificate.
+    """
+
+    def __init__(self, testcase, certificate: ServerCertificate) -> None:
+        self.certificate = certificate
+        self._root = ssl.Certificate.loadPEM(certificate.chain_pem())
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        pool.maxPersistentPerHost = 8
+        testcase.addCleanup(pool.closeCachedConnections)
+        self.http = HTTPClient(Agent(reactor, contextFactory=_TrustOne(certificate), pool=pool))
+        self._testcase = testcase
+
+    def tls_options(self, host: str = "127.0.0.1"):
+        return ssl.optionsForClientTLS(host, trustRoot=self._root)
+
+    @inlineCallbacks
+    def publish(self, url: str, topic: str | None, payload: bytes, method: str = "POST", **kwargs):
+        """
+        Publish; return (status code, body).
+        """
+        params = {} if topic is None else {"topic": topic}
+        response = yield bounded(self.http.request(method, url + "/pub", params=params, data=payload, **kwargs))
+        body = yield bounded(treq.content(response))
+        return response.code, body
+
+    def connect(self, url: str, path: str, topic: str | None, protocol=None, headers=None) -> Deferred:
+        """
+        Open a WebSocket to C{path}; fire with the open protocol (an
+        L{Collector} unless told otherwise).
+        """
+        query = "" if topic is None else "?topic=" + topic
+        host, port = url.rsplit("/", 1)[-1].rsplit(":", 1)
+        factory = WebSocketClientFactory(f"wss://{host}:{port}{path}{query}", headers=headers)
+        factory.protocol = protocol or Collector
+        factory.opened = Deferred()
+        factory.closed = Deferred()
+        endpoint = endpoints.wrapClientTLS(
+            self.tls_options(host),
+            endpoints.TCP4ClientEndpoint(reactor, host, int(port), timeout=int(WAIT)),
+        )
+        connecting = endpoint.connect(factory)
+        connecting.addErrback(lambda f: factory.opened.called or factory.opened.errback(f))
+
+        def cleanup():
+            proto = factory.opened.result if factory.opened.called else None
+            if isinstance(proto, Collector) and proto.transport is not None and not factory.closed.called:
+                proto.transport.abortConnection()
+                return proto.wait_closed()
+
+        self._testcase.addCleanup(cleanup)
+        return bounded(factory.opened)
+
+    def subscribe(self, url: str, topic: str) -> Deferred:
+        return self.connect(url, "/sub", topic)
+
+
+class Collector(WebSocketClientProtocol):
+    """
+    A WebSocket client that keeps what it receives and how it closed.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[bytes] = []
+        self.close_code: int | None = None
+        self._waiters: list[tuple[Callable[[], bool], Deferred]] = []
+        self._closed_waiters: list[Deferred] = []
+
+    def onOpen(self) -> None:
+        self.factory.opened.callback(self)
+
+    def onConnect(self, response) -> None:
+        pass
+
+    def onMessage(self, payload, isBinary) -> None:
+        self.messages.append(payload)
+        self._check()
+
+    def onClose(self, wasClean, code, reason) -> None:
+        self.close_code = code
+        if not self.factory.opened.called:
+            self.factory.opened.errback(ConnectionError(f"WebSocket refused: {reason}"))
+        self.factory.closed.callback(code)
+        for d in self._closed_waiters:
+            d.callback(code)
+        for _, d in self._waiters:
+            if not d.called:
+                d.errback(ConnectionError(f"closed with {code} after {len(self.messages)} messages"))
+
+    def _check(self) -> None:
+        for entry in list(self._waiters):
+            condition, d = entry
+            if condition():
+                self._waiters.remove(entry)
+                d.callback(self.messages)
+
+    def wait_for(self, count: int, seconds: float = WAIT) -> Deferred:
+        """
+        Fire with the messages once there are C{count} of them.
+        """
+        d: Deferred = Deferred()
+        self._waiters.append((lambda: len(self.messages) >= count, d))
+        self._check()
+        return bounded(d, seconds)
+
+    def wait_closed(self, seconds: float = WAIT) -> Deferred:
+        """
+        Fire with the close code once the connection has closed.
+        """
+        if self.close_code is not None or self.factory.closed.called:
+            return succeed(self.close_code)
+        d: Deferred = Deferred()
+        self._closed_waiters.append(d)
+        return bounded(d, seconds)
