@@ -193,6 +193,8 @@ class WebSocketFactory(WebSocketServerFactory):
             maxFramePayloadSize=max_message_size,
             maxMessagePayloadSize=max_message_size,
             openHandshakeTimeout=10,
+            # Say why (1009 for an oversized message) before hanging up.
+            failByDrop=False,
             closeHandshakeTimeout=1,
             autoPingInterval=30,
             autoPingTimeout=30,
