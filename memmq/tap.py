@@ -63,15 +63,25 @@ class MemmqService(MultiService):
     @ivar broker: the broker every front-end serves.
     """
 
-    def __init__(self, broker) -> None:
+    def __init__(self, broker, reactor) -> None:
         super().__init__()
         self.broker = broker
+        self._reactor = reactor
 
     def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()
         except MemmqError as e:
             raise _fail(str(e)) from None
+
+    def stopService(self):
+        # twistd ends a process stopped by SIGTERM or SIGINT by killing it
+        # again with that signal once the reactor stops.  A broker that
+        # shut down cleanly because it was asked to exits 0, under twistd as
+        # under the memmq command.
+        if getattr(self._reactor, "_exitSignal", None) is not None:
+            self._reactor._exitSignal = None
+        return super().stopService()
 
 
 def makeService(options, reactor=None) -> MemmqService:
@@ -86,7 +96,7 @@ def makeService(options, reactor=None) -> MemmqService:
         max_buffered_messages=options["max_buffered_messages"],
         max_buffered_bytes=options["max_buffered_bytes"],
     )
-    root = MemmqService(broker)
+    root = MemmqService(broker, reactor)
     site = MemmqSite(broker, max_message_size=options["max_message_size"], access_log=options["access_log"])
     HTTPService(site, address, certificate, reactor).setServiceParent(root)
     return root

@@ -6,12 +6,14 @@ real (generated) certificate, clients that verify it, and bounded waits.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Callable
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import endpoints, reactor, ssl
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.protocol import ProcessProtocol
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
@@ -195,3 +197,78 @@ class Collector(WebSocketClientProtocol):
         d: Deferred = Deferred()
         self._closed_waiters.append(d)
         return bounded(d, seconds)
+
+
+class ServerProcess(ProcessProtocol):
+    """
+    A memmq server run as a real child process; knows its port once it has
+    logged the line saying where it listens.
+    """
+
+    LISTENING = re.compile(rb"memmq listening on https://(\S+):(\d+) \(certificate ([^)]*)\)")
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.stdout = b""
+        self.stderr = b""
+        self._listening: list[Deferred] = []
+        self.ended: Deferred = Deferred()
+        self.status: int | None = None
+        self.port: int | None = None
+        self.origin: str | None = None
+
+    @classmethod
+    def spawn(cls, testcase, args: list[str], executable: str = sys.executable) -> "ServerProcess":
+        proto = cls()
+        reactor.spawnProcess(proto, executable, [executable, *args], env=child_env(), path=REPO)
+
+        def stop():
+            if not proto.ended.called:
+                proto.transport.signalProcess("KILL")
+                return proto.ended
+
+        testcase.addCleanup(stop)
+        return proto
+
+    def _received(self) -> None:
+        match = self.LISTENING.search(self.output)
+        if match and self.port is None:
+            self.port = int(match.group(2))
+            self.origin = match.group(3).decode()
+            waiting, self._listening = self._listening, []
+            for d in waiting:
+                d.callback(self.port)
+
+    def outReceived(self, data: bytes) -> None:
+        self.stdout += data
+        self.output += data
+        self._received()
+
+    def errReceived(self, data: bytes) -> None:
+        self.stderr += data
+        self.output += data
+        self._received()
+
+    def processEnded(self, reason) -> None:
+        self.status = reason.value.exitCode
+        waiting, self._listening = self._listening, []
+        for d in waiting:
+            d.errback(RuntimeError(f"server exited ({self.status}) before listening: {self.output!r}"))
+        self.ended.callback(self.status)
+
+    def wait_listening(self) -> Deferred:
+        """
+        Fire with the port once the server says where it listens.
+        """
+        if self.port is not None:
+            return succeed(self.port)
+        d: Deferred = Deferred()
+        self._listening.append(d)
+        return bounded(d)
+
+    def terminate(self) -> Deferred:
+        """
+        SIGTERM; fire with the exit status.
+        """
+        self.transport.signalProcess("TERM")
+        return bounded(self.ended)
