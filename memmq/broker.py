@@ -15,7 +15,7 @@ import re
 from collections import deque
 from typing import Callable
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
 from memmq.errors import InvalidTopic
@@ -230,7 +230,10 @@ class Broker:
         self._topics: dict[str, Topic] = {}
 
     def publish(self, topic: str, payload: bytes) -> Deferred[None]:
-        self.publish_now(topic, payload)
+        try:
+            self.publish_now(topic, payload)
+        except InvalidTopic:
+            return fail()
         return succeed(None)
 
     def publish_now(self, topic: str, payload: bytes) -> int:

@@ -20,7 +20,7 @@ from memmq.tls import load_certificate
 
 __all__ = ["ServerOptions", "parse_size"]
 
-_SIZE = re.compile(r"(\d+)\s*(|b|k|kb|kib|m|mb|mib|g|gb|gib)", re.IGNORECASE)
+_SIZE = re.compile(r"([0-9]+)\s*(|b|k|kb|kib|m|mb|mib|g|gb|gib)", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 
@@ -46,13 +46,12 @@ def _size(name: str):
 
 def _count(name: str):
     def coerce(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise ValueError(f"--{name}: {text!r} is not a whole number") from None
-        if value < 0:
+        text = str(text).strip()
+        if text.startswith("-") and text[1:].isdigit():
             raise ValueError(f"--{name}: cannot be negative")
-        return value
+        if not (text.isascii() and text.isdigit()):
+            raise ValueError(f"--{name}: {text!r} is not a whole number")
+        return int(text)
     return coerce
 
 

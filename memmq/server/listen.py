@@ -60,10 +60,9 @@ def parse_address(text: str) -> Address:
         host = host[1:-1]
     elif ":" in host:
         raise AddressError(f"address {text!r}: write an IPv6 host in brackets, as [::1]:8081")
-    try:
-        number = int(port)
-    except ValueError:
-        raise AddressError(f"address {text!r}: port {port!r} is not a number") from None
+    if not (port.isascii() and port.isdigit()):
+        raise AddressError(f"address {text!r}: port {port!r} is not a number")
+    number = int(port)
     if not 0 <= number <= 65535:
         raise AddressError(f"address {text!r}: port {number} is out of range")
     return Address(host, number)

@@ -1,0 +1,360 @@
+"""
+Tests for the command-line options: sizes, listen addresses, the server's
+options and their defaults, and what the memmq command does with a bad one.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+import sys
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+import memmq
+from memmq.options import ServerOptions, parse_size
+from memmq.server.listen import AddressError, parse_address
+from memmq.tap import Options
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(memmq.__file__)))
+
+OPTIONS = (
+    "--address",
+    "--cert_file",
+    "--key_file",
+    "--max_message_size",
+    "--max_buffered_messages",
+    "--max_buffered_bytes",
+    "--access_log",
+)
+
+
+def _memmq(*args: str) -> subprocess.CompletedProcess:
+    """
+    Run C{python -m memmq ARGS} from the repository root; it must end
+    within 30 seconds.
+    """
+    return subprocess.run(
+        [sys.executable, "-m", "memmq", *args],
+        check=False,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=30,
+    )
+
+
+def _write_certificate(directory: str) -> tuple[str, str]:
+    """
+    Write a self-signed certificate and its key to C{directory}; return
+    their paths.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_file = os.path.join(directory, "cert.pem")
+    key_file = os.path.join(directory, "key.pem")
+    with open(cert_file, "wb") as f:
+        f.write(certificate.public_bytes(serialization.Encoding.PEM))
+    with open(key_file, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return cert_file, key_file
+
+
+class ParseSizeTests(SynchronousTestCase):
+    """
+    Sizes are a number of bytes with an optional binary unit.
+    """
+
+    def test_sizes(self) -> None:
+        """
+        Plain numbers are bytes; K, M and G (with or without B/iB, any case)
+        count in 1024s.
+        """
+        cases = {
+            "0": 0,
+            "1048576": 1048576,
+            "512KiB": 512 * 1024,
+            "8MiB": 8 * 1024 * 1024,
+            "1G": 1024**3,
+            "2k": 2048,
+            "3kb": 3 * 1024,
+            "10B": 10,
+            " 4 MB ": 4 * 1024 * 1024,
+            "1gib": 1024**3,
+        }
+        for text, size in cases.items():
+            with self.subTest(text=text):
+                self.assertEqual(parse_size(text), size)
+
+    def test_bad_sizes(self) -> None:
+        """
+        Anything else raises L{ValueError} naming the text.
+        """
+        for text in ("", "abc", "KiB", "-1", "1.5M", "1T", "12 MiBs", "1 K B", "0x10"):
+            with self.subTest(text=text):
+                error = self.assertRaises(ValueError, parse_size, text)
+                self.assertIn(repr(text), str(error))
+
+
+class ParseAddressTests(SynchronousTestCase):
+    """
+    --address is host:port, :port or [v6]:port.
+    """
+
+    def test_addresses(self) -> None:
+        """
+        Host and port are split; brackets around an IPv6 host are removed;
+        an empty host stays empty (every interface).
+        """
+        cases = {
+            ":8081": ("", 8081),
+            "127.0.0.1:9091": ("127.0.0.1", 9091),
+            "[::1]:8081": ("::1", 8081),
+            "localhost:0": ("localhost", 0),
+            "[::]:65535": ("::", 65535),
+            "mq.example.org:443": ("mq.example.org", 443),
+        }
+        for text, (host, port) in cases.items():
+            with self.subTest(text=text):
+                address = parse_address(text)
+                self.assertEqual((address.host, address.port), (host, port))
+
+    def test_str(self) -> None:
+        """
+        An address prints as it is written, IPv6 hosts in brackets.
+        """
+        for text in (":8081", "127.0.0.1:9091", "[::1]:8081"):
+            with self.subTest(text=text):
+                self.assertEqual(str(parse_address(text)), text)
+
+    def test_bad_addresses(self) -> None:
+        """
+        A missing port, an unbracketed IPv6 host, a port out of range or not
+        a number raise L{AddressError} with one line naming the address.
+        """
+        for text in ("foo", "", "::1:80", "host:99999", "host:65536", "host:-1", "host:abc", "host:"):
+            with self.subTest(text=text):
+                error = self.assertRaises(AddressError, parse_address, text)
+                self.assertIsInstance(error, ValueError)
+                self.assertIn(repr(text), str(error))
+                self.assertNotIn("\n", str(error))
+
+
+class ServerOptionsTests(SynchronousTestCase):
+    """
+    The server's options: defaults, parsed values and usage errors.
+    """
+
+    def _parse(self, *args: str) -> ServerOptions:
+        options = ServerOptions()
+        options.parseOptions(list(args))
+        return options
+
+    def test_defaults(self) -> None:
+        """
+        Without arguments: listen on :8081, 1 MiB messages, 1000 messages or
+        8 MiB buffered per subscriber, no access log, a certificate to be
+        generated.
+        """
+        options = self._parse()
+        self.assertEqual(options["address"], ":8081")
+        self.assertEqual((options["listen_address"].host, options["listen_address"].port), ("", 8081))
+        self.assertEqual(options["max_message_size"], 1048576)
+        self.assertEqual(options["max_buffered_messages"], 1000)
+        self.assertEqual(options["max_buffered_bytes"], 8388608)
+        self.assertFalse(options["access_log"])
+        self.assertIsNone(options["cert_file"])
+        self.assertIsNone(options["key_file"])
+        self.assertIsNone(options["certificate"])
+
+    def test_values(self) -> None:
+        """
+        Given values are parsed, sizes with their units.
+        """
+        options = self._parse(
+            "--address", "[::1]:9091",
+            "--max_message_size", "512KiB",
+            "--max_buffered_messages=20",
+            "--max_buffered_bytes", "2MiB",
+            "--access_log",
+        )
+        self.assertEqual((options["listen_address"].host, options["listen_address"].port), ("::1", 9091))
+        self.assertEqual(options["max_message_size"], 512 * 1024)
+        self.assertEqual(options["max_buffered_messages"], 20)
+        self.assertEqual(options["max_buffered_bytes"], 2 * 1024 * 1024)
+        self.assertTrue(options["access_log"])
+
+    def test_certificate_loaded(self) -> None:
+        """
+        --cert_file with --key_file loads the certificate at parse time.
+        """
+        base = self.mktemp()
+        os.makedirs(base)
+        cert_file, key_file = _write_certificate(base)
+        options = self._parse("--cert_file", cert_file, "--key_file", key_file)
+        self.assertEqual(options["certificate"].origin, f"loaded from {cert_file}")
+        self.assertEqual(len(options["certificate"].chain), 1)
+
+    def assertUsageError(self, *args: str) -> str:
+        """
+        Parsing C{args} raises L{usage.UsageError}; return its message.
+        """
+        error = self.assertRaises(usage.UsageError, ServerOptions().parseOptions, list(args))
+        message = str(error)
+        self.assertTrue(message)
+        self.assertNotIn("\n", message)
+        return message
+
+    def test_unknown_flag(self) -> None:
+        """
+        An unknown option is a usage error naming it.
+        """
+        self.assertIn("--bogus", self.assertUsageError("--bogus"))
+
+    def test_stray_argument(self) -> None:
+        """
+        A positional argument is a usage error naming it.
+        """
+        self.assertIn("stray", self.assertUsageError("stray"))
+
+    def test_cert_without_key(self) -> None:
+        """
+        --cert_file without --key_file, or the other way round, is a usage
+        error.
+        """
+        base = self.mktemp()
+        os.makedirs(base)
+        cert_file, key_file = _write_certificate(base)
+        self.assertIn("--key_file", self.assertUsageError("--cert_file", cert_file))
+        self.assertIn("--cert_file", self.assertUsageError("--key_file", key_file))
+
+    def test_unreadable_certificate(self) -> None:
+        """
+        A certificate file that cannot be read is a usage error naming it.
+        """
+        base = self.mktemp()
+        os.makedirs(base)
+        _, key_file = _write_certificate(base)
+        absent = os.path.join(base, "absent.pem")
+        self.assertIn(absent, self.assertUsageError("--cert_file", absent, "--key_file", key_file))
+
+    def test_bad_address(self) -> None:
+        """
+        A bad --address is a usage error naming it.
+        """
+        self.assertIn("'foo'", self.assertUsageError("--address", "foo"))
+        self.assertIn("::1:80", self.assertUsageError("--address", "::1:80"))
+
+    def test_bad_numbers(self) -> None:
+        """
+        A negative --max_buffered_messages, or a size that is not one, is a
+        usage error naming the option.
+        """
+        self.assertIn("--max_buffered_messages", self.assertUsageError("--max_buffered_messages", "-1"))
+        self.assertIn("--max_buffered_messages", self.assertUsageError("--max_buffered_messages=many"))
+        self.assertIn("--max_message_size", self.assertUsageError("--max_message_size", "5X"))
+        self.assertIn("--max_buffered_bytes", self.assertUsageError("--max_buffered_bytes", "-1"))
+
+
+class CommandLineTests(SynchronousTestCase):
+    """
+    The memmq command turns a usage error into one line on stderr and exit
+    status 2; --version and --help print and exit 0.
+    """
+
+    def _exit_of(self, args: list[str]) -> tuple[SystemExit, bytes]:
+        """
+        Parse C{args} with L{Options} while fd 2 goes to a file; return the
+        L{SystemExit} raised and what was written to fd 2.
+        """
+        path = self.mktemp()
+        saved = os.dup(2)
+        try:
+            with open(path, "wb") as sink:
+                os.dup2(sink.fileno(), 2)
+                try:
+                    error = self.assertRaises(SystemExit, Options().parseOptions, args)
+                finally:
+                    os.dup2(saved, 2)
+        finally:
+            os.close(saved)
+        with open(path, "rb") as f:
+            return error, f.read()
+
+    def test_usage_error_exits_2(self) -> None:
+        """
+        L{Options.parseOptions} with a bad option raises C{SystemExit(2)}
+        after writing one line to fd 2.
+        """
+        for args in (["--bogus"], ["--max_buffered_messages", "-1"], ["--address", "foo"], ["stray"]):
+            with self.subTest(args=args):
+                error, written = self._exit_of(args)
+                self.assertEqual(error.code, 2)
+                self.assertTrue(written.startswith(b"memmq: "), written)
+                self.assertEqual(len(written.splitlines()), 1, written)
+                self.assertNotIn(b"Parameter type enforcement failed", written)
+
+    def test_good_options_parse(self) -> None:
+        """
+        L{Options} parses good options as L{ServerOptions} does.
+        """
+        options = Options()
+        options.parseOptions(["--address", "127.0.0.1:0"])
+        self.assertEqual(options["listen_address"].port, 0)
+
+    def test_bogus_option_process(self) -> None:
+        """
+        C{memmq --bogus} exits with status 2 and one line on stderr naming
+        the option, and prints nothing on stdout.
+        """
+        result = _memmq("--bogus")
+        self.assertEqual(result.returncode, 2, result.stderr)
+        lines = result.stderr.decode("utf-8").splitlines()
+        self.assertEqual(len(lines), 1, result.stderr)
+        self.assertTrue(lines[0].startswith("memmq: "), lines[0])
+        self.assertIn("--bogus", lines[0])
+        self.assertEqual(result.stdout, b"")
+
+    def test_version(self) -> None:
+        """
+        C{memmq --version} prints "memmq VERSION" and exits 0.
+        """
+        result = _memmq("--version")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout.decode("utf-8").strip(), f"memmq {memmq.__version__}")
+        self.assertEqual(result.stderr, b"")
+
+    def test_help(self) -> None:
+        """
+        C{memmq --help} lists every option and exits 0.
+        """
+        result = _memmq("--help")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        text = result.stdout.decode("utf-8")
+        for option in OPTIONS:
+            with self.subTest(option=option):
+                self.assertIn(option, text)
