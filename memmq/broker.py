@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer

@@ -11,7 +11,6 @@ The broker itself is plain state owned here; front-ends hold a reference.
 from __future__ import annotations
 
 import os
-import sys
 
 from twisted.application.service import MultiService
 from twisted.python import usage

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -103,7 +103,7 @@ def self_signed_certificate(host: str = "", days: int = 365, now: datetime.datet
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "memmq"),
         x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64]),
     ])
-    now = now or datetime.datetime.now(datetime.timezone.utc)
+    now = now or datetime.datetime.now(datetime.UTC)
     certificate = (
         x509.CertificateBuilder()
         .subject_name(name)

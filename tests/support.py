@@ -8,18 +8,17 @@ from __future__ import annotations
 import os
 import re
 import sys
-from typing import Callable
+from collections.abc import Callable
 
+import treq
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from treq.client import HTTPClient
 from twisted.internet import endpoints, reactor, ssl
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.protocol import ProcessProtocol
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
-
-import treq
-from treq.client import HTTPClient
 
 from memmq.broker import Broker
 from memmq.server.http import MemmqSite
@@ -218,7 +217,7 @@ class ServerProcess(ProcessProtocol):
         self.origin: str | None = None
 
     @classmethod
-    def spawn(cls, testcase, args: list[str], executable: str = sys.executable) -> "ServerProcess":
+    def spawn(cls, testcase, args: list[str], executable: str = sys.executable) -> ServerProcess:
         proto = cls()
         reactor.spawnProcess(proto, executable, [executable, *args], env=child_env(), path=REPO)
 

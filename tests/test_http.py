@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import io
 
+import treq
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred, fail, inlineCallbacks
 from twisted.internet.protocol import Protocol
-from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import FileBodyProducer
 from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
-
-import treq
 
 from memmq.broker import Broker
 from memmq.interfaces import IBroker

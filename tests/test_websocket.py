@@ -8,12 +8,11 @@ from __future__ import annotations
 import base64
 import hashlib
 
+import treq
 from twisted.internet import endpoints, reactor
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
-
-import treq
 
 from memmq.server.websocket import _STAND_IN_KEY, _WELL_FORMED_KEY
 from tests.support import RunningServer, bounded

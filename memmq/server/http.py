@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 
+from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -28,8 +29,6 @@ from memmq.interfaces import IBroker, ISubscriber
 from memmq.server.connections import Connections
 from memmq.server.topics import topic_from_query
 from memmq.server.websocket import PublisherProtocol, SubscriberProtocol, WebSocketFactory
-
-from autobahn.twisted.resource import WebSocketResource
 
 __all__ = ["MemmqSite", "DEFAULT_MAX_MESSAGE_SIZE"]
 
@@ -61,7 +60,7 @@ def _plain_text(code: int, reason: str) -> bytes:
         f"Content-Type: text/plain; charset=utf-8\r\n"
         f"Content-Length: {len(reason) + 1}\r\n"
         f"Connection: close\r\n\r\n{reason}\n"
-    ).encode("utf-8")
+    ).encode()
 
 
 class MemmqRequest(server.Request):

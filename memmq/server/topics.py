@@ -4,7 +4,7 @@ The topic of a request, taken from its query string (C{?topic=NAME}).
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from memmq.broker import check_topic
 from memmq.errors import InvalidTopic

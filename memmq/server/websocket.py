@@ -11,7 +11,7 @@ connection is lost, so a subscriber that disconnects is unsubscribed at once.
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage
@@ -81,7 +81,7 @@ class _ServerProtocol(WebSocketServerProtocol):
         try:
             self.topic = topic_from_query(request.params)
         except MemmqError as e:
-            raise ConnectionDeny(400, str(e))
+            raise ConnectionDeny(400, str(e)) from None
         return None
 
     def onOpen(self) -> None:
