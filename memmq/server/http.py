@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 
 from autobahn.twisted.resource import WebSocketResource
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
@@ -26,6 +26,7 @@ from zope.interface import implementer
 from memmq.broker import Message
 from memmq.errors import InvalidTopic, MessageTooLarge
 from memmq.interfaces import IBroker, ISubscriber
+from memmq.server.combine import Combiner
 from memmq.server.connections import Connections
 from memmq.server.topics import topic_from_query
 from memmq.server.websocket import PublisherProtocol, SubscriberProtocol, WebSocketFactory
@@ -141,8 +142,12 @@ class MemmqSite(server.Site):
         broker: IBroker,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         access_log: bool = False,
+        clock: IReactorTime | None = None,
     ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
         self.broker = broker
+        self.combiner = Combiner(clock)
         self.max_message_size = max_message_size
         self.connections = Connections()
         root = _Root()
@@ -155,7 +160,7 @@ class MemmqSite(server.Site):
         root.putChild(
             b"sub",
             SubscribeResource(broker, self.connections, WebSocketResource(
-                WebSocketFactory(SubscriberProtocol, broker, self.connections, max_message_size)
+                WebSocketFactory(SubscriberProtocol, broker, self.connections, max_message_size, self.combiner)
             )),
         )
         super().__init__(root)

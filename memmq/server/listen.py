@@ -12,12 +12,12 @@ import errno
 import ipaddress
 import socket
 
-from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 
 from memmq.errors import MemmqError
+from memmq.server.eager import EagerTLSServerEndpoint
 
 __all__ = ["Address", "ListenError", "parse_address", "listen_tls"]
 
@@ -68,28 +68,18 @@ def parse_address(text: str) -> Address:
     return Address(host, number)
 
 
-def _interface(host: str) -> tuple[str, int]:
+def _interface(host: str) -> str:
     """
-    The IP address to bind for C{host}, and its family.
+    The IP address to bind for C{host} (the socket's family follows it).
     """
     try:
-        ip = ipaddress.ip_address(host)
+        return str(ipaddress.ip_address(host))
     except ValueError:
         try:
             infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
         except socket.gaierror as e:
             raise ListenError(f"cannot listen on {host}: {e.strerror}") from None
-        family, _, _, _, sockaddr = infos[0]
-        return sockaddr[0], family
-    return str(ip), socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-
-
-def _endpoint(reactor, interface: str, family: int, port: int, options):
-    if family == socket.AF_INET6:
-        tcp = endpoints.TCP6ServerEndpoint(reactor, port, interface=interface)
-    else:
-        tcp = endpoints.TCP4ServerEndpoint(reactor, port, interface=interface)
-    return endpoints.wrapServerTLS(options, tcp)
+        return infos[0][4][0]
 
 
 def _listen_now(endpoint, factory) -> IListeningPort:
@@ -112,13 +102,10 @@ def listen_tls(reactor, address: Address, options, factory) -> IListeningPort:
     Listen on C{address} with TLS C{options}; raise L{ListenError} with a
     one-line reason if that cannot be done.
     """
-    if address.host == "":
-        attempts = [("::", socket.AF_INET6), ("0.0.0.0", socket.AF_INET)]
-    else:
-        attempts = [_interface(address.host)]
-    for i, (interface, family) in enumerate(attempts):
+    attempts = ["::", "0.0.0.0"] if address.host == "" else [_interface(address.host)]
+    for i, interface in enumerate(attempts):
         try:
-            return _listen_now(_endpoint(reactor, interface, family, address.port, options), factory)
+            return _listen_now(EagerTLSServerEndpoint(reactor, address.port, options, interface), factory)
         except CannotListenError as e:
             unsupported = isinstance(e.socketError, OSError) and e.socketError.errno in (
                 errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT,

@@ -23,6 +23,7 @@ from zope.interface import implementer
 from memmq.broker import Message
 from memmq.errors import MemmqError
 from memmq.interfaces import IBroker, ISubscriber
+from memmq.server.combine import Combiner
 from memmq.server.connections import Connections
 from memmq.server.topics import topic_from_query
 
@@ -118,6 +119,7 @@ class SubscriberProtocol(_ServerProtocol):
     """
 
     subscription = None
+    _frames: list[bytes] | None = None
 
     def onOpen(self) -> None:
         super().onOpen()
@@ -128,8 +130,20 @@ class SubscriberProtocol(_ServerProtocol):
         self.subscription = self.factory.broker.subscribe(self.topic, self)
 
     def deliver(self, message: Message) -> None:
-        if self.state == self.STATE_OPEN:
-            self.transport.write(message.encoded(binary_frame))
+        frames = self._frames
+        if frames is None:
+            self._frames = [message.encoded(binary_frame)]
+            self.factory.combiner.want_flush(self)
+        else:
+            frames.append(message.encoded(binary_frame))
+
+    def flush(self) -> None:
+        """
+        Write the frames waiting since the last flush, in one write.
+        """
+        frames, self._frames = self._frames, None
+        if frames and self.state == self.STATE_OPEN:
+            self.transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
     def onMessage(self, payload, isBinary) -> None:
         # A subscriber has nothing to say; pings are answered by autobahn.
@@ -147,8 +161,14 @@ class SubscriberProtocol(_ServerProtocol):
         # The connection is going; onClose unsubscribes.
         pass
 
+    def close_going_away(self) -> None:
+        if self._frames:
+            self.flush()
+        super().close_going_away()
+
     def onClose(self, wasClean, code, reason) -> None:
         super().onClose(wasClean, code, reason)
+        self._frames = None
         if self.subscription is not None:
             self.factory.broker.unsubscribe(self.subscription)
             self.subscription = None
@@ -183,12 +203,14 @@ class WebSocketFactory(WebSocketServerFactory):
         broker: IBroker,
         connections: Connections,
         max_message_size: int,
+        combiner: Combiner | None = None,
     ) -> None:
         # No URL: one with port 0 is refused, and the Site serves the path.
         super().__init__()
         self.protocol = protocol
         self.broker = broker
         self.connections = connections
+        self.combiner = combiner
         self.setProtocolOptions(
             maxFramePayloadSize=max_message_size,
             maxMessagePayloadSize=max_message_size,
