@@ -115,7 +115,9 @@ class Subscription:
         self._topic = topic
         self._paused = False
         self._active = True
-        self._pending: deque[Message] = deque()
+        # Made when first needed: most subscribers are never paused, and an
+        # empty deque costs some 600 bytes per subscriber.
+        self._pending: deque[Message] | None = None
         self._pending_bytes = 0
         self._max_messages = max_messages
         self._max_bytes = max_bytes
@@ -125,7 +127,7 @@ class Subscription:
         """
         Messages waiting for this subscriber's connection to drain.
         """
-        return len(self._pending)
+        return len(self._pending) if self._pending else 0
 
     @property
     def buffered_bytes(self) -> int:
@@ -147,6 +149,8 @@ class Subscription:
     def resume(self) -> None:
         self._paused = False
         pending = self._pending
+        if not pending:
+            return
         deliver = self.subscriber.deliver
         # deliver() may fill the connection again and pause us mid-way.
         while pending and not self._paused and self._active:
@@ -158,23 +162,23 @@ class Subscription:
         """
         Queue C{message} while paused, or drop it past the limits.
         """
-        if (
-            len(self._pending) >= self._max_messages
-            or self._pending_bytes + message.size > self._max_bytes
-        ):
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = deque()
+        if len(pending) >= self._max_messages or self._pending_bytes + message.size > self._max_bytes:
             self.dropped += 1
             self._topic.dropped += 1
             return
-        self._pending.append(message)
+        pending.append(message)
         self._pending_bytes += message.size
 
     def _end(self) -> None:
         self._active = False
-        self._pending.clear()
+        self._pending = None
         self._pending_bytes = 0
 
     def __repr__(self) -> str:
-        return f"<Subscription topic={self.topic!r} buffered={len(self._pending)} dropped={self.dropped}>"
+        return f"<Subscription topic={self.topic!r} buffered={self.buffered} dropped={self.dropped}>"
 
 
 class Topic:

@@ -65,6 +65,16 @@ class _EagerServer(tcp.Server):
     def writeSequence(self, iovec) -> None:
         self.write(b"".join(iovec))
 
+    _host = None
+
+    def getHost(self):
+        # twisted.web asks for every request; the answer never changes, and
+        # a getsockname() per request showed in the profile.
+        host = self._host
+        if host is None:
+            host = self._host = super().getHost()
+        return host
+
 
 class _EagerPort(tcp.Port):
     transport = _EagerServer
