@@ -18,7 +18,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from OpenSSL import SSL, crypto
+from OpenSSL import crypto
 from twisted.internet import ssl
 
 from memmq.errors import MemmqError
@@ -65,17 +65,12 @@ class ServerCertificate:
         """
         Server-side TLS options: this chain, TLS 1.2 or newer.
         """
-        options = ssl.CertificateOptions(
+        return ssl.CertificateOptions(
             privateKey=crypto.PKey.from_cryptography_key(self.key),
             certificate=crypto.X509.from_cryptography(self.chain[0]),
             extraCertChain=[crypto.X509.from_cryptography(c) for c in self.chain[1:]],
             raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
         )
-        # An idle subscriber should not hold OpenSSL's read and write
-        # buffers (some 34 KiB a connection): let OpenSSL free them between
-        # records.  The options keep this one context for every connection.
-        options.getContext().set_mode(SSL.MODE_RELEASE_BUFFERS)
-        return options
 
 
 def _subject_alternative_names(hosts: Iterable[str]) -> list[x509.GeneralName]:
