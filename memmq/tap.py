@@ -96,6 +96,8 @@ def makeService(options, reactor=None) -> MemmqService:
         max_buffered_bytes=options["max_buffered_bytes"],
     )
     root = MemmqService(broker, reactor)
-    site = MemmqSite(broker, max_message_size=options["max_message_size"], access_log=options["access_log"])
+    site = MemmqSite(
+        broker, max_message_size=options["max_message_size"], access_log=options["access_log"], clock=reactor
+    )
     HTTPService(site, address, certificate, reactor).setServiceParent(root)
     return root

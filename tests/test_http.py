@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred, fail, inlineCallbacks
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.web.client import FileBodyProducer
+from twisted.web.client import FileBodyProducer, ResponseDone
 from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
@@ -348,6 +348,22 @@ class HTTPAPITests(TestCase):
         yield _until(lambda: self.server.broker.topic("plain") is None)
         yield bounded(body.lost)
 
+    @inlineCallbacks
+    def test_shutdown_ends_streams(self) -> None:
+        """
+        Stopping the server ends a streaming response cleanly (the chunked
+        body is terminated) and unsubscribes it.
+        """
+        response = yield bounded(self.client.http.get(self.server.url + "/sub", params={"topic": "plain"}))
+        body = _Body(b"before")
+        response.original.deliverBody(body)
+        yield self.client.publish(self.server.url, "plain", b"before")
+        yield bounded(body.enough)
+        yield self.server.stop()
+        yield bounded(body.lost)
+        self.assertTrue(body.reason.check(ResponseDone), body.reason)
+        self.assertIsNone(self.server.broker.topic("plain"))
+
 
 class _Body(Protocol):
     """
@@ -367,6 +383,7 @@ class _Body(Protocol):
             self.enough.callback(None)
 
     def connectionLost(self, reason) -> None:
+        self.reason = reason
         self.lost.callback(None)
 
 
