@@ -42,6 +42,8 @@ class Combiner:
         self._waiting: list[Flushable] = []
         self._call: IDelayedCall | None = None
         self._last = float("-inf")
+        self._flushing = False
+        self._stopped = False
 
     def want_flush(self, subscriber: Flushable) -> None:
         """
@@ -49,12 +51,15 @@ class Combiner:
         per subscriber per flush (the subscriber remembers it asked).
         """
         self._waiting.append(subscriber)
-        if self._call is None:
-            delay = self._last + self._window - self._clock.seconds()
-            if delay > 0:
-                self._call = self._clock.callLater(delay, self.flush)
-            else:
-                self._call = self._clock.callLater(0, self._next_turn)
+        if self._call is None and not self._flushing and not self._stopped:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        delay = self._last + self._window - self._clock.seconds()
+        if delay > 0:
+            self._call = self._clock.callLater(delay, self.flush)
+        else:
+            self._call = self._clock.callLater(0, self._next_turn)
 
     def _next_turn(self) -> None:
         # Not in the very next turn but the one after: the answers written in
@@ -71,15 +76,23 @@ class Combiner:
             self._call.cancel()
         self._call = None
         waiting, self._waiting = self._waiting, []
-        for subscriber in waiting:
-            subscriber.flush()
+        self._flushing = True
+        try:
+            for subscriber in waiting:
+                subscriber.flush()
+        finally:
+            self._flushing = False
         # The window runs from the end of the writes: what is published
         # while they go out, and during the window after, goes in the next
         # flush together.
         self._last = self._clock.seconds()
+        if self._waiting and not self._stopped:
+            self._schedule()
 
     def stop(self) -> None:
         """
-        Flush what waits and schedule nothing more (the server is stopping).
+        Flush what waits, and schedule no flush again: the server is
+        stopping, and its subscribers are being closed.
         """
+        self._stopped = True
         self.flush()

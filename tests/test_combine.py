@@ -1,0 +1,244 @@
+"""
+Tests for memmq.server.combine: when the Combiner flushes waiting
+subscribers, driven by a fake clock.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from memmq.server.combine import Combiner
+
+WINDOW = 0.001
+
+
+class _TurnClock(Clock):
+    """
+    A Clock whose advance() is one reactor turn.  Clock.advance also runs
+    the calls scheduled by the calls it runs, so callLater(0) from a
+    callLater(0) would run in the same advance; the reactor's
+    runUntilCurrent leaves them for the next turn, and so does this.
+    """
+
+    def advance(self, amount: float) -> None:
+        self.rightNow += amount
+        self._sortCalls()
+        due = [call for call in self.calls if call.getTime() <= self.seconds()]
+        for call in due:
+            # A call run before may have cancelled this one.
+            if call in self.calls:
+                self.calls.remove(call)
+                call.called = 1
+                call.func(*call.args, **call.kw)
+
+
+class _Subscriber:
+    """
+    A Flushable that records, in a log shared with others, when it was
+    flushed; its flush can take C{takes} seconds of the fake clock, as
+    writing to many sockets takes real time.
+    """
+
+    def __init__(self, name: str, log: list[tuple[str, float]], clock: _TurnClock, takes: float = 0.0) -> None:
+        self.name = name
+        self._log = log
+        self._clock = clock
+        self._takes = takes
+
+    def flush(self) -> None:
+        self._log.append((self.name, self._clock.seconds()))
+        # Clock.advance cannot be called from a call it is running: move
+        # the time by hand, as a long flush would.
+        self._clock.rightNow += self._takes
+
+
+class CombinerTests(SynchronousTestCase):
+    """
+    L{Combiner} flushes at the second reactor turn when idle, at most once
+    per window measured from the end of the previous flush.
+    """
+
+    def setUp(self) -> None:
+        self.clock = _TurnClock()
+        self.log: list[tuple[str, float]] = []
+        self.combiner = Combiner(self.clock, window=WINDOW)
+
+    def subscriber(self, name: str, takes: float = 0.0) -> _Subscriber:
+        return _Subscriber(name, self.log, self.clock, takes)
+
+    def flushed(self) -> list[str]:
+        return [name for name, _ in self.log]
+
+    def flush_idle(self, subscriber: _Subscriber) -> None:
+        """
+        Have C{subscriber} flushed the idle way: two reactor turns.
+        """
+        self.combiner.want_flush(subscriber)
+        self.clock.advance(0)
+        self.clock.advance(0)
+
+    def test_idle_flush_two_turns_later(self) -> None:
+        """
+        An idle combiner flushes a subscriber that asks in the second reactor
+        turn after, not in the first and not at once.
+        """
+        self.combiner.want_flush(self.subscriber("a"))
+        self.assertEqual(self.flushed(), [])
+        self.clock.advance(0)
+        self.assertEqual(self.flushed(), [])
+        self.clock.advance(0)
+        self.assertEqual(self.log, [("a", 0.0)])
+        self.clock.advance(1)
+        self.assertEqual(self.flushed(), ["a"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_same_turn_flushed_together_in_order(self) -> None:
+        """
+        Subscribers asking in the same turn are flushed in the same flush,
+        each once, in the order they asked.
+        """
+        for name in ("c", "a", "b"):
+            self.combiner.want_flush(self.subscriber(name))
+        self.clock.advance(0)
+        self.assertEqual(self.flushed(), [])
+        self.clock.advance(0)
+        self.assertEqual(self.log, [("c", 0.0), ("a", 0.0), ("b", 0.0)])
+        self.clock.advance(1)
+        self.assertEqual(self.flushed(), ["c", "a", "b"])
+
+    def test_window_delays_next_flush(self) -> None:
+        """
+        A subscriber asking right after a flush is flushed one window after
+        it, not two turns later: not at +0.0009, and by +0.001.
+        """
+        self.flush_idle(self.subscriber("first"))
+        self.combiner.want_flush(self.subscriber("second"))
+        self.clock.advance(0)
+        self.clock.advance(0)
+        self.assertEqual(self.flushed(), ["first"])
+        self.clock.advance(0.0009)
+        self.assertEqual(self.flushed(), ["first"])
+        self.clock.advance(0.0001)
+        self.assertEqual(self.flushed(), ["first", "second"])
+
+    def test_window_counts_from_end_of_flush(self) -> None:
+        """
+        The window starts when the previous flush has finished writing, not
+        when it started: after a flush from 0 to 0.0005, a subscriber
+        asking at 0.0005 is not flushed at 0.0014 (a window from the start
+        of the flush would have been over at 0.001) but is by 0.0015.
+        """
+        self.flush_idle(self.subscriber("slow", takes=0.0005))
+        self.assertEqual(self.log, [("slow", 0.0)])
+        self.assertEqual(self.clock.seconds(), 0.0005)
+        self.combiner.want_flush(self.subscriber("next"))
+        self.clock.advance(0.0009)
+        self.assertEqual(self.flushed(), ["slow"])
+        self.clock.advance(0.0001)
+        self.assertEqual(self.flushed(), ["slow", "next"])
+
+    def test_window_gathers_what_comes_during_it(self) -> None:
+        """
+        Subscribers asking at different times within the window are all
+        flushed together, once, when it ends.
+        """
+        self.flush_idle(self.subscriber("first"))
+        self.combiner.want_flush(self.subscriber("a"))
+        self.clock.advance(0.0004)
+        self.combiner.want_flush(self.subscriber("b"))
+        self.clock.advance(0.0004)
+        self.assertEqual(self.flushed(), ["first"])
+        self.clock.advance(0.0002)
+        self.assertEqual(self.flushed(), ["first", "a", "b"])
+        self.assertEqual({t for name, t in self.log if name in ("a", "b")}, {self.clock.seconds()})
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_after_window_two_turns_again(self) -> None:
+        """
+        Once the window has passed, a subscriber asking is flushed two
+        reactor turns later again: not at once and not a window later.
+        """
+        self.flush_idle(self.subscriber("first"))
+        self.clock.advance(0.002)
+        self.combiner.want_flush(self.subscriber("later"))
+        self.assertEqual(self.flushed(), ["first"])
+        self.clock.advance(0)
+        self.assertEqual(self.flushed(), ["first"])
+        self.clock.advance(0)
+        self.assertEqual(self.log, [("first", 0.0), ("later", 0.002)])
+
+    def test_stop_flushes_at_once(self) -> None:
+        """
+        stop() flushes what waits at once, whether the flush was two turns
+        or a window away, and leaves no delayed call behind.
+        """
+        for turns in (0, 1):
+            with self.subTest(turns=turns):
+                self.clock.advance(1)
+                del self.log[:]
+                self.combiner.want_flush(self.subscriber("a"))
+                self.combiner.want_flush(self.subscriber("b"))
+                for _ in range(turns):
+                    self.clock.advance(0)
+                self.combiner.stop()
+                self.assertEqual(self.flushed(), ["a", "b"])
+                self.assertEqual(self.clock.getDelayedCalls(), [])
+
+        del self.log[:]
+        self.combiner.want_flush(self.subscriber("after stop"))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.combiner.flush()
+        self.assertEqual(self.flushed(), ["after stop"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_asked_during_flush(self) -> None:
+        """
+        A subscriber asking while a flush is under way is flushed a window
+        after that flush ends, not two turns later.
+        """
+        combiner = self.combiner
+        log = self.log
+
+        class Reentrant(_Subscriber):
+            def flush(self) -> None:
+                super().flush()
+                combiner.want_flush(_Subscriber("again", log, self._clock))
+
+        self.clock.advance(1)
+        self.combiner.want_flush(Reentrant("first", log, self.clock, takes=0.0005))
+        self.clock.advance(0)
+        self.clock.advance(0)
+        self.assertEqual(self.flushed(), ["first"])
+        self.clock.advance(0)
+        self.clock.advance(0)
+        self.assertEqual(self.flushed(), ["first"])
+        self.clock.advance(WINDOW)
+        self.assertEqual(self.log, [("first", 1.0), ("again", 1.0 + 0.0005 + WINDOW)])
+
+    def test_stop_idle(self) -> None:
+        """
+        stop() with nothing waiting flushes nothing and schedules nothing.
+        """
+        self.combiner.stop()
+        self.assertEqual(self.log, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_flush_cancels_scheduled_call(self) -> None:
+        """
+        flush() called directly flushes the waiting subscribers and cancels
+        the scheduled flush, which then never runs.
+        """
+        self.combiner.want_flush(self.subscriber("a"))
+        self.clock.advance(0)
+        self.combiner.want_flush(self.subscriber("b"))
+        self.combiner.flush()
+        self.assertEqual(self.flushed(), ["a", "b"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(1)
+        self.assertEqual(self.flushed(), ["a", "b"])
+
+        self.combiner.want_flush(self.subscriber("c"))
+        self.combiner.flush()
+        self.assertEqual(self.flushed(), ["a", "b", "c"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
