@@ -12,13 +12,15 @@ import re
 
 from twisted.python import usage
 
-from memmq.broker import DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_MAX_BUFFERED_MESSAGES
+from memmq.broker import DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_MAX_BUFFERED_MESSAGES, check_topic
+from memmq.client.http import DEFAULT_SERVER
+from memmq.client.servers import base_url
 from memmq.errors import MemmqError
 from memmq.server.http import DEFAULT_MAX_MESSAGE_SIZE
 from memmq.server.listen import parse_address
-from memmq.tls import load_certificate
+from memmq.tls import ClientTLS, load_certificate
 
-__all__ = ["ServerOptions", "parse_size"]
+__all__ = ["MemmqOptions", "parse_size"]
 
 _SIZE = re.compile(r"([0-9]+)\s*(|b|k|kb|kib|m|mb|mib|g|gb|gib)", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
@@ -55,12 +57,16 @@ def _count(name: str):
     return coerce
 
 
-class ServerOptions(usage.Options):
+class MemmqOptions(usage.Options):
     """
-    Options of the server (SPEC section 2).
+    Options of the server and of the command-line client (SPEC section 2).
     """
 
-    synopsis = "Usage: memmq [options]"
+    synopsis = (
+        "Usage: memmq [server options]\n"
+        "       memmq --client --topic=T (--publish | --subscribe) [client options]\n"
+        "       memmq -i --topic=T [client options]"
+    )
     longdesc = (
         "memmq is an in-memory publish/subscribe message broker, wire-compatible with "
         "asim/mq: POST /pub?topic=T publishes the body, GET /sub?topic=T subscribes over "
@@ -70,6 +76,11 @@ class ServerOptions(usage.Options):
 
     optFlags = [
         ["access_log", None, "Log every HTTP request (off by default: nothing is logged per request)."],
+        ["client", None, "Run the command-line client on --topic, with --publish and/or --subscribe."],
+        ["publish", None, "Client: publish each line of standard input (without its newline) to --topic."],
+        ["subscribe", None, "Client: print each message of --topic on its own line until interrupted."],
+        ["interactive", "i", "Open an interactive prompt on --topic: typed lines are published, "
+         "messages from others shown."],
     ]
     optParameters = [
         ["address", None, ":8081",
@@ -89,6 +100,21 @@ class ServerOptions(usage.Options):
          "allowed); whichever limit is reached first applies.", _size("max_buffered_bytes")],
     ]
 
+    optParameters += [
+        ["topic", None, None, "Client: the topic to publish or subscribe to."],
+        ["servers", None, None,
+         "Client: comma-separated servers (host:port, or http(s) URLs) or names for the resolver "
+         f"[default: {DEFAULT_SERVER}]."],
+        ["select", None, None, "Client: all (every server: cluster) or shard (one server chosen by topic) "
+         "[default: all]."],
+        ["resolver", None, None, "Client: ip (servers as given) or dns (look names up, refresh every 30 s) "
+         "[default: ip]."],
+        ["retries", None, None, "Client: extra attempts per server for a publish or subscribe [default: 1].",
+         _count("retries")],
+        ["ca_file", None, None, "Client: verify servers' certificates against this PEM file "
+         "(default: not verified, as asim/mq)."],
+    ]
+
     def opt_version(self) -> None:
         """
         Print memmq's version and exit.
@@ -103,6 +129,7 @@ class ServerOptions(usage.Options):
             raise usage.UsageError(f"unexpected argument {args[0]!r}")
 
     def postOptions(self) -> None:
+        self._check_client()
         try:
             self["listen_address"] = parse_address(self["address"])
         except MemmqError as e:
@@ -114,5 +141,51 @@ class ServerOptions(usage.Options):
         if cert_file:
             try:
                 self["certificate"] = load_certificate(cert_file, key_file)
+            except MemmqError as e:
+                raise usage.UsageError(str(e)) from None
+
+    def _check_client(self) -> None:
+        """
+        The client's options, and the combinations SPEC section 2 refuses.
+        """
+        client, interactive = self["client"], self["interactive"]
+        if client and interactive:
+            raise usage.UsageError("--client and -i do not go together")
+        if (self["publish"] or self["subscribe"]) and not client:
+            raise usage.UsageError("--publish and --subscribe go with --client")
+        if not (client or interactive):
+            for name in ("topic", "servers", "select", "resolver", "retries", "ca_file"):
+                if self[name] is not None:
+                    raise usage.UsageError(f"--{name} goes with --client or -i")
+            return
+        mode = "--client" if client else "-i"
+        if self["topic"] is None:
+            raise usage.UsageError(f"{mode} needs --topic")
+        try:
+            check_topic(self["topic"])
+        except MemmqError as e:
+            raise usage.UsageError(f"--topic: {e}") from None
+        if client and not (self["publish"] or self["subscribe"]):
+            raise usage.UsageError("--client needs --publish or --subscribe (or both)")
+        self["select"] = self["select"] or "all"
+        if self["select"] not in ("all", "shard"):
+            raise usage.UsageError(f"unknown --select {self['select']!r}: use all or shard")
+        self["resolver"] = self["resolver"] or "ip"
+        if self["resolver"] not in ("ip", "dns"):
+            raise usage.UsageError(f"unknown --resolver {self['resolver']!r}: use ip or dns")
+        self["retries"] = 1 if self["retries"] is None else self["retries"]
+        servers = [s.strip() for s in (self["servers"] or DEFAULT_SERVER).split(",") if s.strip()]
+        if not servers:
+            raise usage.UsageError("--servers is empty")
+        if self["resolver"] == "ip":
+            for server in servers:
+                try:
+                    base_url(server)
+                except MemmqError as e:
+                    raise usage.UsageError(str(e)) from None
+        self["server_list"] = servers
+        if self["ca_file"] is not None:
+            try:
+                ClientTLS(self["ca_file"])
             except MemmqError as e:
                 raise usage.UsageError(str(e)) from None

@@ -1,6 +1,7 @@
 """
 The C{memmq} command (and C{python -m memmq}): run the server in the
-foreground, logging to stderr, until SIGINT or SIGTERM.
+foreground, logging to stderr, until SIGINT or SIGTERM; or, with
+C{--client} or C{-i}, the command-line client or the interactive prompt.
 """
 
 from __future__ import annotations
@@ -35,6 +36,14 @@ def main(argv: list[str] | None = None) -> int:
         [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)],
     )
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    if options["client"]:
+        from memmq.cli import run
+
+        return run(options, reactor)
+    if options["interactive"]:
+        from memmq.prompt import run
+
+        return run(options, reactor)
     service = makeService(options, reactor)
     service.privilegedStartService()
     service.startService()

@@ -17,7 +17,7 @@ from twisted.python import usage
 
 from memmq.broker import Broker
 from memmq.errors import MemmqError
-from memmq.options import ServerOptions
+from memmq.options import MemmqOptions
 from memmq.server.http import MemmqSite
 from memmq.server.service import HTTPService
 from memmq.tls import self_signed_certificate
@@ -37,9 +37,9 @@ def _fail(message: str) -> SystemExit:
     return SystemExit(2)
 
 
-class Options(ServerOptions):
+class Options(MemmqOptions):
     """
-    The command-line face of L{ServerOptions}: a bad option is one line on
+    The command-line face of L{MemmqOptions}: a bad option is one line on
     stderr and exit status 2, not a usage dump or a traceback.
     """
 
@@ -87,6 +87,8 @@ def makeService(options, reactor=None) -> MemmqService:
     """
     Build the service tree for parsed C{options}.
     """
+    if options["client"] or options["interactive"]:
+        raise _fail("--client and -i are for the memmq command; twistd memmq runs the server")
     if reactor is None:
         from twisted.internet import reactor
     address = options["listen_address"]

@@ -20,10 +20,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import crypto
 from twisted.internet import ssl
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
 
 from memmq.errors import MemmqError
 
-__all__ = ["ServerCertificate", "TLSConfigError", "load_certificate", "self_signed_certificate"]
+__all__ = ["ClientTLS", "ServerCertificate", "TLSConfigError", "load_certificate", "self_signed_certificate"]
 
 _DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
 
@@ -163,3 +165,44 @@ def load_certificate(cert_file: str, key_file: str) -> ServerCertificate:
     ):
         raise TLSConfigError(f"key in {key_file} does not match the certificate in {cert_file}")
     return ServerCertificate(key, chain, f"loaded from {cert_file}")
+
+
+@implementer(IPolicyForHTTPS)
+class ClientTLS:
+    """
+    TLS for the client side (the client library, the CLI, a proxy's
+    upstreams).
+
+    Without a CA file, certificates are not verified, as asim/mq does, so
+    that a server with its generated certificate works out of the box.
+    Given a CA file (PEM, one or more certificates), the server's
+    certificate must chain to one of them and name the host connected to
+    (checked by service_identity).
+    """
+
+    def __init__(self, ca_file: str | None = None) -> None:
+        self.verifying = ca_file is not None
+        self._unverified = None
+        self._root = None
+        if ca_file is not None:
+            pem = _read(ca_file, "CA file")
+            try:
+                authorities = x509.load_pem_x509_certificates(pem)
+            except ValueError:
+                raise TLSConfigError(f"no PEM certificate in CA file {ca_file}") from None
+            self._root = ssl.trustRootFromCertificates(
+                [ssl.Certificate(crypto.X509.from_cryptography(c)) for c in authorities]
+            )
+
+    def creator(self, host: str):
+        """
+        The TLS connection creator for a connection to C{host}.
+        """
+        if self._root is None:
+            if self._unverified is None:
+                self._unverified = ssl.CertificateOptions(verify=False, raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+            return self._unverified
+        return ssl.optionsForClientTLS(host, trustRoot=self._root)
+
+    def creatorForNetloc(self, hostname: bytes, port: int):
+        return self.creator(hostname.decode("ascii"))

@@ -16,11 +16,13 @@ from treq.client import HTTPClient
 from twisted.internet import endpoints, reactor, ssl
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.protocol import ProcessProtocol
+from twisted.trial.unittest import SkipTest
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from memmq.broker import Broker
+from memmq.errors import MemmqError
 from memmq.server.http import MemmqSite
 from memmq.server.listen import parse_address
 from memmq.server.service import HTTPService
@@ -51,18 +53,25 @@ class RunningServer:
     An in-process memmq HTTP front-end listening on 127.0.0.1, port 0.
     """
 
-    def __init__(self, testcase, certificate: ServerCertificate | None = None, **site_options) -> None:
+    def __init__(
+        self, testcase, certificate: ServerCertificate | None = None, address: str = "127.0.0.1:0", **site_options
+    ) -> None:
         broker_options = {
             k: site_options.pop(k) for k in ("max_buffered_messages", "max_buffered_bytes") if k in site_options
         }
         self.broker = site_options.pop("broker", None) or Broker(**broker_options)
-        self.certificate = certificate or self_signed_certificate("127.0.0.1")
+        listen = parse_address(address)
+        self.certificate = certificate or self_signed_certificate(listen.host or "127.0.0.1")
         self.site = MemmqSite(self.broker, **site_options)
-        self.service = HTTPService(self.site, parse_address("127.0.0.1:0"), self.certificate, reactor)
-        self.service.startService()
+        self.service = HTTPService(self.site, listen, self.certificate, reactor)
+        try:
+            self.service.startService()
+        except MemmqError as e:
+            raise SkipTest(f"cannot listen on {address}: {e}") from None
         testcase.addCleanup(self.stop)
-        self.port = self.service.port.getHost().port
-        self.url = f"https://127.0.0.1:{self.port}"
+        host = self.service.port.getHost()
+        self.port = host.port
+        self.url = f"https://{host.host}:{self.port}"
         self.client = TLSClient(testcase, self.certificate)
 
     def stop(self) -> Deferred:

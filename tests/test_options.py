@@ -18,7 +18,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 import memmq
-from memmq.options import ServerOptions, parse_size
+from memmq.options import MemmqOptions, parse_size
 from memmq.server.listen import AddressError, parse_address
 from memmq.tap import Options
 
@@ -164,13 +164,13 @@ class ParseAddressTests(SynchronousTestCase):
                 self.assertNotIn("\n", str(error))
 
 
-class ServerOptionsTests(SynchronousTestCase):
+class MemmqOptionsTests(SynchronousTestCase):
     """
     The server's options: defaults, parsed values and usage errors.
     """
 
-    def _parse(self, *args: str) -> ServerOptions:
-        options = ServerOptions()
+    def _parse(self, *args: str) -> MemmqOptions:
+        options = MemmqOptions()
         options.parseOptions(list(args))
         return options
 
@@ -223,7 +223,7 @@ class ServerOptionsTests(SynchronousTestCase):
         """
         Parsing C{args} raises L{usage.UsageError}; return its message.
         """
-        error = self.assertRaises(usage.UsageError, ServerOptions().parseOptions, list(args))
+        error = self.assertRaises(usage.UsageError, MemmqOptions().parseOptions, list(args))
         message = str(error)
         self.assertTrue(message)
         self.assertNotIn("\n", message)
@@ -320,7 +320,7 @@ class CommandLineTests(SynchronousTestCase):
 
     def test_good_options_parse(self) -> None:
         """
-        L{Options} parses good options as L{ServerOptions} does.
+        L{Options} parses good options as L{MemmqOptions} does.
         """
         options = Options()
         options.parseOptions(["--address", "127.0.0.1:0"])

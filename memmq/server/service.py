@@ -1,7 +1,8 @@
 """
 The HTTP front-end as a Twisted service: listen on start; on stop, stop
 listening, say goodbye to every subscriber and publisher connection
-(WebSocket close 1001, going away) and wait briefly for them to go.
+(WebSocket close 1001, going away), wait briefly for them to go, and close
+the idle HTTP connections that remain.
 """
 
 from __future__ import annotations
@@ -63,4 +64,13 @@ class HTTPService(Service):
         stopping = [self.site.connections.close_all(self._reactor, SHUTDOWN_GRACE)]
         if port is not None:
             stopping.append(maybeDeferred(port.stopListening))
-        return DeferredList(stopping, consumeErrors=True)
+
+        def close_the_rest(result):
+            # What is left are idle keep-alive HTTP connections (and requests
+            # in flight): a stopped server serves nothing more on them.
+            if port is not None:
+                for connection in list(port.factory.protocols):
+                    connection.loseConnection()
+            return result
+
+        return DeferredList(stopping, consumeErrors=True).addCallback(close_the_rest)

@@ -1,0 +1,714 @@
+"""
+The client library over HTTP and WebSocket: publish with POST /pub over a
+shared pool of persistent connections (treq), subscribe with one WebSocket
+per server (autobahn), over the servers a selector picks for each topic.
+
+The L{Client} is also an L{IBroker}, so that a proxy can put the server's
+front-ends in front of other servers.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import treq
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from OpenSSL import SSL
+from treq.client import HTTPClient
+from twisted.internet import defer, endpoints, error
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    DeferredSemaphore,
+    FirstError,
+    fail,
+    gatherResults,
+    inlineCallbacks,
+    succeed,
+)
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web._newclient import RequestTransmissionFailed, ResponseNeverReceived
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
+from zope.interface import implementer
+
+from memmq.broker import Message, check_topic
+from memmq.client.resolver import IP, IResolver
+from memmq.client.selector import All, ISelector
+from memmq.client.servers import base_url, endpoint_of, publish_url, websocket_url
+from memmq.errors import InvalidTopic, MemmqError
+from memmq.interfaces import IBroker, ISubscriber, ISubscription
+from memmq.tls import ClientTLS
+
+__all__ = [
+    "Client",
+    "PublishError",
+    "SubscribeError",
+    "Subscription",
+    "DEFAULT_SERVER",
+]
+
+_log = Logger()
+
+DEFAULT_SERVER = "localhost:8081"
+DEFAULT_RESOLVE_INTERVAL = 30.0
+DEFAULT_MAX_QUEUED = 10_000
+_CONNECT_TIMEOUT = 10
+# Reconnection: the first retry after 0.1 s, doubling to at most 10 s, with
+# some jitter so that many clients of one restarted server do not come
+# back in lockstep.
+_BACKOFF_FIRST = 0.1
+_BACKOFF_MAX = 10.0
+
+
+class PublishError(MemmqError):
+    """
+    A publish that some selected server did not accept, even after retries.
+
+    @ivar failures: server -> one-line reason, for each server that failed.
+    """
+
+    def __init__(self, topic: str, failures: dict[str, str]) -> None:
+        self.topic = topic
+        self.failures = failures
+        reasons = "; ".join(f"{server}: {why}" for server, why in failures.items())
+        super().__init__(f"publish to {topic!r} failed on {reasons}")
+
+
+class SubscribeError(MemmqError):
+    """
+    A subscription that could not be opened on some selected server.
+    """
+
+    def __init__(self, topic: str, failures: dict[str, str]) -> None:
+        self.topic = topic
+        self.failures = failures
+        reasons = "; ".join(f"{server}: {why}" for server, why in failures.items())
+        super().__init__(f"cannot subscribe to {topic!r} on {reasons}")
+
+
+def _reason(failure: Failure) -> str:
+    """
+    One line saying why, from a failure a network operation can have.
+    """
+    error = failure.value
+    if isinstance(error, MemmqError):
+        return str(error)
+    if isinstance(error, (ResponseFailed, ResponseNeverReceived, RequestTransmissionFailed)):
+        inner = [r for r in error.reasons if not r.check(CancelledError)] or error.reasons
+        return _reason(inner[0]) if inner else "connection lost"
+    for kind, words in _REASONS:
+        if isinstance(error, kind):
+            return words
+    if isinstance(error, SSL.Error):
+        return f"TLS error: {error}"
+    text = failure.getErrorMessage().strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+_REASONS = [
+    (error.ConnectionRefusedError, "connection refused"),
+    (error.DNSLookupError, "cannot resolve the host name"),
+    (error.TimeoutError, "timed out"),
+    (defer.TimeoutError, "timed out"),
+    (CancelledError, "timed out"),
+    (error.ConnectionLost, "connection lost"),
+    (error.ConnectionDone, "connection closed"),
+    (error.NoRouteError, "no route to host"),
+]
+
+
+def _backoff(attempt: int) -> float:
+    return min(_BACKOFF_MAX, _BACKOFF_FIRST * 2**attempt) * random.uniform(0.8, 1.2)
+
+
+@implementer(IBroker)
+class Client:
+    """
+    A client of one or more memmq servers.
+
+    @param servers: servers as C{host:port} or http(s) URLs, or names for
+        the resolver.
+    @param selector: which servers a topic goes to (L{All}: every one, the
+        default; L{Shard}: one chosen by the topic).
+    @param resolver: turns C{servers} into addresses (L{IP}: as given, the
+        default; L{DNS}: looked up at start and every C{resolve_interval}
+        seconds, subscriptions following the answer).
+    @param retries: extra attempts per server for a publish, and for the
+        first connection of a subscription.
+    @param ca_file: verify servers' certificates against this PEM file;
+        without it they are not verified (SPEC section 5).
+    """
+
+    def __init__(
+        self,
+        servers: Iterable[str] = (DEFAULT_SERVER,),
+        selector: ISelector | None = None,
+        resolver: IResolver | None = None,
+        retries: int = 1,
+        ca_file: str | None = None,
+        resolve_interval: float = DEFAULT_RESOLVE_INTERVAL,
+        reactor=None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        if isinstance(servers, str):
+            servers = [s for s in servers.split(",") if s.strip()]
+        self._names = [s.strip() for s in servers]
+        if not self._names:
+            raise ValueError("no servers given")
+        if retries < 0:
+            raise ValueError("retries cannot be negative")
+        self.retries = retries
+        self.selector = selector if selector is not None else All()
+        self.resolver = resolver if resolver is not None else IP()
+        self.tls = ClientTLS(ca_file)
+        self._reactor = reactor
+        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._pool.maxPersistentPerHost = 16
+        self._pool._factory.noisy = False
+        self._http = HTTPClient(Agent(reactor, contextFactory=self.tls, pool=self._pool))
+        self._subscriptions: set[Subscription] = set()
+        self._lanes: dict[tuple[str, str], _Lane] = {}
+        self._limits: dict[str, DeferredSemaphore] = {}
+        self._closed = False
+        self._resolving: Deferred[None] | None = None
+        self._resolve_waiters: list[Deferred[None]] = []
+        self._refresher: LoopingCall | None = None
+        self._resolve_interval = resolve_interval
+        self.servers: list[str] = []
+        self._start_resolving()
+
+    # -- servers ---------------------------------------------------------
+
+    def _start_resolving(self) -> None:
+        def first_failed(failure: Failure) -> None:
+            _log.warn("cannot resolve servers: {reason}", reason=_reason(failure))
+
+        self._when_resolved().addErrback(first_failed)
+        if not isinstance(self.resolver, IP) and self._resolve_interval > 0:
+            self._refresher = LoopingCall(self._refresh)
+            self._refresher.clock = self._reactor
+            self._refresher.start(self._resolve_interval, now=False).addErrback(
+                lambda f: _log.failure("resolver refresh stopped", f)
+            )
+
+    def _resolve(self) -> Deferred[None]:
+        """
+        Ask the resolver for every name; when the answer differs from what
+        the selector has, give it the new servers and let subscriptions
+        follow (new servers subscribed, gone ones closed).
+        """
+
+        def resolved(answers: list[list[str]]) -> None:
+            servers: list[str] = []
+            for answer in answers:
+                for server in answer:
+                    if base_url(server) not in servers:
+                        servers.append(base_url(server))
+            if servers != self.servers:
+                if self.servers:
+                    _log.info("servers now {servers}", servers=", ".join(servers))
+                self.servers = servers
+                self.selector.set(*servers)
+                for subscription in list(self._subscriptions):
+                    subscription._follow()
+
+        def first_error(failure: Failure) -> Failure:
+            return failure.value.subFailure if failure.check(FirstError) else failure
+
+        return gatherResults(
+            [self.resolver.resolve(name) for name in self._names], consumeErrors=True
+        ).addCallbacks(resolved, first_error)
+
+    def _refresh(self) -> Deferred[None]:
+        def failed(failure: Failure) -> None:
+            # Keep serving with the servers known last.
+            _log.warn("cannot refresh servers: {reason}", reason=_reason(failure))
+
+        return self._resolve().addErrback(failed)
+
+    def _when_resolved(self) -> Deferred[None]:
+        """
+        Fire once there are servers: at once after a successful resolution,
+        else after one more attempt (whose failure is this Deferred's).
+        """
+        if self.servers:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._resolve_waiters.append(d)
+        if self._resolving is None:
+            self._resolving = self._resolve()
+            self._resolving.addBoth(self._resolution_done)
+        return d
+
+    def _resolution_done(self, result) -> None:
+        self._resolving = None
+        waiters, self._resolve_waiters = self._resolve_waiters, []
+        for d in waiters:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(None)
+
+    # -- publishing ------------------------------------------------------
+
+    def publish(self, topic: str, payload: bytes) -> Deferred[None]:
+        """
+        Publish C{payload} to C{topic} on every server the selector picks.
+
+        Fires with L{None} once every one of them accepted it (a retry that
+        succeeds counts as success); fails with L{PublishError} naming each
+        server that did not and why, or L{InvalidTopic}.
+        """
+        if self._closed:
+            return fail(MemmqError("client is closed"))
+        try:
+            check_topic(topic)
+        except InvalidTopic:
+            return fail()
+        if not isinstance(payload, bytes):
+            return fail(TypeError("payload must be bytes"))
+        return self._when_resolved().addCallback(lambda _: self._publish_everywhere(topic, payload))
+
+    def _publish_everywhere(self, topic: str, payload: bytes) -> Deferred[None]:
+        servers = self.selector.get(topic)
+        attempts = [self._lane(server, topic).send(payload) for server in servers]
+
+        def outcome(results: list[tuple[bool, Any]]) -> None:
+            failures = {s: _reason(r) for s, (ok, r) in zip(servers, results, strict=True) if not ok}
+            if failures:
+                raise PublishError(topic, failures)
+
+        return DeferredList(attempts, consumeErrors=True).addCallback(outcome)
+
+    def _lane(self, server: str, topic: str) -> _Lane:
+        lane = self._lanes.get((server, topic))
+        if lane is None:
+            lane = self._lanes[server, topic] = _Lane(self, server, topic)
+        return lane
+
+    def _connections_to(self, server: str) -> DeferredSemaphore:
+        limit = self._limits.get(server)
+        if limit is None:
+            limit = self._limits[server] = DeferredSemaphore(self._pool.maxPersistentPerHost)
+        return limit
+
+    @inlineCallbacks
+    def _post(self, server: str, url: str, payload: bytes):
+        """
+        POST one message to one server, trying C{1 + retries} times.
+        """
+        reason = "not tried"
+        for attempt in range(self.retries + 1):
+            try:
+                response = yield self._http.post(url, data=payload, timeout=_CONNECT_TIMEOUT * 3)
+                body = yield treq.content(response)
+            except Exception:
+                reason = _reason(Failure())
+            else:
+                if response.code == 200:
+                    return None
+                line = body.decode("utf-8", "replace").strip().splitlines()
+                reason = f"HTTP {response.code}" + (f": {line[0]}" if line else "")
+                if 400 <= response.code < 500:
+                    break  # the server said no; asking again changes nothing
+            if attempt < self.retries:
+                yield deferLater(self._reactor, _backoff(attempt) / 2, lambda: None)
+        raise MemmqError(reason)
+
+    # -- subscribing -----------------------------------------------------
+
+    def subscribe(
+        self,
+        topic: str,
+        subscriber: ISubscriber | Callable[[bytes], Any] | None = None,
+        max_queued: int = DEFAULT_MAX_QUEUED,
+    ):
+        """
+        Subscribe to C{topic} on every server the selector picks.
+
+        Seed style, C{subscribe(topic)}: a Deferred that fires with a
+        L{Subscription} once a connection to each server is open (each
+        tried C{1 + retries} times), or fails with L{SubscribeError}.  Its
+        messages are taken with C{get()} or C{async for}; with a callable
+        as C{subscriber}, each payload is passed to it instead.
+
+        L{IBroker} style, C{subscribe(topic, subscriber)} with an
+        L{ISubscriber}: the L{Subscription} is returned at once and
+        connects in the background, each message delivered as a
+        L{Message}.
+
+        Either way a dropped connection is re-established, with capped
+        exponential backoff, until the subscription is closed.
+        """
+        if self._closed:
+            return fail(MemmqError("client is closed"))
+        if subscriber is not None and ISubscriber.providedBy(subscriber):
+            check_topic(topic)
+            subscription = Subscription(self, topic, deliver=subscriber.deliver, as_message=True)
+            self._subscriptions.add(subscription)
+            self._when_resolved().addCallbacks(
+                lambda _: subscription._follow(),
+                lambda f: _log.warn("cannot subscribe to {topic!r}: {reason}", topic=topic, reason=_reason(f)),
+            )
+            return subscription
+        try:
+            check_topic(topic)
+        except InvalidTopic:
+            return fail()
+        subscription = Subscription(self, topic, deliver=subscriber, max_queued=max_queued)
+        self._subscriptions.add(subscription)
+
+        def opened(_):
+            return subscription._follow(wait=True).addCallback(lambda _: subscription)
+
+        def failed(failure):
+            subscription.close()
+            return failure
+
+        return self._when_resolved().addCallback(opened).addErrback(failed)
+
+    def unsubscribe(self, subscription: Subscription) -> Deferred[None]:
+        """
+        Close C{subscription}: its connections are closed and nothing more
+        arrives through it.
+        """
+        return subscription.close()
+
+    def close(self) -> Deferred[None]:
+        """
+        Close every subscription and pooled connection; stop resolving.
+        """
+        self._closed = True
+        if self._refresher is not None and self._refresher.running:
+            self._refresher.stop()
+        closing = [s.close() for s in list(self._subscriptions)]
+        closing.append(self._pool.closeCachedConnections())
+        return DeferredList(closing, consumeErrors=True).addCallback(lambda _: None)
+
+
+@implementer(ISubscription)
+class Subscription:
+    """
+    A subscription to one topic, over a connection to each of its servers.
+
+    With the L{All} selector over several servers, a message published to
+    several of them arrives once from each.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        topic: str,
+        deliver: Callable[[Any], Any] | None = None,
+        as_message: bool = False,
+        max_queued: int = DEFAULT_MAX_QUEUED,
+    ) -> None:
+        self.client = client
+        self.topic = topic
+        self.dropped = 0
+        self._deliver = deliver
+        self._as_message = as_message
+        self._max_queued = max_queued
+        self._queue: deque[bytes] = deque()
+        self._getters: deque[Deferred[bytes]] = deque()
+        self._links: dict[str, _Link] = {}
+        self._closed = False
+        self._paused = False
+
+    @property
+    def servers(self) -> list[str]:
+        """
+        The servers this subscription is connected to or connecting to.
+        """
+        return list(self._links)
+
+    @property
+    def connected(self) -> int:
+        """
+        How many of its servers it has an open connection to now.
+        """
+        return sum(1 for link in self._links.values() if link.protocol is not None)
+
+    # -- taking messages -------------------------------------------------
+
+    def get(self) -> Deferred[bytes]:
+        """
+        The next message's payload (the seed's C{data := <-ch}).
+        """
+        if self._queue:
+            return succeed(self._queue.popleft())
+        if self._closed:
+            return fail(MemmqError(f"subscription to {self.topic!r} is closed"))
+        d: Deferred[bytes] = Deferred(lambda d: self._getters.remove(d))
+        self._getters.append(d)
+        return d
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._closed and not self._queue:
+            raise StopAsyncIteration
+        try:
+            return await self.get()
+        except MemmqError:
+            if self._closed:
+                raise StopAsyncIteration from None
+            raise
+
+    def _receive(self, payload: bytes) -> None:
+        if self._closed:
+            return
+        if self._deliver is not None:
+            self._deliver(Message(self.topic, payload) if self._as_message else payload)
+        elif self._getters:
+            self._getters.popleft().callback(payload)
+        elif len(self._queue) < self._max_queued:
+            self._queue.append(payload)
+        else:
+            self.dropped += 1
+
+    # -- flow, for IBroker subscribers -----------------------------------
+
+    def pause(self) -> None:
+        """
+        Stop reading from the servers (they buffer, then drop, on their side).
+        """
+        self._paused = True
+        for link in self._links.values():
+            link.pause()
+
+    def resume(self) -> None:
+        self._paused = False
+        for link in self._links.values():
+            link.resume()
+
+    # -- connections -----------------------------------------------------
+
+    def _follow(self, wait: bool = False) -> Deferred[None]:
+        """
+        Connect to the servers the selector now picks for the topic and
+        close the connections to servers it no longer picks.
+
+        @param wait: fire once every new connection is open, or fail with
+            L{SubscribeError} if one could not be opened.
+        """
+        if self._closed:
+            return succeed(None)
+        try:
+            wanted = [base_url(s) for s in self.client.selector.get(self.topic)]
+        except MemmqError as e:
+            if wait:
+                return fail(SubscribeError(self.topic, {"(none)": str(e)}))
+            _log.warn("subscription to {topic!r}: {reason}", topic=self.topic, reason=str(e))
+            wanted = []
+        for server in list(self._links):
+            if server not in wanted:
+                self._links.pop(server).close()
+        opening = []
+        for server in wanted:
+            if server not in self._links:
+                attempts = self.client.retries + 1 if wait else None
+                link = self._links[server] = _Link(self, server, first_attempts=attempts)
+                opening.append((server, link.opened))
+        if not wait:
+            return succeed(None)
+
+        def outcome(results):
+            failures = {s: _reason(r) for (s, _), (ok, r) in zip(opening, results, strict=True) if not ok}
+            if failures:
+                raise SubscribeError(self.topic, failures)
+
+        return DeferredList([d for _, d in opening], consumeErrors=True).addCallback(outcome)
+
+    def close(self) -> Deferred[None]:
+        """
+        Close this subscription's connections; pending C{get()}s fail.
+        """
+        if self._closed:
+            return succeed(None)
+        self._closed = True
+        self.client._subscriptions.discard(self)
+        links, self._links = list(self._links.values()), {}
+        getters, self._getters = self._getters, deque()
+        for d in getters:
+            d.errback(MemmqError(f"subscription to {self.topic!r} is closed"))
+        return DeferredList([link.close() for link in links], consumeErrors=True).addCallback(lambda _: None)
+
+
+class _Link:
+    """
+    One subscription's connection to one server, re-established with
+    capped exponential backoff whenever it drops, until closed.
+    """
+
+    def __init__(self, subscription: Subscription, server: str, first_attempts: int | None) -> None:
+        self.subscription = subscription
+        self.server = server
+        self.protocol: _SubscriberClient | None = None
+        self.opened: Deferred[None] = Deferred()
+        self._first_attempts = first_attempts
+        self._attempt = 0
+        self._ever_opened = False
+        self._closed = False
+        self._closing: Deferred[None] | None = None
+        self._retry_call = None
+        self._connecting: Deferred | None = None
+        self._clock = subscription.client._reactor
+        self._connect()
+
+    def _connect(self) -> None:
+        self._retry_call = None
+        client = self.subscription.client
+        tls, host, port = endpoint_of(self.server)
+        factory = WebSocketClientFactory(websocket_url(self.server, "/sub", self.subscription.topic))
+        factory.protocol = _SubscriberClient
+        factory.link = self
+        factory.noisy = False
+        factory.setProtocolOptions(openHandshakeTimeout=_CONNECT_TIMEOUT, autoPingInterval=30, autoPingTimeout=30)
+        endpoint = endpoints.HostnameEndpoint(self._clock, host, port, timeout=_CONNECT_TIMEOUT)
+        if tls:
+            endpoint = endpoints.wrapClientTLS(client.tls.creator(host), endpoint)
+        self._connecting = endpoint.connect(factory)
+        self._connecting.addErrback(self._failed)
+
+    def _failed(self, failure: Failure) -> None:
+        self._connecting = None
+        if failure.check(CancelledError) and self._closed:
+            return
+        self._lost(_reason(failure))
+
+    def _open(self, protocol: _SubscriberClient) -> None:
+        self._connecting = None
+        if self._closed:
+            protocol.sendClose(1000)
+            return
+        self.protocol = protocol
+        if self.subscription._paused:
+            protocol.transport.pauseProducing()
+        if self._ever_opened:
+            _log.info(
+                "resubscribed to {topic!r} on {server}", topic=self.subscription.topic, server=self.server
+            )
+        self._ever_opened = True
+        self._attempt = 0
+        if not self.opened.called:
+            self.opened.callback(None)
+
+    def _lost(self, reason: str) -> None:
+        self.protocol = None
+        if self._closed:
+            if self._closing is not None and not self._closing.called:
+                self._closing.callback(None)
+            return
+        self._attempt += 1
+        if not self._ever_opened and self._first_attempts is not None:
+            if self._attempt >= self._first_attempts:
+                self._closed = True
+                if not self.opened.called:
+                    self.opened.errback(MemmqError(reason))
+                return
+        delay = _backoff(self._attempt - 1)
+        if self._ever_opened:
+            _log.warn(
+                "subscription to {topic!r} on {server} lost ({reason}); reconnecting in {delay:.1f} s",
+                topic=self.subscription.topic, server=self.server, reason=reason, delay=delay,
+            )
+        self._retry_call = self._clock.callLater(delay, self._connect)
+
+    def pause(self) -> None:
+        if self.protocol is not None and self.protocol.transport is not None:
+            self.protocol.transport.pauseProducing()
+
+    def resume(self) -> None:
+        if self.protocol is not None and self.protocol.transport is not None:
+            self.protocol.transport.resumeProducing()
+
+    def close(self) -> Deferred[None]:
+        """
+        Stop reconnecting and close the connection; fires once it is gone
+        (at most a few seconds: a server that does not answer the close is
+        dropped).
+        """
+        if self._closed and self.protocol is None:
+            return succeed(None)
+        self._closed = True
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
+        if self._connecting is not None:
+            self._connecting.cancel()
+        if not self.opened.called:
+            self.opened.errback(MemmqError("closed"))
+            self.opened.addErrback(lambda f: None)
+        if self.protocol is None:
+            return succeed(None)
+        self._closing = Deferred()
+        self.protocol.sendClose(1000)
+        return self._closing
+
+
+class _SubscriberClient(WebSocketClientProtocol):
+    """
+    The WebSocket client of one L{_Link}.
+    """
+
+    def onOpen(self) -> None:
+        self.factory.link._open(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        link = self.factory.link
+        if link.protocol is self:
+            link.subscription._receive(payload)
+
+    def onClose(self, wasClean: bool, code, reason) -> None:
+        link = self.factory.link
+        if link.protocol is self or link.protocol is None:
+            why = f"closed with {code}" + (f": {reason}" if reason else "") if code else (reason or "connection lost")
+            link._lost(why)
+
+
+class _Lane:
+    """
+    The publishes of one topic to one server, sent one after the other so
+    that they arrive in the order they were made; lanes of different topics
+    share the server's pooled connections side by side.
+    """
+
+    def __init__(self, client: Client, server: str, topic: str) -> None:
+        self._client = client
+        self._server = server
+        self._topic = topic
+        self._url = publish_url(server, topic)
+        self._waiting: deque[tuple[bytes, Deferred[None]]] = deque()
+        self._busy = False
+
+    def send(self, payload: bytes) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._waiting.append((payload, d))
+        if not self._busy:
+            self._next()
+        return d
+
+    def _next(self) -> None:
+        if not self._waiting:
+            self._busy = False
+            if self._client._lanes.get((self._server, self._topic)) is self:
+                del self._client._lanes[self._server, self._topic]
+            return
+        self._busy = True
+        payload, done = self._waiting.popleft()
+        limit = self._client._connections_to(self._server)
+        sent = limit.run(self._client._post, self._server, self._url, payload)
+
+        def finished(result):
+            self._next()
+            return result
+
+        sent.addBoth(finished).chainDeferred(done)
