@@ -358,3 +358,69 @@ class CommandLineTests(SynchronousTestCase):
         for option in OPTIONS:
             with self.subTest(option=option):
                 self.assertIn(option, text)
+
+
+class ClientOptionsTests(SynchronousTestCase):
+    """
+    The command-line client's options and the combinations SPEC section 2
+    refuses.
+    """
+
+    def _parse(self, *args: str) -> MemmqOptions:
+        options = MemmqOptions()
+        options.parseOptions(list(args))
+        return options
+
+    def _refused(self, *args: str) -> str:
+        return str(self.assertRaises(usage.UsageError, MemmqOptions().parseOptions, list(args)))
+
+    def test_client_defaults(self) -> None:
+        """
+        A client talks to localhost:8081, every server, names as given, one retry.
+        """
+        options = self._parse("--client", "--topic=t", "--publish")
+        self.assertEqual(options["server_list"], ["localhost:8081"])
+        self.assertEqual((options["select"], options["resolver"], options["retries"]), ("all", "ip", 1))
+        self.assertIsNone(options["ca_file"])
+
+    def test_client_values(self) -> None:
+        """
+        --servers is split on commas; --select, --resolver, --retries are kept.
+        """
+        options = self._parse(
+            "--client", "--topic=t", "--subscribe", "--servers=a:1, b:2,https://c:3",
+            "--select=shard", "--resolver=dns", "--retries=4",
+        )
+        self.assertEqual(options["server_list"], ["a:1", "b:2", "https://c:3"])
+        self.assertEqual((options["select"], options["resolver"], options["retries"]), ("shard", "dns", 4))
+
+    def test_interactive(self) -> None:
+        """
+        -i takes a topic and the client options.
+        """
+        options = self._parse("-i", "--topic=chat", "--servers=x:1")
+        self.assertTrue(options["interactive"])
+        self.assertEqual(options["server_list"], ["x:1"])
+
+    def test_refused_combinations(self) -> None:
+        """
+        Each invalid combination is refused with a line that says what is wrong.
+        """
+        cases = [
+            (("--client", "--publish"), "--client needs --topic"),
+            (("--client", "--topic=t"), "--client needs --publish or --subscribe (or both)"),
+            (("-i",), "-i needs --topic"),
+            (("--client", "-i", "--topic=t", "--publish"), "--client and -i do not go together"),
+            (("--publish",), "--publish and --subscribe go with --client"),
+            (("--topic=t",), "--topic goes with --client or -i"),
+            (("--servers=a:1",), "--servers goes with --client or -i"),
+            (("--client", "--topic=t", "--publish", "--select=some"), "unknown --select 'some': use all or shard"),
+            (("--client", "--topic=t", "--publish", "--resolver=mdns"), "unknown --resolver 'mdns': use ip or dns"),
+            (("--client", "--topic=", "--publish"), "--topic: no topic"),
+            (("--client", "--topic=t", "--publish", "--servers=ftp://x"), "is not host:port or an http(s) URL"),
+            (("--client", "--topic=t", "--publish", "--retries=-1"), "cannot be negative"),
+            (("--client", "--topic=t", "--publish", "--ca_file=/nonexistent.pem"), "/nonexistent.pem"),
+        ]
+        for args, reason in cases:
+            with self.subTest(args=args):
+                self.assertIn(reason, self._refused(*args))
