@@ -1,0 +1,40 @@
+"""
+README.rst and man/memmq.1 stay in step with the options: every option is
+documented in both.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from memmq.options import MemmqOptions
+from tests.support import REPO
+
+
+def _option_names() -> list[str]:
+    options = MemmqOptions()
+    return [flag[0] for flag in options.optFlags] + [param[0] for param in options.optParameters]
+
+
+class DocumentationTests(SynchronousTestCase):
+    def _read(self, *path: str) -> str:
+        with open(os.path.join(REPO, *path), encoding="utf-8") as f:
+            return f.read()
+
+    def test_readme_lists_every_option(self) -> None:
+        """
+        Each option appears in README.rst as --name.
+        """
+        readme = self._read("README.rst")
+        missing = [name for name in _option_names() if f"--{name}" not in readme]
+        self.assertEqual(missing, [])
+
+    def test_man_page_lists_every_option(self) -> None:
+        """
+        Each option appears in the man page (roff escapes its dashes).
+        """
+        man = self._read("man", "memmq.1")
+        missing = [name for name in _option_names() if f"\\-\\-{name}" not in man]
+        self.assertEqual(missing, [])
