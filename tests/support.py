@@ -207,6 +207,21 @@ class Collector(WebSocketClientProtocol):
         return bounded(d, seconds)
 
 
+def spawn(testcase, proto, argv: list[str], env: dict[str, str] | None = None) -> None:
+    """
+    Run C{argv} as a child process of C{proto} (which has an C{ended}
+    Deferred), from the checkout, killed at cleanup if still running.
+    """
+    reactor.spawnProcess(proto, argv[0], argv, env=child_env() if env is None else env, path=REPO)
+
+    def stop():
+        if not proto.ended.called:
+            proto.transport.signalProcess("KILL")
+            return proto.ended
+
+    testcase.addCleanup(stop)
+
+
 class ServerProcess(ProcessProtocol):
     """
     A memmq server run as a real child process; knows its port once it has
@@ -228,14 +243,7 @@ class ServerProcess(ProcessProtocol):
     @classmethod
     def spawn(cls, testcase, args: list[str], executable: str = sys.executable) -> ServerProcess:
         proto = cls()
-        reactor.spawnProcess(proto, executable, [executable, *args], env=child_env(), path=REPO)
-
-        def stop():
-            if not proto.ended.called:
-                proto.transport.signalProcess("KILL")
-                return proto.ended
-
-        testcase.addCleanup(stop)
+        spawn(testcase, proto, [executable, *args])
         return proto
 
     def _received(self) -> None:

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import sys
 
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import TestCase
 
-from tests.support import REPO, RunningServer, bounded, child_env
+from tests.support import RunningServer, bounded, spawn
 from tests.test_client import _dead_port
 from tests.test_http import _until
 
@@ -41,14 +40,7 @@ class _Child(ProcessProtocol):
 
 def _memmq(testcase, *args: str) -> _Child:
     child = _Child()
-    reactor.spawnProcess(child, sys.executable, [sys.executable, "-m", "memmq", *args], env=child_env(), path=REPO)
-
-    def stop():
-        if not child.ended.called:
-            child.transport.signalProcess("KILL")
-            return child.ended
-
-    testcase.addCleanup(stop)
+    spawn(testcase, child, [sys.executable, "-m", "memmq", *args])
     return child
 
 

@@ -19,7 +19,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, TestCase
 
 from memmq.tls import self_signed_certificate
-from tests.support import REPO, WAIT, ServerProcess, TLSClient, bounded, child_env
+from tests.support import REPO, WAIT, ServerProcess, TLSClient, bounded, child_env, spawn
 
 TWISTD = ["-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
 CLOSE_1001 = b"\x88\x16\x03\xe9server shutting down"
@@ -66,7 +66,7 @@ def _seed_subscribe(testcase, port: int, topic: str = "example") -> _Curl:
     """
     proto = _Curl()
     curl = _curl()
-    reactor.spawnProcess(proto, curl, [
+    spawn(testcase, proto, [
         curl, "-k", "-i", "-N", "-s",
         "-H", "Connection: Upgrade",
         "-H", "Upgrade: websocket",
@@ -75,14 +75,7 @@ def _seed_subscribe(testcase, port: int, topic: str = "example") -> _Curl:
         "-H", "Sec-Websocket-Version: 13",
         "-H", "Sec-Websocket-Key: memmq",
         f"https://localhost:{port}/sub?topic={topic}",
-    ], env=os.environ)
-
-    def stop():
-        if not proto.ended.called:
-            proto.transport.signalProcess("KILL")
-            return proto.ended
-
-    testcase.addCleanup(stop)
+    ], env=dict(os.environ))
     return proto
 
 
