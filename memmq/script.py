@@ -31,10 +31,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from twisted.internet import reactor
 
-    observer = FilteringLogObserver(
-        textFileLogObserver(sys.stderr),
-        [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)],
-    )
+    client = options["client"] or options["interactive"]
+    # A server logs its life at info; a client's stderr is for the user,
+    # so only memmq's own news and warnings from below it go there.
+    levels = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn if client else LogLevel.info)
+    levels.setLogLevelForNamespace("memmq", LogLevel.info)
+    observer = FilteringLogObserver(textFileLogObserver(sys.stderr), [levels])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     if options["client"]:
         from memmq.cli import run

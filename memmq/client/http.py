@@ -171,7 +171,6 @@ class Client:
         self._reactor = reactor
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = 16
-        self._pool._factory.noisy = False
         self._http = HTTPClient(Agent(reactor, contextFactory=self.tls, pool=self._pool))
         self._subscriptions: set[Subscription] = set()
         self._lanes: dict[tuple[str, str], _Lane] = {}
