@@ -21,6 +21,20 @@ from memmq.tap import Options, makeService
 __all__ = ["main"]
 
 
+class _CurrentStderr:
+    """
+    Whatever C{sys.stderr} is when a line is written: the prompt swaps it
+    (prompt_toolkit's C{patch_stdout}) so that log lines appear above the
+    prompt instead of through it.
+    """
+
+    def write(self, text: str) -> None:
+        sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     """
     Parse C{argv} (default: C{sys.argv[1:]}), serve, and return the exit
@@ -36,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     # so only memmq's own news and warnings from below it go there.
     levels = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn if client else LogLevel.info)
     levels.setLogLevelForNamespace("memmq", LogLevel.info)
-    observer = FilteringLogObserver(textFileLogObserver(sys.stderr), [levels])
+    observer = FilteringLogObserver(textFileLogObserver(_CurrentStderr()), [levels])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     if options["client"]:
         from memmq.cli import run
