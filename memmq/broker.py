@@ -233,7 +233,8 @@ class Broker:
         self.published = 0
         self._topics: dict[str, Topic] = {}
 
-    def publish(self, topic: str, payload: bytes) -> Deferred[None]:
+    def publish(self, topic: str, payload: bytes, hops: int = 0) -> Deferred[None]:
+        # The end of the line: hops are for brokers that forward.
         try:
             self.publish_now(topic, payload)
         except InvalidTopic:

@@ -56,9 +56,13 @@ class IBroker(Interface):
     Publish/subscribe by topic.
     """
 
-    def publish(topic, payload):
+    def publish(topic, payload, hops=0):
         """
         Hand C{payload} (L{bytes}) to every current subscriber of C{topic}.
+
+        C{hops} is how many proxies the message has passed through already;
+        a broker that forwards it (a proxy's client) passes it on, so that a
+        cycle of proxies cannot pass a message around forever.
 
         @return: a L{Deferred} that fires with L{None} once every current
             subscriber has been handed the message (written or buffered), or

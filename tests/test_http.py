@@ -164,7 +164,7 @@ class _SlowBroker:
     def __init__(self) -> None:
         self.pending: list[Deferred] = []
 
-    def publish(self, topic, payload):
+    def publish(self, topic, payload, hops=0):
         d = Deferred()
         self.pending.append(d)
         return d
@@ -218,7 +218,7 @@ class AsynchronousBrokerTests(SynchronousTestCase):
         """
         @implementer(IBroker)
         class Failing(_SlowBroker):
-            def publish(self, topic, payload):
+            def publish(self, topic, payload, hops=0):
                 return fail(RuntimeError("down"))
 
         answer, _ = _exchange(

@@ -42,6 +42,7 @@ from memmq.client.resolver import IP, IResolver
 from memmq.client.selector import All, ISelector
 from memmq.client.servers import base_url, endpoint_of, publish_url, websocket_url
 from memmq.errors import InvalidTopic, MemmqError
+from memmq.hops import HOPS_HEADER
 from memmq.interfaces import IBroker, ISubscriber, ISubscription
 from memmq.tls import ClientTLS
 
@@ -257,9 +258,12 @@ class Client:
 
     # -- publishing ------------------------------------------------------
 
-    def publish(self, topic: str, payload: bytes) -> Deferred[None]:
+    def publish(self, topic: str, payload: bytes, hops: int = 0) -> Deferred[None]:
         """
         Publish C{payload} to C{topic} on every server the selector picks.
+
+        C{hops} (for proxies) is sent as the C{X-Memmq-Hops} header: how
+        many proxies the message has passed through.
 
         Fires with L{None} once every one of them accepted it (a retry that
         succeeds counts as success); fails with L{PublishError} naming each
@@ -273,11 +277,11 @@ class Client:
             return fail()
         if not isinstance(payload, bytes):
             return fail(TypeError("payload must be bytes"))
-        return self._when_resolved().addCallback(lambda _: self._publish_everywhere(topic, payload))
+        return self._when_resolved().addCallback(lambda _: self._publish_everywhere(topic, payload, hops))
 
-    def _publish_everywhere(self, topic: str, payload: bytes) -> Deferred[None]:
+    def _publish_everywhere(self, topic: str, payload: bytes, hops: int) -> Deferred[None]:
         servers = self.selector.get(topic)
-        attempts = [self._lane(server, topic).send(payload) for server in servers]
+        attempts = [self._lane(server, topic).send(payload, hops) for server in servers]
 
         def outcome(results: list[tuple[bool, Any]]) -> None:
             failures = {s: _reason(r) for s, (ok, r) in zip(servers, results, strict=True) if not ok}
@@ -299,14 +303,15 @@ class Client:
         return limit
 
     @inlineCallbacks
-    def _post(self, server: str, url: str, payload: bytes):
+    def _post(self, server: str, url: str, payload: bytes, hops: int):
         """
         POST one message to one server, trying C{1 + retries} times.
         """
         reason = "not tried"
+        headers = {HOPS_HEADER: str(hops)} if hops else None
         for attempt in range(self.retries + 1):
             try:
-                response = yield self._http.post(url, data=payload, timeout=_CONNECT_TIMEOUT * 3)
+                response = yield self._http.post(url, data=payload, headers=headers, timeout=_CONNECT_TIMEOUT * 3)
                 body = yield treq.content(response)
             except Exception:
                 reason = _reason(Failure())
@@ -685,12 +690,12 @@ class _Lane:
         self._server = server
         self._topic = topic
         self._url = publish_url(server, topic)
-        self._waiting: deque[tuple[bytes, Deferred[None]]] = deque()
+        self._waiting: deque[tuple[bytes, int, Deferred[None]]] = deque()
         self._busy = False
 
-    def send(self, payload: bytes) -> Deferred[None]:
+    def send(self, payload: bytes, hops: int) -> Deferred[None]:
         d: Deferred[None] = Deferred()
-        self._waiting.append((payload, d))
+        self._waiting.append((payload, hops, d))
         if not self._busy:
             self._next()
         return d
@@ -702,9 +707,9 @@ class _Lane:
                 del self._client._lanes[self._server, self._topic]
             return
         self._busy = True
-        payload, done = self._waiting.popleft()
+        payload, hops, done = self._waiting.popleft()
         limit = self._client._connections_to(self._server)
-        sent = limit.run(self._client._post, self._server, self._url, payload)
+        sent = limit.run(self._client._post, self._server, self._url, payload, hops)
 
         def finished(result):
             self._next()

@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from memmq.broker import Message
 from memmq.errors import InvalidTopic, MessageTooLarge
+from memmq.hops import HOPS_HEADER, BadHops, TooManyHops, check_hops
 from memmq.interfaces import IBroker, ISubscriber
 from memmq.server.combine import Combiner
 from memmq.server.connections import Connections
@@ -198,6 +199,10 @@ class _Resource(resource.Resource):
             return _error(request, 400, str(e))
         except MessageTooLarge as e:
             return _error(request, 413, str(e))
+        except BadHops as e:
+            return _error(request, 400, str(e))
+        except TooManyHops as e:
+            return _error(request, 508, str(e))
         except _HTTPError as e:
             return _error(request, e.code, e.reason, e.headers)
 
@@ -244,7 +249,8 @@ class PublishResource(_Resource):
 
     def render_POST(self, request):
         topic = topic_from_query(request.args)
-        published = self._broker.publish(topic, request.content.read())
+        hops = check_hops(request.getHeader(HOPS_HEADER))
+        published = self._broker.publish(topic, request.content.read(), hops)
         if published.called:
             # The in-memory broker is done already; keep the common case short.
             failures: list[Failure] = []
@@ -265,10 +271,11 @@ class PublishResource(_Resource):
                 {b"allow": b"POST, PUT"},
             )
         topic_from_query(request.args)
+        check_hops(request.getHeader(HOPS_HEADER))
         return self._websocket.render(request)
 
     def _failed(self, failure: Failure, request) -> bytes:
-        if failure.check(InvalidTopic):
+        if failure.check(InvalidTopic, BadHops):
             return _error(request, 400, failure.getErrorMessage())
         if failure.check(MessageTooLarge):
             return _error(request, 413, failure.getErrorMessage())

@@ -8,7 +8,8 @@ the idle HTTP connections that remain.
 from __future__ import annotations
 
 from twisted.application.service import Service
-from twisted.internet.defer import DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from memmq.server.http import MemmqSite
@@ -65,12 +66,29 @@ class HTTPService(Service):
         if port is not None:
             stopping.append(maybeDeferred(port.stopListening))
 
-        def close_the_rest(result):
+        def close_the_rest(_):
             # What is left are idle keep-alive HTTP connections (and requests
             # in flight): a stopped server serves nothing more on them.
-            if port is not None:
-                for connection in list(port.factory.protocols):
-                    connection.loseConnection()
-            return result
+            if port is None:
+                return None
+            remaining = port.factory.protocols
+            for connection in list(remaining):
+                connection.loseConnection()
+            return self._until_closed(remaining, self._reactor.seconds() + SHUTDOWN_GRACE)
 
         return DeferredList(stopping, consumeErrors=True).addCallback(close_the_rest)
+
+    def _until_closed(self, connections, deadline: float, aborted: bool = False) -> Deferred | None:
+        """
+        Wait (checking every 10 ms) until C{connections} is empty; past
+        C{deadline}, abort what is left, and give up waiting a grace later.
+        """
+        if not connections:
+            return None
+        if self._reactor.seconds() >= deadline:
+            if aborted:
+                return None
+            for connection in list(connections):
+                connection.abortConnection()
+            deadline, aborted = self._reactor.seconds() + SHUTDOWN_GRACE, True
+        return deferLater(self._reactor, 0.01, self._until_closed, connections, deadline, aborted)

@@ -22,6 +22,7 @@ from zope.interface import implementer
 
 from memmq.broker import Message
 from memmq.errors import MemmqError
+from memmq.hops import HOPS_HEADER, check_hops
 from memmq.interfaces import IBroker, ISubscriber
 from memmq.server.combine import Combiner
 from memmq.server.connections import Connections
@@ -78,9 +79,12 @@ class _ServerProtocol(WebSocketServerProtocol):
             self._wskey = self._key_as_sent.decode("latin-1")
         super().succeedHandshake(res)
 
+    hops = 0
+
     def onConnect(self, request):
         try:
             self.topic = topic_from_query(request.params)
+            self.hops = check_hops(request.headers.get(HOPS_HEADER.lower()))
         except MemmqError as e:
             raise ConnectionDeny(400, str(e)) from None
         return None
@@ -182,7 +186,7 @@ class PublisherProtocol(_ServerProtocol):
     """
 
     def onMessage(self, payload, isBinary) -> None:
-        self.factory.broker.publish(self.topic, payload).addErrback(self._publish_failed)
+        self.factory.broker.publish(self.topic, payload, self.hops).addErrback(self._publish_failed)
 
     def _publish_failed(self, failure) -> None:
         _log.warn(

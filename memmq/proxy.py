@@ -1,0 +1,88 @@
+"""
+The proxy's broker: the server's front-ends over the client library.
+
+A proxy serves the same API as a server, but a publish goes to the
+upstream servers the client's selector picks (200 only when every one of
+them accepted it), and subscribers are fed from upstream.  All of a
+proxy's subscribers to one topic share one upstream subscription, opened
+with the first and closed with the last (asim/mq's proxy opens one upstream
+connection per subscriber per server); the fan-out to them is done by an
+in-memory L{Broker}, with its bounded buffers and drop policy, so a slow
+subscriber of the proxy slows no one.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+
+from memmq.broker import Broker, Message, Subscription
+from memmq.client.http import Client
+from memmq.interfaces import IBroker, ISubscriber
+
+__all__ = ["ProxyBroker"]
+
+
+@implementer(ISubscriber)
+class _Relay:
+    """
+    The one upstream subscriber of a topic: hands each message to the
+    proxy's own subscribers of it.
+    """
+
+    def __init__(self, local: Broker, topic: str) -> None:
+        self._local = local
+        self._topic = topic
+
+    def deliver(self, message: Message) -> None:
+        self._local.publish_now(self._topic, message.payload)
+
+
+@implementer(IBroker)
+class ProxyBroker:
+    """
+    An L{IBroker} whose messages come from and go to upstream servers.
+
+    @param client: the client for the upstream servers (its selector,
+        resolver, retries and TLS settings are the proxy's).
+    @param local: the broker that fans messages out to this proxy's own
+        subscribers.
+    """
+
+    def __init__(self, client: Client, local: Broker) -> None:
+        self.client = client
+        self.local = local
+        self._upstream: dict[str, object] = {}
+
+    def publish(self, topic: str, payload: bytes, hops: int = 0) -> Deferred[None]:
+        # Not handed to local subscribers here: they get it back from the
+        # upstream servers it went to, like every other subscriber there.
+        return self.client.publish(topic, payload, hops + 1)
+
+    def subscribe(self, topic: str, subscriber: ISubscriber) -> Subscription:
+        subscription = self.local.subscribe(topic, subscriber)
+        if topic not in self._upstream:
+            self._upstream[topic] = self.client.subscribe(topic, _Relay(self.local, topic))
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self.local.unsubscribe(subscription)
+        topic = subscription.topic
+        if self.local.topic(topic) is None:
+            upstream = self._upstream.pop(topic, None)
+            if upstream is not None:
+                self.client.unsubscribe(upstream)
+
+    @property
+    def upstream_topics(self) -> list[str]:
+        """
+        The topics this proxy holds an upstream subscription for.
+        """
+        return list(self._upstream)
+
+    def close(self) -> Deferred[None]:
+        """
+        Close every upstream subscription and connection.
+        """
+        self._upstream.clear()
+        return self.client.close()
