@@ -33,12 +33,22 @@ def client_from_options(options, reactor) -> Client:
     """
     The client the parsed C{options} describe.
     """
+    if options["resolver"] == "dns":
+        lookup = None
+        if options["dns_server"] is not None:
+            from twisted.names.client import Resolver
+
+            lookup = Resolver(servers=[options["dns_server"]], reactor=reactor)
+        names = resolver.DNS(resolver=lookup)
+    else:
+        names = resolver.IP()
     return Client(
         servers=options["server_list"],
         selector=selector.Shard() if options["select"] == "shard" else selector.All(),
-        resolver=resolver.DNS() if options["resolver"] == "dns" else resolver.IP(),
+        resolver=names,
         retries=options["retries"],
         ca_file=options["ca_file"],
+        resolve_interval=options["resolve_interval"],
         reactor=reactor,
     )
 

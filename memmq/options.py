@@ -13,7 +13,7 @@ import re
 from twisted.python import usage
 
 from memmq.broker import DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_MAX_BUFFERED_MESSAGES, check_topic
-from memmq.client.http import DEFAULT_SERVER
+from memmq.client.http import DEFAULT_RESOLVE_INTERVAL, DEFAULT_SERVER
 from memmq.client.servers import base_url
 from memmq.errors import MemmqError
 from memmq.server.http import DEFAULT_MAX_MESSAGE_SIZE
@@ -57,6 +57,33 @@ def _count(name: str):
     return coerce
 
 
+# The options of a client's side: of --client and -i, and of a proxy's
+# upstream side.
+_CLIENT_SIDE = ("servers", "select", "resolver", "retries", "ca_file", "dns_server", "resolve_interval")
+
+
+def _seconds(name: str):
+    def coerce(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"--{name}: {text!r} is not a number of seconds") from None
+        if not value > 0:
+            raise ValueError(f"--{name}: must be more than 0")
+        return value
+    return coerce
+
+
+def _host_port(name: str):
+    def coerce(text: str) -> tuple[str, int]:
+        host, sep, port = text.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+            raise ValueError(f"--{name}: {text!r} is not host:port")
+        return host, int(port)
+    return coerce
+
+
 class MemmqOptions(usage.Options):
     """
     Options of the server and of the command-line client (SPEC section 2).
@@ -81,6 +108,8 @@ class MemmqOptions(usage.Options):
         ["subscribe", None, "Client: print each message of --topic on its own line until interrupted."],
         ["interactive", "i", "Open an interactive prompt on --topic: typed lines are published, "
          "messages from others shown."],
+        ["proxy", None, "Run as a proxy: serve the same API in front of --servers (clustered with "
+         "--select=all, sharded with --select=shard)."],
     ]
     optParameters = [
         ["address", None, ":8081",
@@ -103,7 +132,7 @@ class MemmqOptions(usage.Options):
     optParameters += [
         ["topic", None, None, "Client: the topic to publish or subscribe to."],
         ["servers", None, None,
-         "Client: comma-separated servers (host:port, or http(s) URLs) or names for the resolver "
+         "Client and proxy: comma-separated servers (host:port, or http(s) URLs) or names for the resolver "
          f"[default: {DEFAULT_SERVER}]."],
         ["select", None, None, "Client: all (every server: cluster) or shard (one server chosen by topic) "
          "[default: all]."],
@@ -113,6 +142,10 @@ class MemmqOptions(usage.Options):
          _count("retries")],
         ["ca_file", None, None, "Client: verify servers' certificates against this PEM file "
          "(default: not verified, as asim/mq)."],
+        ["dns_server", None, None, "With --resolver=dns: ask this DNS server (host:port) instead of the "
+         "system's (e.g. Consul's 127.0.0.1:8600).", _host_port("dns_server")],
+        ["resolve_interval", None, None, "With --resolver=dns: seconds between lookups [default: 30].",
+         _seconds("resolve_interval")],
     ]
 
     def opt_version(self) -> None:
@@ -146,34 +179,49 @@ class MemmqOptions(usage.Options):
 
     def _check_client(self) -> None:
         """
-        The client's options, and the combinations SPEC section 2 refuses.
+        The client's options (also a proxy's, for its upstream side), and
+        the combinations SPEC section 2 refuses.
         """
-        client, interactive = self["client"], self["interactive"]
+        client, interactive, proxy = self["client"], self["interactive"], self["proxy"]
         if client and interactive:
             raise usage.UsageError("--client and -i do not go together")
+        if proxy and (client or interactive):
+            raise usage.UsageError(f"--proxy does not go with {'--client' if client else '-i'}")
         if (self["publish"] or self["subscribe"]) and not client:
             raise usage.UsageError("--publish and --subscribe go with --client")
-        if not (client or interactive):
-            for name in ("topic", "servers", "select", "resolver", "retries", "ca_file"):
+        if self["topic"] is not None and not (client or interactive):
+            raise usage.UsageError("--topic goes with --client or -i")
+        if not (client or interactive or proxy):
+            for name in _CLIENT_SIDE:
                 if self[name] is not None:
-                    raise usage.UsageError(f"--{name} goes with --client or -i")
+                    raise usage.UsageError(f"--{name} goes with --client, -i or --proxy")
             return
-        mode = "--client" if client else "-i"
-        if self["topic"] is None:
-            raise usage.UsageError(f"{mode} needs --topic")
-        try:
-            check_topic(self["topic"])
-        except MemmqError as e:
-            raise usage.UsageError(f"--topic: {e}") from None
-        if client and not (self["publish"] or self["subscribe"]):
-            raise usage.UsageError("--client needs --publish or --subscribe (or both)")
+        if proxy:
+            if self["servers"] is None:
+                raise usage.UsageError("--proxy needs --servers")
+        else:
+            mode = "--client" if client else "-i"
+            if self["topic"] is None:
+                raise usage.UsageError(f"{mode} needs --topic")
+            try:
+                check_topic(self["topic"])
+            except MemmqError as e:
+                raise usage.UsageError(f"--topic: {e}") from None
+            if client and not (self["publish"] or self["subscribe"]):
+                raise usage.UsageError("--client needs --publish or --subscribe (or both)")
         self["select"] = self["select"] or "all"
         if self["select"] not in ("all", "shard"):
             raise usage.UsageError(f"unknown --select {self['select']!r}: use all or shard")
         self["resolver"] = self["resolver"] or "ip"
         if self["resolver"] not in ("ip", "dns"):
             raise usage.UsageError(f"unknown --resolver {self['resolver']!r}: use ip or dns")
+        if self["resolver"] != "dns":
+            for name in ("dns_server", "resolve_interval"):
+                if self[name] is not None:
+                    raise usage.UsageError(f"--{name} goes with --resolver=dns")
         self["retries"] = 1 if self["retries"] is None else self["retries"]
+        if self["resolve_interval"] is None:
+            self["resolve_interval"] = DEFAULT_RESOLVE_INTERVAL
         servers = [s.strip() for s in (self["servers"] or DEFAULT_SERVER).split(",") if s.strip()]
         if not servers:
             raise usage.UsageError("--servers is empty")
@@ -189,3 +237,4 @@ class MemmqOptions(usage.Options):
                 ClientTLS(self["ca_file"])
             except MemmqError as e:
                 raise usage.UsageError(str(e)) from None
+

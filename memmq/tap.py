@@ -3,23 +3,29 @@ Options and the service tree: what C{twistd memmq}, C{memmq} and
 C{python -m memmq} all build.
 
     MemmqService (MultiService)
+      ├─ UpstreamService: a proxy's upstream connections (--proxy only)
       └─ HTTPService: the HTTP/WebSocket front-end over the broker
 
-The broker itself is plain state owned here; front-ends hold a reference.
+The broker (the in-memory one, or a proxy's ProxyBroker over the client
+library) is owned here; front-ends hold a reference.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.python import usage
 
 from memmq.broker import Broker
+from memmq.cli import client_from_options
+from memmq.client.servers import endpoint_of
 from memmq.errors import MemmqError
 from memmq.options import MemmqOptions
+from memmq.proxy import ProxyBroker
 from memmq.server.http import MemmqSite
-from memmq.server.service import HTTPService
+from memmq.server.service import SHUTDOWN_GRACE, HTTPService
 from memmq.tls import self_signed_certificate
 
 __all__ = ["Options", "MemmqService", "makeService"]
@@ -83,6 +89,49 @@ class MemmqService(MultiService):
         return super().stopService()
 
 
+class UpstreamService(Service):
+    """
+    Closes a proxy's upstream subscriptions and connections when it stops.
+    """
+
+    name = "upstream"
+
+    def __init__(self, broker: ProxyBroker) -> None:
+        self.broker = broker
+
+    def stopService(self):
+        super().stopService()
+        return self.broker.close().addTimeout(SHUTDOWN_GRACE * 2, self.broker.client._reactor).addErrback(
+            lambda f: None
+        )
+
+
+def refuse_self(address, servers: list[str], resolver: str) -> None:
+    """
+    Refuse, at start, a proxy that lists itself among its servers: every
+    message it forwarded would come back to it.
+
+    Only names used as given can be checked here; for the rest (and for
+    cycles through several proxies) the hop limit of L{memmq.hops} holds.
+    """
+    if resolver != "ip" or address.port == 0:
+        return
+    own = {address.host, "localhost", "127.0.0.1", "::1", "0.0.0.0", "::", socket.gethostname()}
+    if address.host in ("", "0.0.0.0", "::"):
+        own.update(_local_addresses())
+    for server in servers:
+        _, host, port = endpoint_of(server)
+        if port == address.port and host in own:
+            raise _fail(f"--servers lists this proxy itself ({server}): a proxy cannot be its own upstream")
+
+
+def _local_addresses() -> set[str]:
+    try:
+        return {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)}
+    except OSError:
+        return set()
+
+
 def makeService(options, reactor=None) -> MemmqService:
     """
     Build the service tree for parsed C{options}.
@@ -97,7 +146,14 @@ def makeService(options, reactor=None) -> MemmqService:
         max_buffered_messages=options["max_buffered_messages"],
         max_buffered_bytes=options["max_buffered_bytes"],
     )
+    if options["proxy"]:
+        refuse_self(address, options["server_list"], options["resolver"])
+        broker = ProxyBroker(client_from_options(options, reactor), broker)
     root = MemmqService(broker, reactor)
+    if options["proxy"]:
+        # Started first, so stopped last: upstream connections close once
+        # the front-end has said goodbye to its own subscribers.
+        UpstreamService(broker).setServiceParent(root)
     site = MemmqSite(
         broker, max_message_size=options["max_message_size"], access_log=options["access_log"], clock=reactor
     )
