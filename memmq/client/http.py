@@ -351,9 +351,9 @@ class Client:
         Either way a dropped connection is re-established, with capped
         exponential backoff, until the subscription is closed.
         """
-        if self._closed:
-            return fail(MemmqError("client is closed"))
         if subscriber is not None and ISubscriber.providedBy(subscriber):
+            if self._closed:
+                raise MemmqError("client is closed")
             check_topic(topic)
             subscription = Subscription(self, topic, deliver=subscriber.deliver, as_message=True)
             self._subscriptions.add(subscription)
@@ -362,6 +362,8 @@ class Client:
                 lambda f: _log.warn("cannot subscribe to {topic!r}: {reason}", topic=topic, reason=_reason(f)),
             )
             return subscription
+        if self._closed:
+            return fail(MemmqError("client is closed"))
         try:
             check_topic(topic)
         except InvalidTopic:
