@@ -42,7 +42,7 @@ from memmq.client.resolver import IP, IResolver
 from memmq.client.selector import All, ISelector
 from memmq.client.servers import base_url, endpoint_of, publish_url, websocket_url
 from memmq.errors import InvalidTopic, MemmqError
-from memmq.hops import HOPS_HEADER
+from memmq.hops import HOPS_HEADER, TooManyHops
 from memmq.interfaces import IBroker, ISubscriber, ISubscription
 from memmq.tls import ClientTLS
 
@@ -174,7 +174,7 @@ class Client:
         self._pool.maxPersistentPerHost = 16
         self._http = HTTPClient(Agent(reactor, contextFactory=self.tls, pool=self._pool))
         self._subscriptions: set[Subscription] = set()
-        self._lanes: dict[tuple[str, str], _Lane] = {}
+        self._lanes: dict[tuple[str, str, int], _Lane] = {}
         self._limits: dict[str, DeferredSemaphore] = {}
         self._closed = False
         self._resolving: Deferred[None] | None = None
@@ -281,19 +281,24 @@ class Client:
 
     def _publish_everywhere(self, topic: str, payload: bytes, hops: int) -> Deferred[None]:
         servers = self.selector.get(topic)
-        attempts = [self._lane(server, topic).send(payload, hops) for server in servers]
+        attempts = [self._lane(server, topic, hops).send(payload) for server in servers]
 
         def outcome(results: list[tuple[bool, Any]]) -> None:
-            failures = {s: _reason(r) for s, (ok, r) in zip(servers, results, strict=True) if not ok}
-            if failures:
-                raise PublishError(topic, failures)
+            failed = [(s, r) for s, (ok, r) in zip(servers, results, strict=True) if not ok]
+            if failed and all(r.check(TooManyHops) for _, r in failed):
+                # Every refusal was the loop guard's: say so, as a loop.
+                raise TooManyHops(failed[0][1].getErrorMessage())
+            if failed:
+                raise PublishError(topic, {s: _reason(r) for s, r in failed})
 
         return DeferredList(attempts, consumeErrors=True).addCallback(outcome)
 
-    def _lane(self, server: str, topic: str) -> _Lane:
-        lane = self._lanes.get((server, topic))
+    def _lane(self, server: str, topic: str, hops: int) -> _Lane:
+        # A lane per hop count too: in a cycle of proxies the message comes
+        # back with more hops and must not wait behind itself.
+        lane = self._lanes.get((server, topic, hops))
         if lane is None:
-            lane = self._lanes[server, topic] = _Lane(self, server, topic)
+            lane = self._lanes[server, topic, hops] = _Lane(self, server, topic, hops)
         return lane
 
     def _connections_to(self, server: str) -> DeferredSemaphore:
@@ -320,6 +325,8 @@ class Client:
                     return None
                 line = body.decode("utf-8", "replace").strip().splitlines()
                 reason = f"HTTP {response.code}" + (f": {line[0]}" if line else "")
+                if response.code == 508:
+                    raise TooManyHops(reason)  # a loop does not heal by asking again
                 if 400 <= response.code < 500:
                     break  # the server said no; asking again changes nothing
             if attempt < self.retries:
@@ -687,17 +694,18 @@ class _Lane:
     share the server's pooled connections side by side.
     """
 
-    def __init__(self, client: Client, server: str, topic: str) -> None:
+    def __init__(self, client: Client, server: str, topic: str, hops: int) -> None:
         self._client = client
         self._server = server
-        self._topic = topic
+        self._key = (server, topic, hops)
+        self._hops = hops
         self._url = publish_url(server, topic)
-        self._waiting: deque[tuple[bytes, int, Deferred[None]]] = deque()
+        self._waiting: deque[tuple[bytes, Deferred[None]]] = deque()
         self._busy = False
 
-    def send(self, payload: bytes, hops: int) -> Deferred[None]:
+    def send(self, payload: bytes) -> Deferred[None]:
         d: Deferred[None] = Deferred()
-        self._waiting.append((payload, hops, d))
+        self._waiting.append((payload, d))
         if not self._busy:
             self._next()
         return d
@@ -705,13 +713,13 @@ class _Lane:
     def _next(self) -> None:
         if not self._waiting:
             self._busy = False
-            if self._client._lanes.get((self._server, self._topic)) is self:
-                del self._client._lanes[self._server, self._topic]
+            if self._client._lanes.get(self._key) is self:
+                del self._client._lanes[self._key]
             return
         self._busy = True
-        payload, hops, done = self._waiting.popleft()
+        payload, done = self._waiting.popleft()
         limit = self._client._connections_to(self._server)
-        sent = limit.run(self._client._post, self._server, self._url, payload, hops)
+        sent = limit.run(self._client._post, self._server, self._url, payload, self._hops)
 
         def finished(result):
             self._next()

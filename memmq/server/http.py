@@ -251,15 +251,14 @@ class PublishResource(_Resource):
         topic = topic_from_query(request.args)
         hops = check_hops(request.getHeader(HOPS_HEADER))
         published = self._broker.publish(topic, request.content.read(), hops)
-        if published.called:
-            # The in-memory broker is done already; keep the common case short.
-            failures: list[Failure] = []
-            published.addErrback(failures.append)
-            if failures:
-                return self._failed(failures[0], request)
-            request.setHeader(b"content-length", b"0")
-            return b""
-        published.addCallbacks(self._done, self._failed_later, callbackArgs=(request,), errbackArgs=(request,))
+        # Take the outcome now if there is one (the in-memory broker): a
+        # Deferred that is "called" may still wait on another (a proxy's
+        # upstream publish), so look at what it delivers, not at its flags.
+        outcome: list = []
+        published.addBoth(outcome.append)
+        if outcome:
+            return self._answer(outcome[0], request)
+        published.addCallback(lambda _: self._answer_later(outcome[0], request))
         return server.NOT_DONE_YET
 
     render_PUT = render_POST
@@ -274,24 +273,30 @@ class PublishResource(_Resource):
         check_hops(request.getHeader(HOPS_HEADER))
         return self._websocket.render(request)
 
-    def _failed(self, failure: Failure, request) -> bytes:
-        if failure.check(InvalidTopic, BadHops):
-            return _error(request, 400, failure.getErrorMessage())
-        if failure.check(MessageTooLarge):
-            return _error(request, 413, failure.getErrorMessage())
-        return _error(request, 502, f"publish failed: {failure.getErrorMessage()}")
-
-    def _done(self, _, request) -> None:
-        if not request._disconnected:
+    def _answer(self, outcome, request) -> bytes:
+        """
+        The answer to a publish: empty on success, else the status and one
+        line that say what failed.
+        """
+        if not isinstance(outcome, Failure):
             request.setHeader(b"content-length", b"0")
-            request.finish()
+            return b""
+        if outcome.check(InvalidTopic, BadHops):
+            return _error(request, 400, outcome.getErrorMessage())
+        if outcome.check(MessageTooLarge):
+            return _error(request, 413, outcome.getErrorMessage())
+        if outcome.check(TooManyHops):
+            return _error(request, 508, outcome.getErrorMessage())
+        return _error(request, 502, f"publish failed: {outcome.getErrorMessage()}")
 
-    def _failed_later(self, failure: Failure, request) -> None:
-        if not request._disconnected:
-            body = self._failed(failure, request)
+    def _answer_later(self, outcome, request) -> None:
+        if request._disconnected:
+            return
+        body = self._answer(outcome, request)
+        if body:
             request.setHeader(b"content-length", b"%d" % len(body))
             request.write(body)
-            request.finish()
+        request.finish()
 
 
 class SubscribeResource(_Resource):
