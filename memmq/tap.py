@@ -4,7 +4,8 @@ C{python -m memmq} all build.
 
     MemmqService (MultiService)
       ├─ UpstreamService: a proxy's upstream connections (--proxy only)
-      └─ HTTPService: the HTTP/WebSocket front-end over the broker
+      ├─ HTTPService: the HTTP/WebSocket front-end over the broker
+      └─ NotifyService: READY=1 / STOPPING=1 / watchdog for systemd
 
 The broker (the in-memory one, or a proxy's ProxyBroker over the client
 library) is owned here; front-ends hold a reference.
@@ -26,6 +27,7 @@ from memmq.options import MemmqOptions
 from memmq.proxy import ProxyBroker
 from memmq.server.http import MemmqSite
 from memmq.server.service import SHUTDOWN_GRACE, HTTPService
+from memmq.systemd import NotifyService
 from memmq.tls import self_signed_certificate
 
 __all__ = ["Options", "MemmqService", "makeService"]
@@ -158,4 +160,6 @@ def makeService(options, reactor=None) -> MemmqService:
         broker, max_message_size=options["max_message_size"], access_log=options["access_log"], clock=reactor
     )
     HTTPService(site, address, certificate, reactor).setServiceParent(root)
+    # Last to start (after the front-end listens), first to stop.
+    NotifyService(reactor).setServiceParent(root)
     return root

@@ -349,6 +349,19 @@ class HTTPAPITests(TestCase):
         yield bounded(body.lost)
 
     @inlineCallbacks
+    def test_health(self) -> None:
+        """
+        /health answers 200 while the server serves and 503 once it is
+        stopping (on a connection that was open before).
+        """
+        response = yield bounded(self.client.http.get(self.server.url + "/health"))
+        self.assertEqual((response.code, (yield treq.content(response))), (200, b"ok\n"))
+        self.server.site.stopping = True
+        response = yield bounded(self.client.http.get(self.server.url + "/health"))
+        self.assertEqual((response.code, (yield treq.content(response))), (503, b"shutting down\n"))
+        self.server.site.stopping = False
+
+    @inlineCallbacks
     def test_shutdown_ends_streams(self) -> None:
         """
         Stopping the server ends a streaming response cleanly (the chunked
@@ -360,6 +373,7 @@ class HTTPAPITests(TestCase):
         yield self.client.publish(self.server.url, "plain", b"before")
         yield bounded(body.enough)
         yield self.server.stop()
+        self.assertTrue(self.server.site.stopping)
         yield bounded(body.lost)
         self.assertTrue(body.reason.check(ResponseDone), body.reason)
         self.assertIsNone(self.server.broker.topic("plain"))

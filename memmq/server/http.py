@@ -5,6 +5,7 @@ The HTTP front-end: one twisted.web L{Site} serving asim/mq's API.
     GET /pub?topic=T           (WebSocket upgrade) publish each message received
     GET /sub?topic=T           (WebSocket upgrade) one binary frame per message
     GET /sub?topic=T           (no upgrade) a chunked stream of the payloads
+    GET /health                200 while serving, 503 while shutting down
 
 Errors are plain text, one line, with a status that says what is wrong
 (SPEC section 3); L{_Resource.render} is the one place that turns memmq's
@@ -164,8 +165,10 @@ class MemmqSite(server.Site):
                 WebSocketFactory(SubscriberProtocol, broker, self.connections, max_message_size, self.combiner)
             )),
         )
+        root.putChild(b"health", HealthResource(self))
         super().__init__(root)
         self.access_log = access_log
+        self.stopping = False
 
     def log(self, request) -> None:
         """
@@ -228,6 +231,28 @@ class _Root(resource.Resource):
 class _NotFound(_Resource):
     def render(self, request):
         return _error(request, 404, f"unknown path: {request.path.decode('latin-1')}")
+
+
+class HealthResource(_Resource):
+    """
+    C{/health}: 200 while the server serves, 503 once it is shutting down,
+    for load balancers and supervisors.
+    """
+
+    allowedMethods = (b"GET", b"HEAD")
+
+    def __init__(self, site: MemmqSite) -> None:
+        super().__init__()
+        self._site = site
+
+    def render_GET(self, request):
+        if self._site.stopping:
+            return _error(request, 503, "shutting down")
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-cache")
+        return b"ok\n"
+
+    render_HEAD = render_GET
 
 
 class PublishResource(_Resource):

@@ -61,6 +61,7 @@ class HTTPService(Service):
     def stopService(self):
         super().stopService()
         port, self.port = self.port, None
+        self.site.stopping = True
         self.site.combiner.stop()
         stopping = [self.site.connections.close_all(self._reactor, SHUTDOWN_GRACE)]
         if port is not None:
