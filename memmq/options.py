@@ -16,6 +16,7 @@ from memmq.broker import DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_MAX_BUFFERED_MESSAG
 from memmq.client.http import DEFAULT_RESOLVE_INTERVAL, DEFAULT_SERVER
 from memmq.client.servers import base_url
 from memmq.errors import MemmqError
+from memmq.logs import FORMATS
 from memmq.server.http import DEFAULT_MAX_MESSAGE_SIZE
 from memmq.server.listen import parse_address
 from memmq.tls import ClientTLS, load_certificate
@@ -124,6 +125,9 @@ class MemmqOptions(usage.Options):
         ["max_buffered_messages", None, DEFAULT_MAX_BUFFERED_MESSAGES,
          "Per subscriber: messages held while its connection is full; further ones are "
          "dropped for that subscriber alone.", _count("max_buffered_messages")],
+        ["log_format", None, "text",
+         "text (human-readable; without timestamps under journald) or json (one object per line). "
+         "Under twistd use --logger=memmq.logs.json_observer instead."],
         ["max_buffered_bytes", None, DEFAULT_MAX_BUFFERED_BYTES,
          "Per subscriber: payload bytes held while its connection is full (KiB/MiB suffixes "
          "allowed); whichever limit is reached first applies.", _size("max_buffered_bytes")],
@@ -162,6 +166,8 @@ class MemmqOptions(usage.Options):
             raise usage.UsageError(f"unexpected argument {args[0]!r}")
 
     def postOptions(self) -> None:
+        if self["log_format"] not in FORMATS:
+            raise usage.UsageError(f"unknown --log_format {self['log_format']!r}: use text or json")
         self._check_client()
         try:
             self["listen_address"] = parse_address(self["address"])

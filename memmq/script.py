@@ -8,31 +8,12 @@ from __future__ import annotations
 
 import sys
 
-from twisted.logger import (
-    FilteringLogObserver,
-    LogLevel,
-    LogLevelFilterPredicate,
-    globalLogBeginner,
-    textFileLogObserver,
-)
+from twisted.logger import LogLevel, globalLogBeginner
 
+from memmq.logs import observer
 from memmq.tap import Options, makeService
 
 __all__ = ["main"]
-
-
-class _CurrentStderr:
-    """
-    Whatever C{sys.stderr} is when a line is written: the prompt swaps it
-    (prompt_toolkit's C{patch_stdout}) so that log lines appear above the
-    prompt instead of through it.
-    """
-
-    def write(self, text: str) -> None:
-        sys.stderr.write(text)
-
-    def flush(self) -> None:
-        sys.stderr.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,10 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     client = options["client"] or options["interactive"]
     # A server logs its life at info; a client's stderr is for the user,
     # so only memmq's own news and warnings from below it go there.
-    levels = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn if client else LogLevel.info)
-    levels.setLogLevelForNamespace("memmq", LogLevel.info)
-    observer = FilteringLogObserver(textFileLogObserver(_CurrentStderr()), [levels])
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    quiet_below = LogLevel.warn if client else LogLevel.info
+    globalLogBeginner.beginLoggingTo([observer(options["log_format"], quiet_below)], redirectStandardIO=False)
     if options["client"]:
         from memmq.cli import run
 
@@ -60,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         from memmq.prompt import run
 
         return run(options, reactor)
-    service = makeService(options, reactor)
+    service = makeService(options, reactor, own_logging=True)
     service.privilegedStartService()
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)

@@ -134,12 +134,17 @@ def _local_addresses() -> set[str]:
         return set()
 
 
-def makeService(options, reactor=None) -> MemmqService:
+def makeService(options, reactor=None, own_logging: bool = False) -> MemmqService:
     """
     Build the service tree for parsed C{options}.
+
+    @param own_logging: the caller set logging up from C{--log_format} (the
+        memmq command does; under twistd, twistd owns logging).
     """
     if options["client"] or options["interactive"]:
         raise _fail("--client and -i are for the memmq command; twistd memmq runs the server")
+    if options["log_format"] != "text" and not own_logging:
+        raise _fail("--log_format is for the memmq command; under twistd use --logger=memmq.logs.json_observer")
     if reactor is None:
         from twisted.internet import reactor
     address = options["listen_address"]

@@ -1,0 +1,98 @@
+"""
+Where the memmq command's log lines go, and in what form.
+
+- C{text} (the default): one human-readable line per event, with a
+  timestamp; under journald (C{$JOURNAL_STREAM} names our stderr) without
+  the timestamp, which journald adds itself, and with the C{<N>} syslog
+  priority prefix journald reads, so warnings are warnings there.
+- C{json}: one JSON object per line (twisted.logger's event format), for
+  log shippers.
+
+Under twistd, logging belongs to twistd: C{twistd --logger=memmq.logs.json_observer}
+chooses the JSON form there.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from twisted.logger import (
+    FileLogObserver,
+    FilteringLogObserver,
+    ILogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    formatEvent,
+    jsonFileLogObserver,
+    textFileLogObserver,
+)
+
+__all__ = ["FORMATS", "observer", "json_observer"]
+
+FORMATS = ("text", "json")
+
+# journald's priorities (syslog's): https://www.freedesktop.org/software/systemd/man/sd-daemon.html
+_PRIORITY = {LogLevel.debug: 7, LogLevel.info: 6, LogLevel.warn: 4, LogLevel.error: 3, LogLevel.critical: 2}
+
+
+class _CurrentStderr:
+    """
+    Whatever C{sys.stderr} is when a line is written: the prompt swaps it
+    (prompt_toolkit's C{patch_stdout}) so that log lines appear above the
+    prompt instead of through it.
+    """
+
+    def write(self, text: str) -> None:
+        sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def _under_journald(environ, stream) -> bool:
+    """
+    Whether C{stream} is the journal stream systemd connected us to.
+    """
+    expected = environ.get("JOURNAL_STREAM", "")
+    try:
+        info = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return expected == f"{info.st_dev}:{info.st_ino}"
+
+
+def _journald_line(event) -> str | None:
+    text = formatEvent(event)
+    if not text:
+        return None
+    priority = _PRIORITY.get(event.get("log_level"), 6)
+    namespace = event.get("log_namespace", "-")
+    lines = text.splitlines() or [""]
+    return "".join(f"<{priority}>[{namespace}] {line}\n" for line in lines)
+
+
+def json_observer(stream=None) -> ILogObserver:
+    """
+    One JSON object per line to C{stream}; without one, to standard output
+    as it is now, which makes this twistd's C{--logger} factory (twistd
+    calls it before it sends standard output and error to the log).
+    """
+    return jsonFileLogObserver(stream if stream is not None else sys.stdout, recordSeparator="")
+
+
+def observer(log_format: str, quiet_below: LogLevel, environ=os.environ) -> ILogObserver:
+    """
+    The observer for the memmq command: C{log_format} as above; events of
+    other libraries below C{quiet_below} are left out (memmq's own info
+    lines always show).
+    """
+    if log_format == "json":
+        base = json_observer(_CurrentStderr())
+    elif _under_journald(environ, sys.stderr):
+        base = FileLogObserver(_CurrentStderr(), _journald_line)
+    else:
+        base = textFileLogObserver(_CurrentStderr())
+    levels = LogLevelFilterPredicate(defaultLogLevel=quiet_below)
+    levels.setLogLevelForNamespace("memmq", LogLevel.info)
+    return FilteringLogObserver(base, [levels])

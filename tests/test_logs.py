@@ -1,0 +1,99 @@
+"""
+Tests for memmq.logs: the memmq command's log forms, from real processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.support import REPO, child_env
+
+
+def _run_briefly(testcase, *args: str, env: dict | None = None, argv: list[str] | None = None,
+                 listening: str = "listening on") -> str:
+    """
+    Start memmq (or C{argv}) with its output to a file, wait until it
+    listens, SIGTERM it; return what it logged.
+    """
+    path = os.path.abspath(testcase.mktemp())
+    argv = argv or [sys.executable, "-m", "memmq", "--address=127.0.0.1:0"]
+    with open(path, "wb") as err:
+        environ = dict(child_env(), **(env or {}))
+        if env and env.get("JOURNAL_STREAM") == "auto":
+            info = os.fstat(err.fileno())
+            environ["JOURNAL_STREAM"] = f"{info.st_dev}:{info.st_ino}"
+        process = subprocess.Popen([*argv, *args], stderr=err, stdout=err, env=environ, cwd=REPO)
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                with open(path, encoding="utf-8") as f:
+                    if listening in f.read():
+                        break
+                time.sleep(0.05)
+            process.terminate()
+            testcase.assertEqual(process.wait(timeout=30), 0)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+class LogFormatTests(SynchronousTestCase):
+    def test_text(self) -> None:
+        """
+        The default: human-readable lines with a timestamp.
+        """
+        lines = _run_briefly(self).splitlines()
+        listening = [line for line in lines if "memmq listening on https://127.0.0.1:" in line]
+        self.assertEqual(len(listening), 1, lines)
+        self.assertRegex(listening[0], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
+
+    def test_json(self) -> None:
+        """
+        --log_format=json: every line is one JSON object; the listening
+        event keeps its fields.
+        """
+        lines = _run_briefly(self, "--log_format=json").splitlines()
+        events = [json.loads(line) for line in lines]
+        listening = [e for e in events if e.get("log_namespace") == "memmq.server.service"]
+        self.assertEqual(len(listening), 1, events)
+        self.assertEqual(listening[0]["origin"], "generated")
+        self.assertTrue(listening[0]["address"].startswith("127.0.0.1:"))
+        self.assertEqual(listening[0]["log_level"]["name"], "info")
+
+    def test_journald(self) -> None:
+        """
+        When stderr is the journal stream, lines carry a syslog priority and
+        no timestamp (journald adds its own).
+        """
+        lines = _run_briefly(self, env={"JOURNAL_STREAM": "auto"}).splitlines()
+        listening = [line for line in lines if "memmq listening on" in line]
+        self.assertEqual(len(listening), 1, lines)
+        self.assertTrue(listening[0].startswith("<6>[memmq.server.service] memmq listening on https://"), listening)
+        self.assertTrue(all(line.startswith("<") for line in lines), lines)
+
+    def test_twistd_json(self) -> None:
+        """
+        Under twistd, --logger=memmq.logs.json_observer gives the same JSON
+        lines; --log_format itself is refused there with one line.
+        """
+        twistd = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
+        output = _run_briefly(
+            self, argv=[*twistd, "--logger=memmq.logs.json_observer", "memmq", "--address=127.0.0.1:0"],
+            listening="memmq.server.service",
+        )
+        events = [json.loads(line) for line in output.splitlines()]
+        self.assertEqual(len([e for e in events if e.get("log_namespace") == "memmq.server.service"]), 1, events)
+        refused = subprocess.run(
+            [*twistd, "memmq", "--log_format=json"], capture_output=True, env=child_env(), cwd=REPO, timeout=60
+        )
+        self.assertEqual(refused.returncode, 2)
+        self.assertIn(b"memmq: --log_format is for the memmq command", refused.stderr)
