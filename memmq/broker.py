@@ -168,6 +168,7 @@ class Subscription:
         if len(pending) >= self._max_messages or self._pending_bytes + message.size > self._max_bytes:
             self.dropped += 1
             self._topic.dropped += 1
+            self._topic.dropped_bytes += message.size
             return
         pending.append(message)
         self._pending_bytes += message.size
@@ -187,12 +188,13 @@ class Topic:
     has subscribers: the last one leaving frees it.
     """
 
-    __slots__ = ("name", "published", "dropped", "_subscriptions", "_snapshot")
+    __slots__ = ("name", "published", "dropped", "dropped_bytes", "_subscriptions", "_snapshot")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.published = 0
         self.dropped = 0
+        self.dropped_bytes = 0
         self._subscriptions: dict[Subscription, None] = {}
         self._snapshot: tuple[Subscription, ...] | None = None
 
@@ -230,7 +232,13 @@ class Broker:
             raise ValueError("buffer limits cannot be negative")
         self.max_buffered_messages = max_buffered_messages
         self.max_buffered_bytes = max_buffered_bytes
+        # Counters for metrics: kept as plain sums, read when scraped.
         self.published = 0
+        self.published_bytes = 0
+        self.handed = 0  # message x subscriber pairs, written or queued (or dropped)
+        self.handed_bytes = 0
+        self._dropped_gone = 0  # drops of topics since freed
+        self._dropped_bytes_gone = 0
         self._topics: dict[str, Topic] = {}
 
     def publish(self, topic: str, payload: bytes, hops: int = 0) -> Deferred[None]:
@@ -253,11 +261,15 @@ class Broker:
             # Topics with subscribers were checked when subscribed to.
             check_topic(topic)
             self.published += 1
+            self.published_bytes += len(payload)
             return 0
         self.published += 1
         entry.published += 1
         message = Message(topic, payload)
         subscriptions = entry.subscriptions
+        self.published_bytes += message.size
+        self.handed += len(subscriptions)
+        self.handed_bytes += message.size * len(subscriptions)
         for subscription in subscriptions:
             if subscription._paused:
                 subscription._offer(message)
@@ -285,6 +297,35 @@ class Broker:
         entry._snapshot = None
         if not entry._subscriptions and self._topics.get(entry.name) is entry:
             del self._topics[entry.name]
+            self._dropped_gone += entry.dropped
+            self._dropped_bytes_gone += entry.dropped_bytes
+
+    @property
+    def dropped(self) -> int:
+        """
+        Messages dropped for slow subscribers, since start.
+        """
+        return self._dropped_gone + sum(t.dropped for t in self._topics.values())
+
+    @property
+    def delivered(self) -> int:
+        """
+        Message x subscriber pairs handed over (written or queued) and not dropped.
+        """
+        return self.handed - self.dropped
+
+    @property
+    def delivered_bytes(self) -> int:
+        """
+        Payload bytes of the deliveries counted by L{delivered}.
+        """
+        return self.handed_bytes - self._dropped_bytes_gone - sum(t.dropped_bytes for t in self._topics.values())
+
+    def topic_list(self) -> list[Topic]:
+        """
+        The live topics.
+        """
+        return list(self._topics.values())
 
     def topic(self, name: str) -> Topic | None:
         """

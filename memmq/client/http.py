@@ -177,6 +177,9 @@ class Client:
         self._lanes: dict[tuple[str, str, int], _Lane] = {}
         self._limits: dict[str, DeferredSemaphore] = {}
         self._closed = False
+        # Publishes a server did not accept, and subscription connections
+        # lost or not made: for a proxy's metrics.
+        self.upstream_errors = 0
         self._resolving: Deferred[None] | None = None
         self._resolve_waiters: list[Deferred[None]] = []
         self._refresher: LoopingCall | None = None
@@ -285,6 +288,7 @@ class Client:
 
         def outcome(results: list[tuple[bool, Any]]) -> None:
             failed = [(s, r) for s, (ok, r) in zip(servers, results, strict=True) if not ok]
+            self.upstream_errors += len(failed)
             if failed and all(r.check(TooManyHops) for _, r in failed):
                 # Every refusal was the loop guard's: say so, as a loop.
                 raise TooManyHops(failed[0][1].getErrorMessage())
@@ -617,6 +621,8 @@ class _Link:
 
     def _lost(self, reason: str) -> None:
         self.protocol = None
+        if not self._closed:
+            self.subscription.client.upstream_errors += 1
         if self._closed:
             if self._closing is not None and not self._closing.called:
                 self._closing.callback(None)

@@ -6,6 +6,7 @@ The HTTP front-end: one twisted.web L{Site} serving asim/mq's API.
     GET /sub?topic=T           (WebSocket upgrade) one binary frame per message
     GET /sub?topic=T           (no upgrade) a chunked stream of the payloads
     GET /health                200 while serving, 503 while shutting down
+    GET /metrics, /stats       Prometheus metrics; JSON figures (memmq.server.metrics)
 
 Errors are plain text, one line, with a status that says what is wrong
 (SPEC section 3); L{_Resource.render} is the one place that turns memmq's
@@ -16,6 +17,7 @@ is asked for.
 from __future__ import annotations
 
 import io
+from time import perf_counter
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.interfaces import IPushProducer, IReactorTime
@@ -30,6 +32,7 @@ from memmq.hops import HOPS_HEADER, BadHops, TooManyHops, check_hops
 from memmq.interfaces import IBroker, ISubscriber
 from memmq.server.combine import Combiner
 from memmq.server.connections import Connections
+from memmq.server.metrics import STATS_LIMIT, Metrics
 from memmq.server.topics import topic_from_query
 from memmq.server.websocket import PublisherProtocol, SubscriberProtocol, WebSocketFactory
 
@@ -152,12 +155,13 @@ class MemmqSite(server.Site):
         self.combiner = Combiner(clock)
         self.max_message_size = max_message_size
         self.connections = Connections()
+        self.metrics = Metrics(broker)
         root = _Root()
         root.putChild(
             b"pub",
             PublishResource(broker, WebSocketResource(
                 WebSocketFactory(PublisherProtocol, broker, self.connections, max_message_size)
-            )),
+            ), self.metrics),
         )
         root.putChild(
             b"sub",
@@ -166,6 +170,8 @@ class MemmqSite(server.Site):
             )),
         )
         root.putChild(b"health", HealthResource(self))
+        root.putChild(b"metrics", MetricsResource(self.metrics))
+        root.putChild(b"stats", StatsResource(self.metrics))
         super().__init__(root)
         self.access_log = access_log
         self.stopping = False
@@ -255,6 +261,45 @@ class HealthResource(_Resource):
     render_HEAD = render_GET
 
 
+class MetricsResource(_Resource):
+    """
+    C{/metrics}: the Prometheus text format.
+    """
+
+    allowedMethods = (b"GET",)
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
+        self._metrics = metrics
+
+    def render_GET(self, request):
+        body, content_type = self._metrics.exposition()
+        request.setHeader(b"content-type", content_type.encode("ascii"))
+        return body
+
+
+class StatsResource(_Resource):
+    """
+    C{/stats?offset=N&limit=M}: totals and per-topic figures as JSON.
+    """
+
+    allowedMethods = (b"GET",)
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
+        self._metrics = metrics
+
+    def render_GET(self, request):
+        numbers = {}
+        for name, default in ((b"offset", 0), (b"limit", STATS_LIMIT)):
+            value = request.args.get(name, [b"%d" % default])[0]
+            if not (value.isascii() and value.isdigit()):
+                raise _HTTPError(400, f"{name.decode()} must be a whole number")
+            numbers[name.decode()] = int(value)
+        request.setHeader(b"content-type", b"application/json")
+        return self._metrics.stats(**numbers)
+
+
 class PublishResource(_Resource):
     """
     C{/pub}: the body of a POST or PUT is one message; a GET with a
@@ -267,14 +312,16 @@ class PublishResource(_Resource):
 
     allowedMethods = (b"POST", b"PUT")
 
-    def __init__(self, broker: IBroker, websocket: WebSocketResource) -> None:
+    def __init__(self, broker: IBroker, websocket: WebSocketResource, metrics: Metrics) -> None:
         super().__init__()
         self._broker = broker
         self._websocket = websocket
+        self._observe = metrics.publish_seconds.observe
 
     def render_POST(self, request):
         topic = topic_from_query(request.args)
         hops = check_hops(request.getHeader(HOPS_HEADER))
+        request._publish_started = perf_counter()
         published = self._broker.publish(topic, request.content.read(), hops)
         # Take the outcome now if there is one (the in-memory broker): a
         # Deferred that is "called" may still wait on another (a proxy's
@@ -303,6 +350,7 @@ class PublishResource(_Resource):
         The answer to a publish: empty on success, else the status and one
         line that say what failed.
         """
+        self._observe(perf_counter() - request._publish_started)
         if not isinstance(outcome, Failure):
             request.setHeader(b"content-length", b"0")
             return b""
