@@ -106,6 +106,7 @@ class Subscription:
         "_pending_bytes",
         "_max_messages",
         "_max_bytes",
+        "_dropping",
     )
 
     def __init__(self, topic: Topic, subscriber: ISubscriber, max_messages: int, max_bytes: int) -> None:
@@ -121,6 +122,7 @@ class Subscription:
         self._pending_bytes = 0
         self._max_messages = max_messages
         self._max_bytes = max_bytes
+        self._dropping = False
 
     @property
     def buffered(self) -> int:
@@ -157,6 +159,8 @@ class Subscription:
             message = pending.popleft()
             self._pending_bytes -= message.size
             deliver(message)
+        if not pending:
+            self._dropping = False
 
     def _offer(self, message: Message) -> None:
         """
@@ -169,6 +173,9 @@ class Subscription:
             self.dropped += 1
             self._topic.dropped += 1
             self._topic.dropped_bytes += message.size
+            if not self._dropping:
+                self._dropping = True
+                self._topic._on_drop(self)
             return
         pending.append(message)
         self._pending_bytes += message.size
@@ -188,10 +195,11 @@ class Topic:
     has subscribers: the last one leaving frees it.
     """
 
-    __slots__ = ("name", "published", "dropped", "dropped_bytes", "_subscriptions", "_snapshot")
+    __slots__ = ("name", "published", "dropped", "dropped_bytes", "_subscriptions", "_snapshot", "_on_drop")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, on_drop) -> None:
         self.name = name
+        self._on_drop = on_drop
         self.published = 0
         self.dropped = 0
         self.dropped_bytes = 0
@@ -221,13 +229,19 @@ class Broker:
         for its connection to drain before further ones are dropped for it.
     @param max_buffered_bytes: the same bound in payload bytes; whichever is
         reached first applies.
+    @param on_drop: called with a L{Subscription} when it starts dropping
+        messages (its buffer is full), once until its buffer drains again;
+        for a front-end to log it, rate-limited.  The broker itself never
+        logs.
     """
 
     def __init__(
         self,
         max_buffered_messages: int = DEFAULT_MAX_BUFFERED_MESSAGES,
         max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
+        on_drop: Callable[[Subscription], object] | None = None,
     ) -> None:
+        self.on_drop = on_drop
         if max_buffered_messages < 0 or max_buffered_bytes < 0:
             raise ValueError("buffer limits cannot be negative")
         self.max_buffered_messages = max_buffered_messages
@@ -280,7 +294,7 @@ class Broker:
     def subscribe(self, topic: str, subscriber: ISubscriber) -> Subscription:
         entry = self._topics.get(topic)
         if entry is None:
-            entry = self._topics[check_topic(topic)] = Topic(topic)
+            entry = self._topics[check_topic(topic)] = Topic(topic, self._dropping)
         subscription = Subscription(
             entry, subscriber, self.max_buffered_messages, self.max_buffered_bytes
         )
@@ -299,6 +313,10 @@ class Broker:
             del self._topics[entry.name]
             self._dropped_gone += entry.dropped
             self._dropped_bytes_gone += entry.dropped_bytes
+
+    def _dropping(self, subscription: Subscription) -> None:
+        if self.on_drop is not None:
+            self.on_drop(subscription)
 
     @property
     def dropped(self) -> int:

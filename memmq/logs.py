@@ -96,3 +96,28 @@ def observer(log_format: str, quiet_below: LogLevel, environ=os.environ) -> ILog
     levels = LogLevelFilterPredicate(defaultLogLevel=quiet_below)
     levels.setLogLevelForNamespace("memmq", LogLevel.info)
     return FilteringLogObserver(base, [levels])
+
+
+class RateLimited:
+    """
+    A warning that may happen often (a slow subscriber dropping messages,
+    an upstream refusing publishes): logged at once, then at most once per
+    C{interval} seconds, each line saying how many more happened since.
+    Never one line per message.
+    """
+
+    def __init__(self, logger, clock, interval: float = 10.0) -> None:
+        self._logger = logger
+        self._clock = clock
+        self._interval = interval
+        self._last = float("-inf")
+        self._suppressed = 0
+
+    def warn(self, format: str, **fields) -> None:
+        now = self._clock.seconds()
+        if now - self._last < self._interval:
+            self._suppressed += 1
+            return
+        more, self._suppressed, self._last = self._suppressed, 0, now
+        suffix = f" ({more} more like this since the last such line)" if more else ""
+        self._logger.warn(format + suffix, **fields)

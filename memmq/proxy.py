@@ -14,13 +14,17 @@ subscriber of the proxy slows no one.
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from memmq.broker import Broker, Message, Subscription
-from memmq.client.http import Client
+from memmq.client.http import Client, PublishError
 from memmq.interfaces import IBroker, ISubscriber
+from memmq.logs import RateLimited
 
 __all__ = ["ProxyBroker"]
+
+_log = Logger()
 
 
 @implementer(ISubscriber)
@@ -53,11 +57,17 @@ class ProxyBroker:
         self.client = client
         self.local = local
         self._upstream: dict[str, object] = {}
+        self._failures = RateLimited(_log, client._reactor)
 
     def publish(self, topic: str, payload: bytes, hops: int = 0) -> Deferred[None]:
         # Not handed to local subscribers here: they get it back from the
         # upstream servers it went to, like every other subscriber there.
-        return self.client.publish(topic, payload, hops + 1)
+        return self.client.publish(topic, payload, hops + 1).addErrback(self._failed)
+
+    def _failed(self, failure):
+        if failure.check(PublishError):
+            self._failures.warn("upstream publish failed: {reason}", reason=failure.getErrorMessage())
+        return failure
 
     def subscribe(self, topic: str, subscriber: ISubscriber) -> Subscription:
         subscription = self.local.subscribe(topic, subscriber)

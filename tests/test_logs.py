@@ -97,3 +97,67 @@ class LogFormatTests(SynchronousTestCase):
         )
         self.assertEqual(refused.returncode, 2)
         self.assertIn(b"memmq: --log_format is for the memmq command", refused.stderr)
+
+
+class RateLimitedTests(SynchronousTestCase):
+    def test_once_per_interval(self) -> None:
+        """
+        The first warning is logged at once; the next ones within the
+        interval are counted and mentioned by the next line logged.
+        """
+        from twisted.internet.task import Clock
+        from twisted.logger import Logger
+
+        from memmq.logs import RateLimited
+
+        events = []
+        logger = Logger(observer=events.append)
+        clock = Clock()
+        limited = RateLimited(logger, clock, interval=10)
+        limited.warn("slow {who}", who="a")
+        limited.warn("slow {who}", who="b")
+        limited.warn("slow {who}", who="c")
+        clock.advance(10)
+        limited.warn("slow {who}", who="d")
+        self.assertEqual(
+            [(e["log_format"], e["who"]) for e in events],
+            [("slow {who}", "a"), ("slow {who} (2 more like this since the last such line)", "d")],
+        )
+
+    def test_slow_subscriber_logged_once(self) -> None:
+        """
+        A subscriber whose buffer fills is reported once (not per dropped
+        message), and again only after it drained.
+        """
+        from twisted.internet.task import Clock
+        from twisted.logger import globalLogPublisher
+
+        from memmq.broker import Broker
+        from memmq.server.http import MemmqSite
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        broker = Broker(max_buffered_messages=1)
+        clock = Clock()
+        MemmqSite(broker, clock=clock)
+
+        class Sink:
+            def deliver(self, message):
+                pass
+
+        subscription = broker.subscribe("busy", Sink())
+        subscription.pause()
+        for _ in range(50):
+            broker.publish_now("busy", b"x")
+        slow = [e for e in events if "not keeping up" in e.get("log_format", "")]
+        self.assertEqual(len(slow), 1)
+        self.assertEqual(slow[0]["topic"], "busy")
+        self.assertEqual(subscription.dropped, 49)
+        subscription.resume()
+        clock.advance(11)
+        broker.publish_now("busy", b"x")
+        subscription.pause()
+        broker.publish_now("busy", b"x")
+        broker.publish_now("busy", b"x")
+        self.assertEqual(len([e for e in events if "not keeping up" in e.get("log_format", "")]), 2)

@@ -30,9 +30,10 @@ from memmq.broker import Message
 from memmq.errors import InvalidTopic, MessageTooLarge
 from memmq.hops import HOPS_HEADER, BadHops, TooManyHops, check_hops
 from memmq.interfaces import IBroker, ISubscriber
+from memmq.logs import RateLimited
 from memmq.server.combine import Combiner
 from memmq.server.connections import Connections
-from memmq.server.metrics import STATS_LIMIT, Metrics
+from memmq.server.metrics import STATS_LIMIT, Metrics, local_broker
 from memmq.server.topics import topic_from_query
 from memmq.server.websocket import PublisherProtocol, SubscriberProtocol, WebSocketFactory
 
@@ -156,6 +157,13 @@ class MemmqSite(server.Site):
         self.max_message_size = max_message_size
         self.connections = Connections()
         self.metrics = Metrics(broker)
+        local = local_broker(broker)
+        if local is not None and local.on_drop is None:
+            slow = RateLimited(_log, clock)
+            local.on_drop = lambda subscription: slow.warn(
+                "a subscriber of {topic!r} is not keeping up: its buffer is full, and messages are "
+                "dropped for it until it drains", topic=subscription.topic,
+            )
         root = _Root()
         root.putChild(
             b"pub",

@@ -25,13 +25,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from memmq.broker import Broker
 
-__all__ = ["Metrics", "STATS_LIMIT"]
+__all__ = ["Metrics", "STATS_LIMIT", "local_broker"]
 
 STATS_LIMIT = 100
 _STATS_MAX_LIMIT = 1000
 
 
-def _local(broker) -> Broker | None:
+def local_broker(broker) -> Broker | None:
     """
     The in-memory broker whose counters describe this server: the broker
     itself, or a proxy's local fan-out broker.
@@ -51,7 +51,7 @@ class _BrokerCollector:
         self._broker = broker
 
     def collect(self):
-        local = _local(self._broker)
+        local = local_broker(self._broker)
         if local is not None:
             for name, text, value in (
                 ("memmq_messages_published", "Messages published to this server.", local.published),
@@ -107,7 +107,7 @@ class Metrics:
         (most subscribers first), from C{offset}.
         """
         limit = max(0, min(limit, _STATS_MAX_LIMIT))
-        local = _local(self.broker)
+        local = local_broker(self.broker)
         body: dict = {"time": time.time()}
         if local is not None:
             topics = sorted(local.topic_list(), key=lambda t: (-len(t._subscriptions), t.name))
