@@ -9,7 +9,8 @@ Where the memmq command's log lines go, and in what form.
   log shippers.
 
 Under twistd, logging belongs to twistd: C{twistd --logger=memmq.logs.json_observer}
-chooses the JSON form there.
+chooses the JSON form there, and C{--logger=memmq.logs.text_observer} the
+journald-aware text (what the systemd unit uses).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from twisted.logger import (
     textFileLogObserver,
 )
 
-__all__ = ["FORMATS", "observer", "json_observer"]
+__all__ = ["FORMATS", "observer", "json_observer", "text_observer"]
 
 FORMATS = ("text", "json")
 
@@ -81,6 +82,19 @@ def json_observer(stream=None) -> ILogObserver:
     return jsonFileLogObserver(stream if stream is not None else sys.stdout, recordSeparator="")
 
 
+def text_observer(stream=None, environ=os.environ) -> ILogObserver:
+    """
+    Readable lines to C{stream} (default: standard output as it is now, so
+    this is also a twistd C{--logger} factory): under journald with a
+    syslog priority and without the timestamp journald adds, otherwise
+    with it.
+    """
+    stream = stream if stream is not None else sys.stdout
+    if _under_journald(environ, stream):
+        return FileLogObserver(stream, _journald_line)
+    return textFileLogObserver(stream)
+
+
 def observer(log_format: str, quiet_below: LogLevel, environ=os.environ) -> ILogObserver:
     """
     The observer for the memmq command: C{log_format} as above; events of
@@ -92,7 +106,7 @@ def observer(log_format: str, quiet_below: LogLevel, environ=os.environ) -> ILog
     elif _under_journald(environ, sys.stderr):
         base = FileLogObserver(_CurrentStderr(), _journald_line)
     else:
-        base = textFileLogObserver(_CurrentStderr())
+        base = text_observer(_CurrentStderr(), environ)
     levels = LogLevelFilterPredicate(defaultLogLevel=quiet_below)
     levels.setLogLevelForNamespace("memmq", LogLevel.info)
     return FilteringLogObserver(base, [levels])

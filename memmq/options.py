@@ -8,6 +8,7 @@ command-line face that turns it into one line on stderr and exit status 2.
 
 from __future__ import annotations
 
+import inspect
 import re
 
 from twisted.python import usage
@@ -18,7 +19,7 @@ from memmq.client.servers import base_url
 from memmq.errors import MemmqError
 from memmq.logs import FORMATS
 from memmq.server.http import DEFAULT_MAX_MESSAGE_SIZE
-from memmq.server.listen import parse_address
+from memmq.server.listen import EndpointError, ListenError, parse_address, parse_endpoint
 from memmq.tls import ClientTLS, load_certificate
 
 __all__ = ["MemmqOptions", "parse_size"]
@@ -113,8 +114,9 @@ class MemmqOptions(usage.Options):
          "--select=all, sharded with --select=shard)."],
     ]
     optParameters = [
-        ["address", None, ":8081",
-         "Listen address host:port; an empty host listens on every interface, IPv4 and IPv6."],
+        ["address", None, None,
+         "Listen address host:port; an empty host listens on every interface, IPv4 and IPv6 "
+         "[default: :8081, unless --listen is given]."],
         ["cert_file", None, None,
          "PEM certificate (chain) to serve, with --key_file. Without both, a self-signed "
          "certificate is generated at start."],
@@ -152,6 +154,23 @@ class MemmqOptions(usage.Options):
          _seconds("resolve_interval")],
     ]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """
+        Listen on this Twisted server endpoint too, with TLS added; repeatable.
+        For example tcp:8081, unix:/run/memmq/memmq.sock, or
+        systemd:domain=INET6:name=memmq (socket activation). With --listen,
+        --address is listened on only if given as well.
+        """
+        self["listen"].append(description)
+
+    # --help shows a docstring as it is: without its indentation, as Python
+    # 3.13 compiles it anyway.
+    opt_listen.__doc__ = inspect.cleandoc(opt_listen.__doc__)
+
     def opt_version(self) -> None:
         """
         Print memmq's version and exit.
@@ -169,10 +188,13 @@ class MemmqOptions(usage.Options):
         if self["log_format"] not in FORMATS:
             raise usage.UsageError(f"unknown --log_format {self['log_format']!r}: use text or json")
         self._check_client()
+        if self["address"] is None and not self["listen"]:
+            self["address"] = ":8081"
         try:
-            self["listen_address"] = parse_address(self["address"])
+            self["listen_address"] = None if self["address"] is None else parse_address(self["address"])
         except MemmqError as e:
             raise usage.UsageError(str(e)) from None
+        self._check_listen()
         cert_file, key_file = self["cert_file"], self["key_file"]
         if bool(cert_file) != bool(key_file):
             raise usage.UsageError("--cert_file and --key_file go together: give both or neither")
@@ -182,6 +204,23 @@ class MemmqOptions(usage.Options):
                 self["certificate"] = load_certificate(cert_file, key_file)
             except MemmqError as e:
                 raise usage.UsageError(str(e)) from None
+
+    def _check_listen(self) -> None:
+        """
+        Each --listen is an endpoint description Twisted knows; listening on
+        it happens at start.
+        """
+        if not self["listen"]:
+            return
+        from twisted.internet import reactor  # parsing needs one; nothing listens yet
+
+        for description in self["listen"]:
+            try:
+                parse_endpoint(reactor, description)
+            except EndpointError as e:
+                raise usage.UsageError(str(e)) from None
+            except ListenError:
+                pass  # a socket systemd did not pass: a failure to listen, said at start
 
     def _check_client(self) -> None:
         """

@@ -53,11 +53,13 @@ class ProxyBroker:
         subscribers.
     """
 
-    def __init__(self, client: Client, local: Broker) -> None:
+    def __init__(self, client: Client, local: Broker, clock=None) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
         self.client = client
         self.local = local
         self._upstream: dict[str, object] = {}
-        self._failures = RateLimited(_log, client._reactor)
+        self._failures = RateLimited(_log, clock)
 
     def publish(self, topic: str, payload: bytes, hops: int = 0) -> Deferred[None]:
         # Not handed to local subscribers here: they get it back from the

@@ -4,7 +4,8 @@ C{python -m memmq} all build.
 
     MemmqService (MultiService)
       ├─ UpstreamService: a proxy's upstream connections (--proxy only)
-      ├─ HTTPService: the HTTP/WebSocket front-end over the broker
+      ├─ HTTPService: the HTTP/WebSocket front-end over the broker, on
+      │    --address and every --listen endpoint
       └─ NotifyService: READY=1 / STOPPING=1 / watchdog for systemd
 
 The broker (the in-memory one, or a proxy's ProxyBroker over the client
@@ -148,14 +149,15 @@ def makeService(options, reactor=None, own_logging: bool = False) -> MemmqServic
     if reactor is None:
         from twisted.internet import reactor
     address = options["listen_address"]
-    certificate = options["certificate"] or self_signed_certificate(address.host)
+    certificate = options["certificate"] or self_signed_certificate(address.host if address else "")
     broker = Broker(
         max_buffered_messages=options["max_buffered_messages"],
         max_buffered_bytes=options["max_buffered_bytes"],
     )
     if options["proxy"]:
-        refuse_self(address, options["server_list"], options["resolver"])
-        broker = ProxyBroker(client_from_options(options, reactor), broker)
+        if address is not None:
+            refuse_self(address, options["server_list"], options["resolver"])
+        broker = ProxyBroker(client_from_options(options, reactor), broker, reactor)
     root = MemmqService(broker, reactor)
     if options["proxy"]:
         # Started first, so stopped last: upstream connections close once
@@ -164,7 +166,7 @@ def makeService(options, reactor=None, own_logging: bool = False) -> MemmqServic
     site = MemmqSite(
         broker, max_message_size=options["max_message_size"], access_log=options["access_log"], clock=reactor
     )
-    HTTPService(site, address, certificate, reactor).setServiceParent(root)
+    HTTPService(site, address, certificate, reactor, options["listen"]).setServiceParent(root)
     # Last to start (after the front-end listens), first to stop.
     NotifyService(reactor).setServiceParent(root)
     return root

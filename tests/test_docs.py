@@ -14,8 +14,11 @@ from tests.support import REPO
 
 
 def _option_names() -> list[str]:
-    options = MemmqOptions()
-    return [flag[0] for flag in options.optFlags] + [param[0] for param in options.optParameters]
+    """
+    Every long option, those made by opt_ methods (--listen, --version)
+    included.
+    """
+    return sorted(set(MemmqOptions().synonyms.values()))
 
 
 class DocumentationTests(SynchronousTestCase):

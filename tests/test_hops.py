@@ -6,6 +6,7 @@ front-end and in the proxy's broker.
 from __future__ import annotations
 
 from twisted.internet.defer import succeed
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -105,7 +106,7 @@ class ProxyBrokerTests(SynchronousTestCase):
         A proxy forwards each publish upstream with one more hop.
         """
         upstream = _Recording()
-        proxy = ProxyBroker(upstream, Broker())
+        proxy = ProxyBroker(upstream, Broker(), Clock())
         self.successResultOf(proxy.publish("t", b"m", 3))
         self.successResultOf(proxy.publish("t", b"n"))
         self.assertEqual(upstream.published, [("t", b"m", 4), ("t", b"n", 1)])

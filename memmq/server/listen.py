@@ -1,25 +1,38 @@
 """
-Where a server listens: parsing C{--address} and opening a TLS endpoint.
+Where a server listens: parsing C{--address} and C{--listen}, and opening
+TLS endpoints on them.
 
-An empty host means every interface, IPv4 and IPv6 alike (one dual-stack
-socket on C{::}), so that C{localhost} reaches the server whichever address
-it resolves to; a machine without IPv6 falls back to C{0.0.0.0}.
+An empty C{--address} host means every interface, IPv4 and IPv6 alike (one
+dual-stack socket on C{::}), so that C{localhost} reaches the server
+whichever address it resolves to; a machine without IPv6 falls back to
+C{0.0.0.0}.
+
+C{--listen} takes any Twisted server endpoint description (C{tcp:8081},
+C{unix:/run/memmq/memmq.sock}, C{systemd:domain=INET6:name=memmq}, ...);
+memmq adds TLS over it, as it does over C{--address}.
 """
 
 from __future__ import annotations
 
 import errno
 import ipaddress
+import os
+import re
 import socket
 
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString, wrapServerTLS
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 
 from memmq.errors import MemmqError
 from memmq.server.eager import EagerTLSServerEndpoint
 
-__all__ = ["Address", "ListenError", "parse_address", "listen_tls"]
+__all__ = [
+    "Address", "EndpointError", "ListenError", "parse_address", "parse_endpoint", "listen_tls", "listen_endpoint",
+    "describe_port",
+]
 
 
 class ListenError(MemmqError):
@@ -32,6 +45,12 @@ class ListenError(MemmqError):
 class AddressError(MemmqError, ValueError):
     """
     An C{--address} that is not C{[host]:port}.
+    """
+
+
+class EndpointError(MemmqError, ValueError):
+    """
+    A C{--listen} that is not a server endpoint description memmq can use.
     """
 
 
@@ -84,13 +103,17 @@ def _interface(host: str) -> str:
 
 def _listen_now(endpoint, factory) -> IListeningPort:
     """
-    Listen, synchronously: a TCP endpoint's Deferred has fired by now.
+    Listen, synchronously: the Deferred of a TCP, UNIX or adopted (systemd)
+    endpoint has fired by now.
     """
     outcome: list = []
     d: Deferred = endpoint.listen(factory)
     d.addBoth(outcome.append)
-    if not outcome:  # not a TCP endpoint after all; nothing here makes one
-        raise ListenError("listening did not complete synchronously")
+    if not outcome:
+        # An endpoint from a plugin that listens later: the service must
+        # know at start whether it listens (twistd sheds privileges next).
+        d.cancel()
+        raise ListenError("listening did not complete at once")
     result = outcome[0]
     if hasattr(result, "check"):
         result.raiseException()
@@ -115,3 +138,88 @@ def listen_tls(reactor, address: Address, options, factory) -> IListeningPort:
             reason = e.socketError.strerror if isinstance(e.socketError, OSError) else str(e.socketError)
             raise ListenError(f"cannot listen on {address}: {reason}") from None
     raise AssertionError("unreachable")
+
+
+# Endpoint types that bring their own TLS: memmq's would go inside theirs.
+_TLS_TYPES = ("ssl", "txsni", "le", "lets")
+
+# "_parseTCP() missing 1 required positional argument: 'port'": the
+# function's name means nothing to the user.
+_CALLABLE = re.compile(r"^[\w.]+\(\) ")
+
+
+def parse_endpoint(reactor, description: str) -> IStreamServerEndpoint:
+    """
+    The (plain, TLS not yet added) server endpoint of a C{--listen}
+    description, without listening.
+
+    @raise EndpointError: the description is not one memmq can use.
+    @raise ListenError: a C{systemd:} description names a socket that
+        systemd did not pass (Twisted looks inherited sockets up here).
+    """
+    kind = description.split(":", 1)[0].strip().lower()
+    if kind in _TLS_TYPES:
+        raise EndpointError(
+            f"--listen={description}: memmq adds TLS itself (with --cert_file/--key_file); "
+            "use a plain endpoint such as tcp:8081"
+        )
+    try:
+        return serverFromString(reactor, description)
+    except (IndexError, KeyError) as e:
+        if kind == "systemd":
+            raise ListenError(f"cannot listen on {description}: {_no_systemd_socket(e)}") from None
+        raise EndpointError(f"--listen={description}: {_reason(e)}") from None
+    except (ValueError, TypeError, AttributeError, OSError) as e:
+        raise EndpointError(f"--listen={description}: {_reason(e)}") from None
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    return _CALLABLE.sub("", str(error)) or type(error).__name__
+
+
+def _no_systemd_socket(error: Exception) -> str:
+    names = os.environ.get("LISTEN_FDNAMES")
+    passed = os.environ.get("LISTEN_FDS")
+    if passed is None or os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return "no sockets passed by systemd (run it from a .socket unit, or use tcp:PORT)"
+    if isinstance(error, KeyError):
+        return f"systemd passed no socket named {error.args[0]!r} (LISTEN_FDNAMES={names or ''})"
+    if names is None:
+        return f"systemd passed {passed} socket(s) without names (LISTEN_FDNAMES): systemd 227 or newer needed"
+    return f"systemd passed {passed} socket(s), not that many"
+
+
+def listen_endpoint(reactor, description: str, options, factory) -> IListeningPort:
+    """
+    Listen on the endpoint C{description} with TLS C{options}; raise
+    L{ListenError} with a one-line reason if that cannot be done (or
+    L{EndpointError} for a description that was not validated before).
+    """
+    endpoint = wrapServerTLS(options, parse_endpoint(reactor, description), reactor)
+    try:
+        return _listen_now(endpoint, factory)
+    except CannotListenError as e:
+        reason = e.socketError.strerror if isinstance(e.socketError, OSError) else str(e.socketError)
+        raise ListenError(f"cannot listen on {description}: {reason}") from None
+    except ListenError as e:
+        raise ListenError(f"cannot listen on {description}: {e}") from None
+    except OSError as e:
+        raise ListenError(f"cannot listen on {description}: {_reason(e)}") from None
+
+
+def describe_port(port: IListeningPort, description: str | None = None) -> tuple[str, str]:
+    """
+    How the start-up line names where C{port} listens: C{("https://",
+    "HOST:PORT")} for TCP, C{("", "unix:PATH")} for a UNIX socket, else
+    C{("", description)}.
+    """
+    host = port.getHost()
+    if isinstance(host, (IPv4Address, IPv6Address)):
+        shown = f"[{host.host}]" if ":" in host.host else host.host
+        return "https://", f"{shown}:{host.port}"
+    if isinstance(host, UNIXAddress) and host.name:
+        name = host.name.decode("utf-8", "replace") if isinstance(host.name, bytes) else host.name
+        return "", f"unix:{name}"
+    return "", description or str(host)

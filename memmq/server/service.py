@@ -1,19 +1,24 @@
 """
-The HTTP front-end as a Twisted service: listen on start; on stop, stop
-listening, say goodbye to every subscriber and publisher connection
-(WebSocket close 1001, going away), wait briefly for them to go, and close
-the idle HTTP connections that remain.
+The HTTP front-end as a Twisted service: listen on start (on C{--address}
+and every C{--listen} endpoint); on stop, stop listening everywhere, say
+goodbye to every subscriber and publisher connection (WebSocket close 1001,
+going away), wait briefly for them to go, and close the idle HTTP
+connections that remain.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from memmq.errors import MemmqError
 from memmq.server.http import MemmqSite
-from memmq.server.listen import Address, listen_tls
+from memmq.server.listen import Address, describe_port, listen_endpoint, listen_tls
 from memmq.tls import ServerCertificate
 
 __all__ = ["HTTPService", "SHUTDOWN_GRACE"]
@@ -27,32 +32,60 @@ SHUTDOWN_GRACE = 0.4
 
 class HTTPService(Service):
     """
-    Serves a L{MemmqSite} over TLS on one address.
+    Serves a L{MemmqSite} over TLS on an address and on any number of
+    endpoints (C{--listen}).
 
-    @ivar port: the listening port, once started.
+    @ivar ports: the listening ports, once started: the address's first.
     """
 
     name = "http"
-    port = None
 
-    def __init__(self, site: MemmqSite, address: Address, certificate: ServerCertificate, reactor) -> None:
+    def __init__(
+        self, site: MemmqSite, address: Address | None, certificate: ServerCertificate, reactor,
+        endpoints: Sequence[str] = (),
+    ) -> None:
         self.site = site
         self.address = address
+        self.endpoints = list(endpoints)
         self.certificate = certificate
         self._reactor = reactor
+        self.ports: list[IListeningPort] = []
+
+    @property
+    def port(self) -> IListeningPort | None:
+        """
+        The first listening port (the address's, if there is one).
+        """
+        return self.ports[0] if self.ports else None
 
     def privilegedStartService(self) -> None:
         # Listen here, before twistd sheds privileges, and raise at once
-        # (ListenError) when the port is taken.
-        if self.port is None:
-            self.port = listen_tls(self._reactor, self.address, self.certificate.options(), self.site)
-            host = self.port.getHost()
-            shown = f"[{host.host}]" if ":" in host.host else host.host
-            _log.info(
-                "memmq listening on https://{address} (certificate {origin})",
-                address=f"{shown}:{host.port}", origin=self.certificate.origin,
-            )
+        # (ListenError) when a port is taken.
+        if not self.ports:
+            self._listen()
         super().privilegedStartService()
+
+    def _listen(self) -> None:
+        options = self.certificate.options()
+        try:
+            if self.address is not None:
+                self._listening(listen_tls(self._reactor, self.address, options, self.site))
+            for description in self.endpoints:
+                self._listening(listen_endpoint(self._reactor, description, options, self.site), description)
+        except MemmqError:
+            # All or nothing: a service that did not start holds no port.
+            ports, self.ports = self.ports, []
+            for port in ports:
+                port.stopListening()
+            raise
+
+    def _listening(self, port: IListeningPort, description: str | None = None) -> None:
+        self.ports.append(port)
+        scheme, address = describe_port(port, description)
+        _log.info(
+            "memmq listening on {scheme}{address} (certificate {origin})",
+            scheme=scheme, address=address, origin=self.certificate.origin, endpoint=description,
+        )
 
     def startService(self) -> None:
         self.privilegedStartService()
@@ -60,36 +93,43 @@ class HTTPService(Service):
 
     def stopService(self):
         super().stopService()
-        port, self.port = self.port, None
+        ports, self.ports = self.ports, []
         self.site.stopping = True
         self.site.combiner.stop()
         stopping = [self.site.connections.close_all(self._reactor, SHUTDOWN_GRACE)]
-        if port is not None:
-            stopping.append(maybeDeferred(port.stopListening))
+        stopping += [maybeDeferred(port.stopListening) for port in ports]
 
         def close_the_rest(_):
             # What is left are idle keep-alive HTTP connections (and requests
             # in flight): a stopped server serves nothing more on them.
-            if port is None:
-                return None
-            remaining = port.factory.protocols
-            for connection in list(remaining):
+            remaining = [connection for port in ports for connection in _connections(port)]
+            for connection in remaining:
                 connection.loseConnection()
-            return self._until_closed(remaining, self._reactor.seconds() + SHUTDOWN_GRACE)
+            return self._until_closed(ports, self._reactor.seconds() + SHUTDOWN_GRACE)
 
         return DeferredList(stopping, consumeErrors=True).addCallback(close_the_rest)
 
-    def _until_closed(self, connections, deadline: float, aborted: bool = False) -> Deferred | None:
+    def _until_closed(self, ports, deadline: float, aborted: bool = False) -> Deferred | None:
         """
-        Wait (checking every 10 ms) until C{connections} is empty; past
-        C{deadline}, abort what is left, and give up waiting a grace later.
+        Wait (checking every 10 ms) until the connections of C{ports} are
+        gone; past C{deadline}, abort what is left, and give up waiting a
+        grace later.
         """
-        if not connections:
+        if not any(_connections(port) for port in ports):
             return None
         if self._reactor.seconds() >= deadline:
             if aborted:
                 return None
-            for connection in list(connections):
-                connection.abortConnection()
+            for port in ports:
+                for connection in _connections(port):
+                    connection.abortConnection()
             deadline, aborted = self._reactor.seconds() + SHUTDOWN_GRACE, True
-        return deferLater(self._reactor, 0.01, self._until_closed, connections, deadline, aborted)
+        return deferLater(self._reactor, 0.01, self._until_closed, ports, deadline, aborted)
+
+
+def _connections(port: IListeningPort) -> list:
+    """
+    The open connections of C{port}: its TLS factory (a WrappingFactory)
+    keeps them.
+    """
+    return list(getattr(getattr(port, "factory", None), "protocols", ()))
