@@ -63,8 +63,10 @@ class LogFormatTests(SynchronousTestCase):
         """
         lines = _run_briefly(self, "--log_format=json").splitlines()
         events = [json.loads(line) for line in lines]
-        listening = [e for e in events if e.get("log_namespace") == "memmq.server.service"]
+        listening = [e for e in events if e.get("log_format", "").startswith("memmq listening on")]
         self.assertEqual(len(listening), 1, events)
+        stopping = [e for e in events if e.get("log_format", "").startswith("memmq stopping")]
+        self.assertEqual(len(stopping), 1, events)
         self.assertEqual(listening[0]["origin"], "generated")
         self.assertTrue(listening[0]["address"].startswith("127.0.0.1:"))
         self.assertEqual(listening[0]["log_level"]["name"], "info")
@@ -91,7 +93,7 @@ class LogFormatTests(SynchronousTestCase):
             listening="memmq.server.service",
         )
         events = [json.loads(line) for line in output.splitlines()]
-        self.assertEqual(len([e for e in events if e.get("log_namespace") == "memmq.server.service"]), 1, events)
+        self.assertEqual(len([e for e in events if e.get("log_format", "").startswith("memmq listening")]), 1, events)
         refused = subprocess.run(
             [*twistd, "memmq", "--log_format=json"], capture_output=True, env=child_env(), cwd=REPO, timeout=60
         )

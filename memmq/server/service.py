@@ -94,6 +94,10 @@ class HTTPService(Service):
     def stopService(self):
         super().stopService()
         ports, self.ports = self.ports, []
+        _log.info(
+            "memmq stopping: no longer listening; closing {count} subscriber and publisher connections",
+            count=len(self.site.connections),
+        )
         self.site.stopping = True
         self.site.combiner.stop()
         stopping = [self.site.connections.close_all(self._reactor, SHUTDOWN_GRACE)]

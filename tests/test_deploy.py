@@ -1,0 +1,80 @@
+"""
+The README's deployment section, followed as written where this machine
+allows: systemd's socket activation of the installed memmq command on port
+8081, then the section's own curl line.  (Installing the units needs a
+running systemd; tests/test_units.py verifies them with systemd-analyze.)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import signal
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.protocol import Factory
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import SkipTest, TestCase
+
+from tests.support import REPO, bounded, spawn
+from tests.test_script import _Curl, _seed_publish, _seed_subscribe
+
+
+def _readme_commands() -> list[str]:
+    with open(os.path.join(REPO, "README.rst"), encoding="utf-8") as f:
+        text = f.read()
+    section = text.split("Running under systemd\n=====================\n", 1)[1].split("\nProxy mode\n", 1)[0]
+    return [line.strip() for line in re.findall(r"^    (\S.*)$", section, re.M)]
+
+
+class DeploymentTests(TestCase):
+    timeout = 90
+
+    @inlineCallbacks
+    def test_socket_activation_as_written(self) -> None:
+        """
+        The README's systemd-socket-activate line serves the seed's curl
+        publish (the section's curl line) on port 8081, and a subscriber
+        receives it.
+        """
+        commands = _readme_commands()
+        activate = [c for c in commands if c.startswith("systemd-socket-activate ")]
+        curl_line = [c for c in commands if c.startswith("curl ")]
+        self.assertEqual(len(activate), 1, commands)
+        self.assertEqual(len(curl_line), 1, commands)
+        argv = shlex.split(activate[0])
+        for tool in ("systemd-socket-activate", "memmq", "curl"):
+            if shutil.which(tool) is None:
+                raise SkipTest(f"{tool} is not installed")
+        try:
+            busy = reactor.listenTCP(8081, Factory(), interface="::")
+        except Exception:
+            raise SkipTest("port 8081 is taken on this machine") from None
+        yield busy.stopListening()
+        process = _Curl()
+        spawn(self, process, [shutil.which(argv[0]), *argv[1:]], env=dict(os.environ))
+        subscriber = _seed_subscribe(self, 8081)
+        # Probe until the subscription is up (curl shows nothing before the
+        # first message), then run the README's curl line itself.
+        for attempt in range(100):
+            out, err, status = yield _seed_publish(8081, f"probe {attempt}")
+            if status == 0 and out == b"200" and b"probe" in subscriber.output:
+                break
+            yield _sleep(0.1)
+        out, err, status = yield bounded(getProcessOutputAndValue(
+            "/bin/sh", ["-c", curl_line[0]], env=os.environ
+        ))
+        self.assertEqual((out, status), (b"", 0), err)
+        yield subscriber.seen(b"a completely arbitrary message")
+        process.transport.signalProcess(signal.SIGTERM)
+        self.assertEqual((yield bounded(process.ended)), 0)
+
+
+def _sleep(seconds: float) -> Deferred:
+    d: Deferred = Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d
+
