@@ -56,14 +56,22 @@ class DeploymentTests(TestCase):
         yield busy.stopListening()
         process = _Curl()
         spawn(self, process, [shutil.which(argv[0]), *argv[1:]], env=dict(os.environ))
-        subscriber = _seed_subscribe(self, 8081)
-        # Probe until the subscription is up (curl shows nothing before the
-        # first message), then run the README's curl line itself.
+        # First until the socket is there and memmq answers through it...
         for attempt in range(100):
-            out, err, status = yield _seed_publish(8081, f"probe {attempt}")
-            if status == 0 and out == b"200" and b"probe" in subscriber.output:
+            out, err, status = yield _seed_publish(8081, f"ping {attempt}")
+            if (out, status) == (b"200", 0):
                 break
             yield _sleep(0.1)
+        self.assertEqual((out, status), (b"200", 0), err)
+        # ... then until a subscriber is up (curl shows nothing before the
+        # first message), then the README's curl line itself.
+        subscriber = _seed_subscribe(self, 8081)
+        for attempt in range(100):
+            out, err, status = yield _seed_publish(8081, f"probe {attempt}")
+            if b"probe" in subscriber.output or subscriber.ended.called:
+                break
+            yield _sleep(0.1)
+        self.assertIn(b"probe", subscriber.output)
         out, err, status = yield bounded(getProcessOutputAndValue(
             "/bin/sh", ["-c", curl_line[0]], env=os.environ
         ))
