@@ -15,7 +15,9 @@ library) is owned here; front-ends hold a reference.
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
 
 from twisted.application.service import MultiService, Service
 from twisted.python import usage
@@ -81,6 +83,18 @@ class MemmqService(MultiService):
             super().privilegedStartService()
         except MemmqError as e:
             raise _fail(str(e)) from None
+
+    def startService(self) -> None:
+        super().startService()
+        # Between here (listening, READY=1 sent) and reactor.run(), which
+        # installs Twisted's own handlers, SIGTERM would kill the process
+        # outright; ask for the same clean stop instead.
+        if not self._reactor.running and threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, self._stop_once_running)
+
+    def _stop_once_running(self, signum, frame) -> None:
+        self._reactor.callFromThread(self._reactor.stop)
 
     def stopService(self):
         # twistd ends a process stopped by SIGTERM or SIGINT by killing it
