@@ -5,15 +5,10 @@ options and their defaults, and what the memmq command does with a bad one.
 
 from __future__ import annotations
 
-import datetime
 import os
 import subprocess
 import sys
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -21,6 +16,7 @@ import memmq
 from memmq.options import MemmqOptions, parse_size
 from memmq.server.listen import AddressError, parse_address
 from memmq.tap import Options
+from memmq.tls import self_signed_certificate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(memmq.__file__)))
 
@@ -56,31 +52,13 @@ def _write_certificate(directory: str) -> tuple[str, str]:
     Write a self-signed certificate and its key to C{directory}; return
     their paths.
     """
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    certificate = self_signed_certificate("localhost")
     cert_file = os.path.join(directory, "cert.pem")
     key_file = os.path.join(directory, "key.pem")
     with open(cert_file, "wb") as f:
-        f.write(certificate.public_bytes(serialization.Encoding.PEM))
+        f.write(certificate.chain_pem())
     with open(key_file, "wb") as f:
-        f.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
+        f.write(certificate.key_pem())
     return cert_file, key_file
 
 

@@ -259,6 +259,19 @@ class Client:
             else:
                 d.callback(None)
 
+    def _refuse(self, topic: str) -> Deferred | None:
+        """
+        A failed Deferred if nothing can be done with C{topic} (the client
+        is closed, or the topic is invalid); L{None} otherwise.
+        """
+        if self._closed:
+            return fail(MemmqError("client is closed"))
+        try:
+            check_topic(topic)
+        except InvalidTopic:
+            return fail()
+        return None
+
     # -- publishing ------------------------------------------------------
 
     def publish(self, topic: str, payload: bytes, hops: int = 0) -> Deferred[None]:
@@ -272,12 +285,9 @@ class Client:
         succeeds counts as success); fails with L{PublishError} naming each
         server that did not and why, or L{InvalidTopic}.
         """
-        if self._closed:
-            return fail(MemmqError("client is closed"))
-        try:
-            check_topic(topic)
-        except InvalidTopic:
-            return fail()
+        refused = self._refuse(topic)
+        if refused is not None:
+            return refused
         if not isinstance(payload, bytes):
             return fail(TypeError("payload must be bytes"))
         return self._when_resolved().addCallback(lambda _: self._publish_everywhere(topic, payload, hops))
@@ -373,12 +383,9 @@ class Client:
                 lambda f: _log.warn("cannot subscribe to {topic!r}: {reason}", topic=topic, reason=_reason(f)),
             )
             return subscription
-        if self._closed:
-            return fail(MemmqError("client is closed"))
-        try:
-            check_topic(topic)
-        except InvalidTopic:
-            return fail()
+        refused = self._refuse(topic)
+        if refused is not None:
+            return refused
         subscription = Subscription(self, topic, deliver=subscriber, max_queued=max_queued)
         self._subscriptions.add(subscription)
 
