@@ -1,7 +1,8 @@
 """
-The client library over HTTP and WebSocket: publish with POST /pub over a
-shared pool of persistent connections (treq), subscribe with one WebSocket
-per server (autobahn), over the servers a selector picks for each topic.
+The client library over HTTP and WebSocket: publish with POST /pub over
+pipelined persistent connections (L{memmq.client.publisher}), subscribe
+with one WebSocket per server (autobahn), over the servers a selector
+picks for each topic.
 
 The L{Client} is also an L{IBroker}, so that a proxy can put the server's
 front-ends in front of other servers.
@@ -14,35 +15,30 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import treq
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from OpenSSL import SSL
-from treq.client import HTTPClient
-from twisted.internet import defer, endpoints, error
+from twisted.internet import endpoints
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
     DeferredList,
-    DeferredSemaphore,
     FirstError,
     fail,
     gatherResults,
-    inlineCallbacks,
     succeed,
 )
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web._newclient import RequestTransmissionFailed, ResponseNeverReceived
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
 from zope.interface import implementer
 
 from memmq.broker import Message, check_topic
+from memmq.client.publisher import Publisher
+from memmq.client.reasons import reason_of as _reason
 from memmq.client.resolver import IP, IResolver
 from memmq.client.selector import All, ISelector
-from memmq.client.servers import base_url, endpoint_of, publish_url, websocket_url
+from memmq.client.servers import base_url, endpoint_of, websocket_url
 from memmq.errors import InvalidTopic, MemmqError
-from memmq.hops import HOPS_HEADER, TooManyHops
+from memmq.hops import TooManyHops
 from memmq.interfaces import IBroker, ISubscriber, ISubscription
 from memmq.tls import ClientTLS
 
@@ -93,37 +89,6 @@ class SubscribeError(MemmqError):
         super().__init__(f"cannot subscribe to {topic!r} on {reasons}")
 
 
-def _reason(failure: Failure) -> str:
-    """
-    One line saying why, from a failure a network operation can have.
-    """
-    error = failure.value
-    if isinstance(error, MemmqError):
-        return str(error)
-    if isinstance(error, (ResponseFailed, ResponseNeverReceived, RequestTransmissionFailed)):
-        inner = [r for r in error.reasons if not r.check(CancelledError)] or error.reasons
-        return _reason(inner[0]) if inner else "connection lost"
-    for kind, words in _REASONS:
-        if isinstance(error, kind):
-            return words
-    if isinstance(error, SSL.Error):
-        return f"TLS error: {error}"
-    text = failure.getErrorMessage().strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-_REASONS = [
-    (error.ConnectionRefusedError, "connection refused"),
-    (error.DNSLookupError, "cannot resolve the host name"),
-    (error.TimeoutError, "timed out"),
-    (defer.TimeoutError, "timed out"),
-    (CancelledError, "timed out"),
-    (error.ConnectionLost, "connection lost"),
-    (error.ConnectionDone, "connection closed"),
-    (error.NoRouteError, "no route to host"),
-]
-
-
 def _backoff(attempt: int) -> float:
     return min(_BACKOFF_MAX, _BACKOFF_FIRST * 2**attempt) * random.uniform(0.8, 1.2)
 
@@ -170,12 +135,8 @@ class Client:
         self.resolver = resolver if resolver is not None else IP()
         self.tls = ClientTLS(ca_file)
         self._reactor = reactor
-        self._pool = HTTPConnectionPool(reactor, persistent=True)
-        self._pool.maxPersistentPerHost = 16
-        self._http = HTTPClient(Agent(reactor, contextFactory=self.tls, pool=self._pool))
+        self._publisher = Publisher(reactor, self.tls, attempts=1 + retries)
         self._subscriptions: set[Subscription] = set()
-        self._lanes: dict[tuple[str, str, int], _Lane] = {}
-        self._limits: dict[str, DeferredSemaphore] = {}
         self._closed = False
         # Publishes a server did not accept, and subscription connections
         # lost or not made: for a proxy's metrics.
@@ -290,62 +251,32 @@ class Client:
             return refused
         if not isinstance(payload, bytes):
             return fail(TypeError("payload must be bytes"))
+        if self.servers:
+            return self._publish_everywhere(topic, payload, hops)
         return self._when_resolved().addCallback(lambda _: self._publish_everywhere(topic, payload, hops))
 
     def _publish_everywhere(self, topic: str, payload: bytes, hops: int) -> Deferred[None]:
         servers = self.selector.get(topic)
-        attempts = [self._lane(server, topic, hops).send(payload) for server in servers]
+        publisher = self._publisher
+        if len(servers) == 1:
+            # The common case (one server, or a shard) without a DeferredList.
+            server = servers[0]
+            return publisher.publish(server, topic, payload, hops).addErrback(self._failed, topic, [server])
+        attempts = [publisher.publish(server, topic, payload, hops) for server in servers]
+        return DeferredList(attempts, consumeErrors=True).addCallback(self._outcome, topic, servers)
 
-        def outcome(results: list[tuple[bool, Any]]) -> None:
-            failed = [(s, r) for s, (ok, r) in zip(servers, results, strict=True) if not ok]
-            self.upstream_errors += len(failed)
-            if failed and all(r.check(TooManyHops) for _, r in failed):
-                # Every refusal was the loop guard's: say so, as a loop.
-                raise TooManyHops(failed[0][1].getErrorMessage())
-            if failed:
-                raise PublishError(topic, {s: _reason(r) for s, r in failed})
+    def _failed(self, failure: Failure, topic: str, servers: list[str]) -> None:
+        self._outcome([(False, failure)], topic, servers)
 
-        return DeferredList(attempts, consumeErrors=True).addCallback(outcome)
-
-    def _lane(self, server: str, topic: str, hops: int) -> _Lane:
-        # A lane per hop count too: in a cycle of proxies the message comes
-        # back with more hops and must not wait behind itself.
-        lane = self._lanes.get((server, topic, hops))
-        if lane is None:
-            lane = self._lanes[server, topic, hops] = _Lane(self, server, topic, hops)
-        return lane
-
-    def _connections_to(self, server: str) -> DeferredSemaphore:
-        limit = self._limits.get(server)
-        if limit is None:
-            limit = self._limits[server] = DeferredSemaphore(self._pool.maxPersistentPerHost)
-        return limit
-
-    @inlineCallbacks
-    def _post(self, server: str, url: str, payload: bytes, hops: int):
-        """
-        POST one message to one server, trying C{1 + retries} times.
-        """
-        reason = "not tried"
-        headers = {HOPS_HEADER: str(hops)} if hops else None
-        for attempt in range(self.retries + 1):
-            try:
-                response = yield self._http.post(url, data=payload, headers=headers, timeout=_CONNECT_TIMEOUT * 3)
-                body = yield treq.content(response)
-            except Exception:
-                reason = _reason(Failure())
-            else:
-                if response.code == 200:
-                    return None
-                line = body.decode("utf-8", "replace").strip().splitlines()
-                reason = f"HTTP {response.code}" + (f": {line[0]}" if line else "")
-                if response.code == 508:
-                    raise TooManyHops(reason)  # a loop does not heal by asking again
-                if 400 <= response.code < 500:
-                    break  # the server said no; asking again changes nothing
-            if attempt < self.retries:
-                yield deferLater(self._reactor, _backoff(attempt) / 2, lambda: None)
-        raise MemmqError(reason)
+    def _outcome(self, results: list[tuple[bool, Any]], topic: str, servers: list[str]) -> None:
+        failed = [(s, r) for s, (ok, r) in zip(servers, results, strict=True) if not ok]
+        if not failed:
+            return
+        self.upstream_errors += len(failed)
+        if all(r.check(TooManyHops) for _, r in failed):
+            # Every refusal was the loop guard's: say so, as a loop.
+            raise TooManyHops(failed[0][1].getErrorMessage())
+        raise PublishError(topic, {s: _reason(r) for s, r in failed})
 
     # -- subscribing -----------------------------------------------------
 
@@ -413,7 +344,7 @@ class Client:
         if self._refresher is not None and self._refresher.running:
             self._refresher.stop()
         closing = [s.close() for s in list(self._subscriptions)]
-        closing.append(self._pool.closeCachedConnections())
+        closing.append(self._publisher.close())
         return DeferredList(closing, consumeErrors=True).addCallback(lambda _: None)
 
 
@@ -698,44 +629,3 @@ class _SubscriberClient(WebSocketClientProtocol):
         if link.protocol is self or link.protocol is None:
             why = f"closed with {code}" + (f": {reason}" if reason else "") if code else (reason or "connection lost")
             link._lost(why)
-
-
-class _Lane:
-    """
-    The publishes of one topic to one server, sent one after the other so
-    that they arrive in the order they were made; lanes of different topics
-    share the server's pooled connections side by side.
-    """
-
-    def __init__(self, client: Client, server: str, topic: str, hops: int) -> None:
-        self._client = client
-        self._server = server
-        self._key = (server, topic, hops)
-        self._hops = hops
-        self._url = publish_url(server, topic)
-        self._waiting: deque[tuple[bytes, Deferred[None]]] = deque()
-        self._busy = False
-
-    def send(self, payload: bytes) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        self._waiting.append((payload, d))
-        if not self._busy:
-            self._next()
-        return d
-
-    def _next(self) -> None:
-        if not self._waiting:
-            self._busy = False
-            if self._client._lanes.get(self._key) is self:
-                del self._client._lanes[self._key]
-            return
-        self._busy = True
-        payload, done = self._waiting.popleft()
-        limit = self._client._connections_to(self._server)
-        sent = limit.run(self._client._post, self._server, self._url, payload, self._hops)
-
-        def finished(result):
-            self._next()
-            return result
-
-        sent.addBoth(finished).chainDeferred(done)
