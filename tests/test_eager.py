@@ -19,7 +19,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface import implementer
 
-from memmq.server.eager import EagerTLSServerEndpoint
+from memmq.eager import EagerTLSServerEndpoint
 from memmq.tls import self_signed_certificate
 from tests.support import WAIT, bounded
 

@@ -34,6 +34,7 @@ from twisted.python.failure import Failure
 
 from memmq.client.reasons import reason_of
 from memmq.client.servers import endpoint_of, publish_url
+from memmq.eager import ImmediateTLSFactory, make_eager
 from memmq.errors import MemmqError
 from memmq.hops import HOPS_HEADER, TooManyHops
 
@@ -139,6 +140,9 @@ class _PublishProtocol(Protocol):
         self._chunk_left = -1  # chunked: bytes left in the chunk, -1 when a size line is due
 
     def connectionMade(self) -> None:
+        tcp = self.transport
+        tcp = getattr(tcp, "transport", tcp)  # under TLS, the TCP connection below it
+        make_eager(tcp)
         self._connection._connected(self)
 
     def dataReceived(self, data: bytes) -> None:
@@ -294,10 +298,13 @@ class PublishConnection:
     def _connect(self) -> None:
         self._reconnect_call = None
         endpoint = endpoints.HostnameEndpoint(self._reactor, self._host, self._port, timeout=CONNECT_TIMEOUT)
-        if self._tls:
-            endpoint = endpoints.wrapClientTLS(self._tls_policy.creator(self._host), endpoint)
         factory = Factory.forProtocol(lambda: _PublishProtocol(self))
         factory.noisy = False
+        if self._tls:
+            # TLS records written as the requests are, not a turn later: a
+            # proxy forwards each publish as it comes (memmq.eager).
+            factory = ImmediateTLSFactory(self._tls_policy.creator(self._host), True, factory, self._reactor)
+            factory.noisy = False
         self._connecting = endpoint.connect(factory)
         self._connecting.addErrback(self._connect_failed)
 

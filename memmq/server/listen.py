@@ -26,8 +26,8 @@ from twisted.internet.endpoints import serverFromString, wrapServerTLS
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 
+from memmq.eager import EagerTLSServerEndpoint
 from memmq.errors import MemmqError
-from memmq.server.eager import EagerTLSServerEndpoint
 
 __all__ = [
     "Address", "EndpointError", "ListenError", "parse_address", "parse_endpoint", "listen_tls", "listen_endpoint",

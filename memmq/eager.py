@@ -1,5 +1,6 @@
 """
-TLS over TCP connections that send at once when they can.
+TLS over TCP connections that send at once when they can: the server's
+(every accepted connection) and the client's publish connections.
 
 A Twisted TCP transport buffers every write and registers the socket for
 writability; the next turn of the reactor sends the buffer and unregisters
@@ -28,15 +29,15 @@ from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
-__all__ = ["EagerTLSServerEndpoint"]
+__all__ = ["EagerTLSServerEndpoint", "ImmediateTLSFactory", "make_eager"]
 
 _RETRY = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ENOBUFS)
 
 
-class _EagerServer(tcp.Server):
+class _EagerWrites:
     """
-    A server-side TCP connection whose writes go to the socket at once when
-    its buffer is empty.
+    The write methods of a TCP connection whose writes go to the socket at
+    once when its buffer is empty.
     """
 
     def write(self, data: bytes) -> None:
@@ -65,6 +66,12 @@ class _EagerServer(tcp.Server):
     def writeSequence(self, iovec) -> None:
         self.write(b"".join(iovec))
 
+
+class _EagerServer(_EagerWrites, tcp.Server):
+    """
+    A server-side TCP connection with eager writes.
+    """
+
     _host = None
 
     def getHost(self):
@@ -76,11 +83,32 @@ class _EagerServer(tcp.Server):
         return host
 
 
+class _EagerClient(_EagerWrites, tcp.Client):
+    """
+    A client-side TCP connection with eager writes.
+    """
+
+
+def make_eager(transport) -> None:
+    """
+    Give a connected client TCP transport eager writes (a connection made
+    through an endpoint is a plain C{tcp.Client}; anything else is left
+    alone).
+    """
+    if type(transport) is tcp.Client:
+        transport.__class__ = _EagerClient
+
+
 class _EagerPort(tcp.Port):
     transport = _EagerServer
 
 
-class _ImmediateTLSFactory(TLSMemoryBIOFactory):
+class ImmediateTLSFactory(TLSMemoryBIOFactory):
+    """
+    TLS whose records are written as the application writes (no
+    C{BufferingTLSTransport} turn).
+    """
+
     protocol = TLSMemoryBIOProtocol
 
 
@@ -100,7 +128,7 @@ class EagerTLSServerEndpoint:
 
     def listen(self, protocolFactory) -> defer.Deferred:
         def start():
-            factory = _ImmediateTLSFactory(self._options, False, protocolFactory, self._reactor)
+            factory = ImmediateTLSFactory(self._options, False, protocolFactory, self._reactor)
             port = _EagerPort(self._port, factory, self._backlog, self._interface, self._reactor)
             port.startListening()
             return port
