@@ -49,6 +49,7 @@ MAX_IN_FLIGHT = 256
 ANSWER_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10.0
 _MAX_HEAD = 64 * 1024  # a response head larger than this is not a memmq server's
+_MAX_HEADS = 1024  # request heads kept per connection, one per topic
 _RETRY_FIRST = 0.05
 _RETRY_MAX = 2.0
 
@@ -189,7 +190,7 @@ class _PublishProtocol(Protocol):
 
     def _parse_chunk(self, response: _Response) -> bool:
         buffer = self._buffer
-        if self._chunk_left < 0:
+        if self._chunk_left == -1:
             end = buffer.find(b"\r\n")
             if end < 0:
                 if len(buffer) > _MAX_HEAD:
@@ -223,6 +224,8 @@ class _PublishProtocol(Protocol):
         if len(buffer) < 2:
             self._chunk_left = 0
             return False
+        if buffer[:2] != b"\r\n":
+            raise BadResponse("chunk longer than its size")
         del buffer[:2]  # the CRLF after the chunk
         self._chunk_left = -1
         return True
@@ -265,18 +268,25 @@ class PublishConnection:
         self._timeout_call = None
         self._closed = False
         self._lost_waiters: list[Deferred[None]] = []
+        self._heads: dict[tuple[str, int], bytes] = {}
+        self._write_call = None
 
     def request(self, topic: str, payload: bytes, hops: int) -> bytes:
         """
         The bytes of the request that publishes C{payload} to C{topic}.
         """
-        parts = urlsplit(publish_url(self.server, topic))
-        default_port = 443 if self._tls else 80
-        host = parts.netloc if self._port != default_port else parts.netloc.rsplit(":", 1)[0]
-        head = f"POST {parts.path}?{parts.query} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(payload)}\r\n"
-        if hops:
-            head += f"{HOPS_HEADER}: {hops}\r\n"
-        return head.encode("ascii") + b"\r\n" + payload
+        head = self._heads.get((topic, hops))
+        if head is None:
+            if len(self._heads) >= _MAX_HEADS:
+                self._heads.clear()
+            parts = urlsplit(publish_url(self.server, topic))
+            default_port = 443 if self._tls else 80
+            host = parts.netloc if self._port != default_port else parts.netloc.rsplit(":", 1)[0]
+            text = f"POST {parts.path}?{parts.query} HTTP/1.1\r\nHost: {host}\r\n"
+            if hops:
+                text += f"{HOPS_HEADER}: {hops}\r\n"
+            head = self._heads[topic, hops] = (text + "Content-Length: ").encode("ascii")
+        return b"%s%d\r\n\r\n%s" % (head, len(payload), payload)
 
     def send(self, data: bytes) -> Deferred[None]:
         """
@@ -288,12 +298,22 @@ class PublishConnection:
         done: Deferred[None] = Deferred()
         self._unsent.append(_Request(data, done, self._attempts))
         if self._protocol is not None:
-            self._write()
-        elif self._connecting is None and self._reconnect_call is None:
-            self._connect()
+            # Written at the end of this turn of the reactor, together
+            # with the others made in it: one TLS record and one send for
+            # all the publishes a burst of requests made.
+            if self._write_call is None:
+                self._write_call = self._reactor.callLater(0, self._write)
+        else:
+            self._connect_unless_connecting()
         return done
 
     # -- connecting ------------------------------------------------------
+
+    def _connect_unless_connecting(self) -> None:
+        # Callbacks fired from here may publish again (and so come back):
+        # one connection attempt at a time, whoever asks first.
+        if self._protocol is None and self._connecting is None and self._reconnect_call is None:
+            self._connect()
 
     def _connect(self) -> None:
         self._reconnect_call = None
@@ -342,14 +362,18 @@ class PublishConnection:
             else:
                 failed.append(request)
         self._unsent = keep
-        for request in failed:
-            request.done.errback(MemmqError(reason))
         if keep and not self._closed:
             self._reconnect_call = self._reactor.callLater(_retry_delay(attempt - 1), self._connect)
+        for request in failed:
+            request.done.errback(MemmqError(reason))
 
     # -- sending and answers ---------------------------------------------
 
     def _write(self) -> None:
+        if self._write_call is not None:
+            if self._write_call.active():
+                self._write_call.cancel()
+            self._write_call = None
         protocol = self._protocol
         if protocol is None or self._closing:
             return
@@ -362,7 +386,7 @@ class PublishConnection:
             self._in_flight.append(request)
             batch.append(request.data)
             room -= 1
-        protocol.transport.writeSequence(batch)
+        protocol.transport.write(b"".join(batch))
         if self._timeout_call is None:
             self._timeout_call = self._reactor.callLater(ANSWER_TIMEOUT, self._timed_out)
 
@@ -406,19 +430,21 @@ class PublishConnection:
         self._unsent.append(request)
         if self._protocol is not None:
             self._write()
-        elif self._connecting is None and self._reconnect_call is None:
-            self._connect()
+        else:
+            self._connect_unless_connecting()
 
     def _bad_response(self, protocol: _PublishProtocol, reason: str) -> None:
-        if protocol is self._protocol:
-            self._fail_in_flight(reason)
         protocol.transport.abortConnection()
+        if protocol is self._protocol:
+            self._closing = True  # what is published meanwhile waits for a new connection
+            self._fail_in_flight(reason)
 
     def _timed_out(self) -> None:
         self._timeout_call = None
         if self._protocol is not None and self._in_flight:
-            self._fail_in_flight(f"no answer in {ANSWER_TIMEOUT:.0f} s")
             self._protocol.transport.abortConnection()
+            self._closing = True
+            self._fail_in_flight(f"no answer in {ANSWER_TIMEOUT:g} s")
 
     def _fail_in_flight(self, reason: str) -> None:
         in_flight, self._in_flight = self._in_flight, deque()
@@ -432,13 +458,13 @@ class PublishConnection:
         if self._timeout_call is not None:
             self._timeout_call.cancel()
             self._timeout_call = None
+        if self._unsent and not self._closed:
+            self._connect_unless_connecting()
         # Read by the server, perhaps published: not sent again.
         self._fail_in_flight("connection lost before the server answered (" + reason_of(reason) + ")")
         waiters, self._lost_waiters = self._lost_waiters, []
         for d in waiters:
             d.callback(None)
-        if self._unsent and not self._closed:
-            self._connect()
 
     # -- closing ---------------------------------------------------------
 
