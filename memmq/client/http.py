@@ -257,13 +257,21 @@ class Client:
 
     def _publish_everywhere(self, topic: str, payload: bytes, hops: int) -> Deferred[None]:
         servers = self.selector.get(topic)
-        publisher = self._publisher
+        publish = self._publish_one
         if len(servers) == 1:
             # The common case (one server, or a shard) without a DeferredList.
             server = servers[0]
-            return publisher.publish(server, topic, payload, hops).addErrback(self._failed, topic, [server])
-        attempts = [publisher.publish(server, topic, payload, hops) for server in servers]
+            return publish(server, topic, payload, hops).addErrback(self._failed, topic, [server])
+        attempts = [publish(server, topic, payload, hops) for server in servers]
         return DeferredList(attempts, consumeErrors=True).addCallback(self._outcome, topic, servers)
+
+    def _publish_one(self, server: str, topic: str, payload: bytes, hops: int) -> Deferred[None]:
+        """
+        Publish to one server, in order with the earlier publishes of
+        C{topic} there, with the retries that are safe: the seam where
+        another transport (gRPC) publishes its own way.
+        """
+        return self._publisher.publish(server, topic, payload, hops)
 
     def _failed(self, failure: Failure, topic: str, servers: list[str]) -> None:
         self._outcome([(False, failure)], topic, servers)
