@@ -10,7 +10,7 @@ import os
 import shutil
 
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -19,7 +19,7 @@ from memmq.errors import PersistError
 from memmq.persist import Persister, PersistingBroker, file_name, parse
 from memmq.persist.names import MAX_NAME
 from memmq.persist.record import encode_topic, line
-from memmq.persist.replay import read_chunk
+from memmq.persist.replay import Replay, read_chunk
 from tests.support import REPO, bounded
 
 FIXTURES = os.path.join(REPO, "tests", "fixtures", "asim-mq")
@@ -336,6 +336,141 @@ class WriterTests(TestCase):
         self.assertEqual(len(_lines(persister.path("t"))), 50)
         persister.append("t", b"late")
         self.assertEqual(parse(_lines(persister.path("t"))[-1]).payload, b"late")
+
+
+class _FakePersister:
+    """
+    Six persisted payloads, read two at a time, at once; flushed when the
+    test says so.
+    """
+
+    last_timestamp = 100
+
+    def __init__(self) -> None:
+        self.reads: list[int] = []
+        self.flushing: Deferred = Deferred()
+
+    def flushed(self):
+        return self.flushing
+
+    def read(self, topic, since, last, offset, bound):
+        self.reads.append(offset)
+        payloads = [b"p%d" % i for i in range(offset, min(offset + 2, 6))]
+        return succeed((payloads, offset + 2, 6, offset + 2 >= 6))
+
+
+class _FakeSubscription:
+    def __init__(self) -> None:
+        self.paused = False
+        self.calls: list[str] = []
+
+    def pause(self) -> None:
+        self.paused = True
+        self.calls.append("pause")
+
+    def resume(self) -> None:
+        self.paused = False
+        self.calls.append("resume")
+
+
+class ReplayFlowTests(SynchronousTestCase):
+    """
+    The replay holds live messages until the persisted ones are sent, and
+    reads no further while the connection is full.
+    """
+
+    def setUp(self) -> None:
+        self.persister = _FakePersister()
+        self.subscription = _FakeSubscription()
+        self.sent: list[bytes] = []
+        self.full_after: bytes | None = None
+
+    def _replay(self, since: int = 0) -> Replay:
+        def send(payload: bytes) -> None:
+            self.sent.append(payload)
+            if payload == self.full_after:
+                self.assertTrue(self.replay.pause())
+
+        self.replay = Replay(self.persister, "t", since, self.subscription, send, self.fail)
+        return self.replay
+
+    def test_all_then_live(self) -> None:
+        """
+        The subscription is paused from the start, nothing is read before
+        the writer has written up to the seam, and live delivery resumes
+        once every persisted payload has been sent.
+        """
+        replay = self._replay()
+        self.assertEqual(self.subscription.calls, ["pause"])
+        self.assertEqual(self.persister.reads, [])
+        self.persister.flushing.callback(None)
+        self.assertEqual(self.sent, [b"p%d" % i for i in range(6)])
+        self.assertEqual(self.subscription.calls, ["pause", "resume"])
+        self.assertFalse(replay.active)
+        self.assertFalse(replay.pause())
+
+    def test_full_connection_stops_reading(self) -> None:
+        """
+        While the connection is full no chunk is read; once it drains the
+        replay goes on, and only then does live delivery resume.
+        """
+        self.full_after = b"p1"
+        replay = self._replay()
+        self.persister.flushing.callback(None)
+        self.assertEqual(self.sent, [b"p0", b"p1"])
+        self.assertEqual(self.persister.reads, [0])
+        self.assertTrue(self.subscription.paused)
+        self.assertTrue(replay.resume())
+        self.assertEqual(self.sent, [b"p%d" % i for i in range(6)])
+        self.assertEqual(self.persister.reads, [0, 2, 4])
+        self.assertEqual(self.subscription.calls, ["pause", "resume"])
+
+    def test_full_at_the_end(self) -> None:
+        """
+        A connection full when the replay ends keeps the subscription
+        paused: the connection resumes it when it drains.
+        """
+        self.full_after = b"p5"
+        replay = self._replay()
+        self.persister.flushing.callback(None)
+        self.assertFalse(replay.active)
+        self.assertEqual(self.subscription.calls, ["pause"])
+        self.assertFalse(replay.resume())
+
+    def test_nothing_after_since(self) -> None:
+        """
+        A since at or after the last message's stamp reads nothing.
+        """
+        self._replay(since=100)
+        self.assertEqual(self.persister.reads, [])
+        self.assertEqual(self.subscription.calls, ["pause", "resume"])
+
+
+class ReadChunkTests(SynchronousTestCase):
+    """
+    read_chunk reads whole lines, within the bound, of the topic, in the
+    window (since, last].
+    """
+
+    def test_window_and_bound(self) -> None:
+        """
+        Lines outside the window, of another topic, past the bound or torn
+        are left out; small chunks still end on whole lines.
+        """
+        path = os.path.abspath(self.mktemp())
+        part = encode_topic("t")
+        lines = [line(ts, part, b"m%d" % ts) for ts in range(1, 9)]
+        lines.insert(3, line(4, encode_topic("other"), b"other"))
+        lines.insert(5, b"torn\n")
+        with open(path, "wb") as f:
+            f.write(b"".join(lines))
+        bound = sum(len(t) for t in lines[:-1])  # the last line came later
+        got, offset, done = [], 0, False
+        while not done:
+            payloads, offset, bound, done = read_chunk(path, "t", 2, 7, offset, bound, size=10)
+            got += payloads
+        self.assertEqual(got, [b"m3", b"m4", b"m5", b"m6", b"m7"])
+        self.assertEqual(read_chunk(path + ".missing", "t", 0, 9, 0, None), ([], 0, 0, True))
 
 
 class _Sink:

@@ -160,6 +160,28 @@ class ReplayTests(TestCase):
         self.assertEqual(messages, [b"m%d" % i for i in range(4, 10)] + [b"live"])
 
     @inlineCallbacks
+    def test_long_replay_in_chunks(self) -> None:
+        """
+        A replay of many chunks, more than the connection buffers at once
+        (so it pauses and resumes), arrives whole and in order, over
+        WebSocket and over a plain stream, followed by a live message.
+        """
+        server = _PersistingServer(self)
+        count = 1500
+        payloads = [b"%05d" % i + b"x" * 1019 for i in range(count)]
+        for payload in payloads:
+            server.persister.append("long", payload)
+        ws = yield server.client.connect(server.url, "/sub", "long&since=0")
+        stream = yield _open_stream(self, server, {"topic": "long", "since": "0"})
+        yield server.client.publish(server.url, "long", b"%05d" % count + b"x" * 1019)
+        messages = yield ws.wait_for(count + 1)
+        self.assertEqual(messages[:count], payloads)
+        self.assertEqual(messages[count][:5], b"%05d" % count)
+        data = yield stream.wait_for((count + 1) * 1024)
+        self.assertEqual(data[: count * 1024], b"".join(payloads))
+        self.assertEqual(len(data), (count + 1) * 1024)
+
+    @inlineCallbacks
     def test_since_future_is_live_only(self) -> None:
         """
         since after every persisted message: live messages only.
@@ -304,6 +326,26 @@ class DiskErrorTests(TestCase):
         response = yield bounded(server.client.http.get(server.url + "/health"))
         self.assertEqual(response.code, 200)
         yield bounded(treq.content(response))
+
+    @inlineCallbacks
+    def test_durable_websocket_publisher_closed_1011(self) -> None:
+        """
+        In durable mode a WebSocket publisher, which gets no reply per
+        message, has its connection closed with 1011 and the reason when a
+        message cannot be persisted.
+        """
+        server = _PersistingServer(self, sync=True)
+        subscriber = yield server.client.subscribe(server.url, "w")
+        publisher = yield server.client.connect(server.url, "/pub", "w")
+        publisher.sendMessage(b"kept", isBinary=True)
+        yield subscriber.wait_for(1)
+        yield bounded(server.persister.flushed())
+        self.assertEqual(len(_lines(server.path("w"))), 1)
+        self.assertIsNone(publisher.close_code)
+        shutil.rmtree(server.directory)
+        publisher.sendMessage(b"lost", isBinary=True)
+        code = yield publisher.wait_closed()
+        self.assertEqual(code, 1011)
 
     @inlineCallbacks
     def test_unwritable_logged_once(self) -> None:

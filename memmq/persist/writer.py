@@ -182,13 +182,14 @@ class Persister(Service):
             pending = self._pending[name] = _Pending(topic)
         pending.lines.append(data)
         self._pending_bytes += len(data)
-        if self._stopped:
-            self._flush()
-            return None
-        if self.sync or self._pending_bytes >= MAX_PENDING_BYTES:
+        if self._stopped or self.sync or self._pending_bytes >= MAX_PENDING_BYTES:
             d: Deferred[None] = Deferred()
             self._waiters.append((name, d))
-            self._flush_soon()
+            if self._stopped:
+                # Written in place: the writer thread is gone.
+                self._flush()
+            else:
+                self._flush_soon()
             return d
         if self._pending_bytes >= BATCH_BYTES:
             self._flush_soon()
