@@ -75,8 +75,11 @@ class _BrokerCollector:
             for name, text, value in (
                 ("memmq_persist_written", "Messages written to their topics' files.", persister.written),
                 ("memmq_persist_written_bytes", "Bytes written to the topics' files.", persister.written_bytes),
-                ("memmq_persist_errors", "Messages not persisted because their file could not be written.",
-                 persister.errors),
+                (
+                    "memmq_persist_errors",
+                    "Messages not persisted because their file could not be written.",
+                    persister.errors,
+                ),
                 ("memmq_persist_syncs", "Batches written and fsynced (durable mode).", persister.syncs),
             ):
                 counter = CounterMetricFamily(name, text)
