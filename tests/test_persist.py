@@ -353,6 +353,9 @@ class _FakePersister:
     def flushed(self):
         return self.flushing
 
+    def seam(self) -> int:
+        return self.last_timestamp
+
     def read(self, topic, since, last, offset, bound):
         self.reads.append(offset)
         payloads = [b"p%d" % i for i in range(offset, min(offset + 2, 6))]

@@ -22,6 +22,7 @@ from memmq import client
 from memmq.broker import Broker
 from memmq.persist import Persister, PersistingBroker, file_name, parse
 from tests.support import REPO, WAIT, RunningServer, ServerProcess, bounded, child_env, spawn
+from tests.test_persist import PAYLOADS
 
 
 def _lines(path: str) -> list[bytes]:
@@ -180,6 +181,27 @@ class ReplayTests(TestCase):
         data = yield stream.wait_for((count + 1) * 1024)
         self.assertEqual(data[: count * 1024], b"".join(payloads))
         self.assertEqual(len(data), (count + 1) * 1024)
+
+    @inlineCallbacks
+    def test_replay_files_of_earlier_runs(self) -> None:
+        """
+        A fresh server that has published nothing replays the files it
+        finds, asim/mq's included (the Go-made fixture), then live ones.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        shutil.copy(os.path.join(REPO, "tests", "fixtures", "asim-mq", "plain.mq"), directory)
+        os.rename(os.path.join(directory, "plain.mq"), os.path.join(directory, "example.mq"))
+        server = _PersistingServer(self, directory=directory)
+        ws = yield server.client.connect(server.url, "/sub", "example&since=0")
+        yield server.client.publish(server.url, "example", b"live")
+        messages = yield ws.wait_for(8)
+        self.assertEqual(messages, PAYLOADS + [b"live"])
+        # The live message joined asim/mq's lines in the same file, later.
+        yield bounded(server.persister.flushed())
+        stamps = [parse(t).timestamp for t in _lines(server.path("example"))]
+        self.assertEqual(len(stamps), 8)
+        self.assertEqual(stamps, sorted(stamps))
 
     @inlineCallbacks
     def test_since_future_is_live_only(self) -> None:

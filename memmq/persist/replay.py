@@ -5,8 +5,9 @@ ones, with no gap and no duplicate at the seam.
 
 The seam is a timestamp.  The subscriber is registered with the broker
 (paused, so live messages wait in its own bounded buffer) in the same
-reactor turn as C{last} is read from the writer: every message stamped up
-to C{last} was published before, every later one arrives live.  Once the
+reactor turn as C{last} is taken from the writer (L{Persister.seam}): every
+message stamped up to C{last} was published before, every later one
+arrives live.  Once the
 writer has written everything up to C{last}, the file is read up to its
 size at that moment and the lines stamped in C{(since, last]} are sent;
 then the subscription is resumed and its buffer drains.  A replay longer
@@ -88,7 +89,7 @@ class Replay:
     ) -> None:
         # Must run in the turn that subscribed: see the module docstring.
         subscription.pause()
-        self.last = persister.last_timestamp
+        self.last = persister.seam()
         self.active = True
         self.sent = 0
         self._persister = persister

@@ -70,7 +70,8 @@ class Persister(Service):
     Appends every message to its topic's file in C{directory}.
 
     @ivar last_timestamp: the timestamp of the latest message accepted, of
-        any topic; every later message has a greater one.
+        any topic, or of the latest L{seam}; every later message has a
+        greater one.
     @ivar written: messages written; C{written_bytes}, their lines' bytes.
     @ivar errors: messages that could not be written.
     @ivar syncs: batches written and fsynced in durable mode.
@@ -194,6 +195,19 @@ class Persister(Service):
         if self._pending_bytes >= BATCH_BYTES:
             self._flush_soon()
         return None
+
+    def seam(self) -> int:
+        """
+        A timestamp that every message accepted so far has, or is older
+        than, and that every later message will be younger than: where a
+        replay ends and live delivery begins.  Not simply the last message's
+        stamp: in a process that has published nothing yet, the files hold
+        only earlier runs' messages, and all of those belong to the replay.
+        """
+        now = self._now()
+        if now > self.last_timestamp:
+            self.last_timestamp = now
+        return self.last_timestamp
 
     def flushed(self) -> Deferred[None]:
         """
