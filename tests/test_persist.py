@@ -305,6 +305,24 @@ class WriterTests(TestCase):
         self.assertEqual(len(persister.failing), 1)
 
     @inlineCallbacks
+    def test_rotated_file_reopened(self) -> None:
+        """
+        A file renamed away (log rotation) or deleted is not written to
+        any more: the next line goes to a new file under the topic's name.
+        """
+        persister = self._persister()
+        path = persister.path("t")
+        for step in ("first", "renamed", "deleted"):
+            persister.append("t", step.encode())
+            yield bounded(persister.flushed())
+            if step == "first":
+                os.rename(path, path + ".1")
+            elif step == "renamed":
+                os.unlink(path)
+        self.assertEqual([parse(t).payload for t in _lines(path + ".1")], [b"first"])
+        self.assertEqual([parse(t).payload for t in _lines(path)], [b"deleted"])
+
+    @inlineCallbacks
     def test_torn_line_finished(self) -> None:
         """
         A file whose last line was torn by a crash gets a newline before

@@ -84,9 +84,10 @@ class Files:
     def _open(self, name: str, path: str) -> tuple[int, bool]:
         fd = self._fds.get(name)
         if fd is not None:
-            # A file removed (rotated away, or its directory deleted) would
-            # swallow whatever we wrote to it: open it again by name.
-            if os.fstat(fd).st_nlink > 0:
+            # A file renamed or removed (rotated away, or its directory
+            # deleted) would swallow whatever we wrote to it: open the name
+            # again.  Two system calls per file per batch.
+            if _same_file(fd, path):
                 self._fds.move_to_end(name)
                 return fd, False
             self._close(name)
@@ -158,6 +159,18 @@ class Files:
                 except OSError:
                     pass
             self._close(name)
+
+
+def _same_file(fd: int, path: str) -> bool:
+    """
+    Whether C{path} still names the file open as C{fd}.
+    """
+    try:
+        named = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_ino, named.st_dev) == (held.st_ino, held.st_dev)
 
 
 def _reason(error: OSError) -> str:
