@@ -151,7 +151,7 @@ def run(options, reactor) -> int:
     def start() -> None:
         waits = []
         if options["subscribe"]:
-            d = client.subscribe(topic, _write_line)
+            d = client.subscribe(topic, _write_line, since=options["since"])
             d.addCallbacks(subscribed, fail)
             waits.append(d)
         if options["publish"]:

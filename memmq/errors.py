@@ -3,7 +3,7 @@ The errors memmq raises inside; each transport turns them into its own
 answer (an HTTP status, a WebSocket close code, a gRPC status) at one place.
 """
 
-__all__ = ["MemmqError", "InvalidTopic", "MessageTooLarge"]
+__all__ = ["MemmqError", "InvalidTopic", "MessageTooLarge", "PersistError", "BadQuery"]
 
 
 class MemmqError(Exception):
@@ -22,4 +22,18 @@ class InvalidTopic(MemmqError, ValueError):
 class MessageTooLarge(MemmqError, ValueError):
     """
     A payload over the configured maximum message size.
+    """
+
+
+class PersistError(MemmqError):
+    """
+    A message that could not be written to its topic's file (in durable
+    mode, the publisher is told: HTTP 507).
+    """
+
+
+class BadQuery(MemmqError, ValueError):
+    """
+    A request parameter other than the topic that cannot be used as given
+    (HTTP 400).
     """

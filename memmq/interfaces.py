@@ -65,9 +65,10 @@ class IBroker(Interface):
         cycle of proxies cannot pass a message around forever.
 
         @return: a L{Deferred} that fires with L{None} once every current
-            subscriber has been handed the message (written or buffered), or
-            fails with L{memmq.broker.InvalidTopic} or another error of the
-            broker.
+            subscriber has been handed the message (written or buffered) --
+            and, for a broker persisting in durable mode, once the message
+            is on disk -- or fails with L{memmq.broker.InvalidTopic},
+            L{memmq.errors.PersistError} or another error of the broker.
         """
 
     def subscribe(topic, subscriber):

@@ -9,6 +9,7 @@ command-line face that turns it into one line on stderr and exit status 2.
 from __future__ import annotations
 
 import inspect
+import os
 import re
 
 from twisted.python import usage
@@ -18,6 +19,7 @@ from memmq.client.http import DEFAULT_RESOLVE_INTERVAL, DEFAULT_SERVER
 from memmq.client.servers import base_url
 from memmq.errors import MemmqError
 from memmq.logs import FORMATS
+from memmq.persist.writer import DEFAULT_FLUSH_INTERVAL
 from memmq.server.http import DEFAULT_MAX_MESSAGE_SIZE
 from memmq.server.listen import EndpointError, ListenError, parse_address, parse_endpoint
 from memmq.tls import ClientTLS, load_certificate
@@ -112,6 +114,13 @@ class MemmqOptions(usage.Options):
          "messages from others shown."],
         ["proxy", None, "Run as a proxy: serve the same API in front of --servers (clustered with "
          "--select=all, sharded with --select=shard)."],
+        ["persist", None, "Append every message to its topic's file in --persist_dir, one JSON line each "
+         "(asim/mq's format: timestamp in Unix ns, topic, base64 payload), written at least every "
+         "--persist_flush_interval; subscribers may ask for ?since=<unix ns> to get persisted messages "
+         "first. A crash loses at most the last interval's messages; SIGTERM loses none."],
+        ["persist_sync", None, "With --persist: durable mode. A publish is answered only once its message "
+         "is written and fsynced (concurrent publishes share one fsync); a disk error is a 507. WebSocket "
+         "publishes get no reply: one that cannot be persisted closes the connection with 1011."],
     ]
     optParameters = [
         ["address", None, None,
@@ -133,10 +142,19 @@ class MemmqOptions(usage.Options):
         ["max_buffered_bytes", None, DEFAULT_MAX_BUFFERED_BYTES,
          "Per subscriber: payload bytes held while its connection is full (KiB/MiB suffixes "
          "allowed); whichever limit is reached first applies.", _size("max_buffered_bytes")],
+        ["persist_dir", None, None,
+         "With --persist: the directory of the topics' files, created if missing; file names are "
+         "<topic>.mq, percent-encoded outside [A-Za-z0-9._-] [default: the working directory]."],
+        ["persist_flush_interval", None, None,
+         "With --persist: at most this many seconds between a message and its write to the file "
+         f"[default: {DEFAULT_FLUSH_INTERVAL:g}].", _seconds("persist_flush_interval")],
     ]
 
     optParameters += [
         ["topic", None, None, "Client: the topic to publish or subscribe to."],
+        ["since", None, None, "Client, with --subscribe: first the messages the server persisted (it runs "
+         "with --persist) stamped after this Unix time in nanoseconds (0: all of them), then live ones.",
+         _count("since")],
         ["servers", None, None,
          "Client and proxy: comma-separated servers (host:port, or http(s) URLs) or names for the resolver "
          f"[default: {DEFAULT_SERVER}]."],
@@ -188,6 +206,7 @@ class MemmqOptions(usage.Options):
         if self["log_format"] not in FORMATS:
             raise usage.UsageError(f"unknown --log_format {self['log_format']!r}: use text or json")
         self._check_client()
+        self._check_persist()
         if self["address"] is None and not self["listen"]:
             self["address"] = ":8081"
         try:
@@ -204,6 +223,33 @@ class MemmqOptions(usage.Options):
                 self["certificate"] = load_certificate(cert_file, key_file)
             except MemmqError as e:
                 raise usage.UsageError(str(e)) from None
+
+    def _check_persist(self) -> None:
+        """
+        The persistence options go with --persist, which goes with a
+        server; the directory, made absolute now (twistd may change the
+        working directory later), must be one or be creatable.
+        """
+        if not self["persist"]:
+            for name in ("persist_sync", "persist_dir", "persist_flush_interval"):
+                if self[name]:
+                    raise usage.UsageError(f"--{name} goes with --persist")
+            return
+        if self["client"] or self["interactive"]:
+            raise usage.UsageError("--persist is for the server, not for --client or -i")
+        if self["proxy"]:
+            raise usage.UsageError(
+                "--persist does not go with --proxy: a proxy keeps no messages; run its servers with --persist"
+            )
+        directory = os.path.abspath(self["persist_dir"] or ".")
+        probe = directory
+        while not os.path.exists(probe):
+            probe = os.path.dirname(probe)
+        if not os.path.isdir(probe):
+            raise usage.UsageError(f"--persist_dir: {probe} is not a directory")
+        self["persist_dir"] = directory
+        if self["persist_flush_interval"] is None:
+            self["persist_flush_interval"] = DEFAULT_FLUSH_INTERVAL
 
     def _check_listen(self) -> None:
         """
@@ -236,6 +282,8 @@ class MemmqOptions(usage.Options):
             raise usage.UsageError("--publish and --subscribe go with --client")
         if self["topic"] is not None and not (client or interactive):
             raise usage.UsageError("--topic goes with --client or -i")
+        if self["since"] is not None and not self["subscribe"]:
+            raise usage.UsageError("--since goes with --client --subscribe")
         if not (client or interactive or proxy):
             for name in _CLIENT_SIDE:
                 if self[name] is not None:

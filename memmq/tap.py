@@ -3,6 +3,7 @@ Options and the service tree: what C{twistd memmq}, C{memmq} and
 C{python -m memmq} all build.
 
     MemmqService (MultiService)
+      ├─ Persister: writes every message to its topic's file (--persist only)
       ├─ UpstreamService: a proxy's upstream connections (--proxy only)
       ├─ HTTPService: the HTTP/WebSocket front-end over the broker, on
       │    --address and every --listen endpoint
@@ -27,6 +28,7 @@ from memmq.cli import client_from_options
 from memmq.client.servers import endpoint_of
 from memmq.errors import MemmqError
 from memmq.options import MemmqOptions
+from memmq.persist import Persister, PersistingBroker
 from memmq.proxy import ProxyBroker
 from memmq.server.http import MemmqSite
 from memmq.server.service import SHUTDOWN_GRACE, HTTPService
@@ -149,6 +151,14 @@ def _local_addresses() -> set[str]:
         return set()
 
 
+def _persist_dir(directory: str) -> str:
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        raise _fail(f"--persist_dir: cannot create {directory}: {e.strerror or e}") from None
+    return directory
+
+
 def makeService(options, reactor=None, own_logging: bool = False) -> MemmqService:
     """
     Build the service tree for parsed C{options}.
@@ -172,7 +182,19 @@ def makeService(options, reactor=None, own_logging: bool = False) -> MemmqServic
         if address is not None:
             refuse_self(address, options["server_list"], options["resolver"])
         broker = ProxyBroker(client_from_options(options, reactor), broker, reactor)
+    persister = None
+    if options["persist"]:
+        persister = Persister(
+            _persist_dir(options["persist_dir"]), options["persist_flush_interval"], options["persist_sync"],
+            reactor,
+        )
+        broker = PersistingBroker(broker, persister)
     root = MemmqService(broker, reactor)
+    if persister is not None:
+        # First to start, last to stop; it also writes whatever is
+        # published while the front-end closes, so the order is not what
+        # keeps SIGTERM from losing messages.
+        persister.setServiceParent(root)
     if options["proxy"]:
         # Started first, so stopped last: upstream connections close once
         # the front-end has said goodbye to its own subscribers.

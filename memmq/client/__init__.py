@@ -68,8 +68,8 @@ def publish(topic: str, payload: bytes):
     return default().publish(topic, payload)
 
 
-def subscribe(topic: str, callback=None):
+def subscribe(topic: str, callback=None, since: int | None = None):
     """
     Subscribe on the default client; see L{Client.subscribe}.
     """
-    return default().subscribe(topic, callback)
+    return default().subscribe(topic, callback, since=since)

@@ -293,6 +293,7 @@ class Client:
         topic: str,
         subscriber: ISubscriber | Callable[[bytes], Any] | None = None,
         max_queued: int = DEFAULT_MAX_QUEUED,
+        since: int | None = None,
     ):
         """
         Subscribe to C{topic} on every server the selector picks.
@@ -310,12 +311,18 @@ class Client:
 
         Either way a dropped connection is re-established, with capped
         exponential backoff, until the subscription is closed.
+
+        With C{since} (Unix nanoseconds), each server first sends the
+        messages it persisted (it runs with C{--persist}) stamped later,
+        then live ones; a server without persistence refuses (400).  Only
+        the first connection to a server asks for them: a re-established
+        one carries on with live messages.
         """
         if subscriber is not None and ISubscriber.providedBy(subscriber):
             if self._closed:
                 raise MemmqError("client is closed")
             check_topic(topic)
-            subscription = Subscription(self, topic, deliver=subscriber.deliver, as_message=True)
+            subscription = Subscription(self, topic, deliver=subscriber.deliver, as_message=True, since=since)
             self._subscriptions.add(subscription)
             self._when_resolved().addCallbacks(
                 lambda _: subscription._follow(),
@@ -325,7 +332,7 @@ class Client:
         refused = self._refuse(topic)
         if refused is not None:
             return refused
-        subscription = Subscription(self, topic, deliver=subscriber, max_queued=max_queued)
+        subscription = Subscription(self, topic, deliver=subscriber, max_queued=max_queued, since=since)
         self._subscriptions.add(subscription)
 
         def opened(_):
@@ -372,9 +379,11 @@ class Subscription:
         deliver: Callable[[Any], Any] | None = None,
         as_message: bool = False,
         max_queued: int = DEFAULT_MAX_QUEUED,
+        since: int | None = None,
     ) -> None:
         self.client = client
         self.topic = topic
+        self.since = since
         self.dropped = 0
         self._deliver = deliver
         self._as_message = as_message
@@ -531,7 +540,10 @@ class _Link:
         self._retry_call = None
         client = self.subscription.client
         tls, host, port = endpoint_of(self.server)
-        factory = WebSocketClientFactory(websocket_url(self.server, "/sub", self.subscription.topic))
+        url = websocket_url(self.server, "/sub", self.subscription.topic)
+        if self.subscription.since is not None and not self._ever_opened:
+            url += f"&since={self.subscription.since:d}"
+        factory = WebSocketClientFactory(url)
         factory.protocol = _SubscriberClient
         factory.link = self
         factory.noisy = False

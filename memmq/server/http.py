@@ -5,6 +5,7 @@ The HTTP front-end: one twisted.web L{Site} serving asim/mq's API.
     GET /pub?topic=T           (WebSocket upgrade) publish each message received
     GET /sub?topic=T           (WebSocket upgrade) one binary frame per message
     GET /sub?topic=T           (no upgrade) a chunked stream of the payloads
+    GET /sub?topic=T&since=N   either, persisted messages after N first (--persist)
     GET /health                200 while serving, 503 while shutting down
     GET /metrics, /stats       Prometheus metrics; JSON figures (memmq.server.metrics)
 
@@ -27,14 +28,15 @@ from twisted.web import http, resource, server
 from zope.interface import implementer
 
 from memmq.broker import Message
-from memmq.errors import InvalidTopic, MessageTooLarge
+from memmq.errors import BadQuery, InvalidTopic, MessageTooLarge, PersistError
 from memmq.hops import HOPS_HEADER, BadHops, TooManyHops, check_hops
 from memmq.interfaces import IBroker, ISubscriber
 from memmq.logs import RateLimited
+from memmq.persist.replay import Replay
 from memmq.server.combine import Combiner
 from memmq.server.connections import Connections
 from memmq.server.metrics import STATS_LIMIT, Metrics, local_broker
-from memmq.server.topics import topic_from_query
+from memmq.server.topics import NO_REPLAY, since_from_query, topic_from_query
 from memmq.server.websocket import PublisherProtocol, SubscriberProtocol, WebSocketFactory
 
 __all__ = ["MemmqSite", "DEFAULT_MAX_MESSAGE_SIZE"]
@@ -164,6 +166,8 @@ class MemmqSite(server.Site):
                 "a subscriber of {topic!r} is not keeping up: its buffer is full, and messages are "
                 "dropped for it until it drains", topic=subscription.topic,
             )
+        # A server run with --persist can replay (?since=N).
+        self.persister = getattr(broker, "persister", None)
         root = _Root()
         root.putChild(
             b"pub",
@@ -174,8 +178,10 @@ class MemmqSite(server.Site):
         root.putChild(
             b"sub",
             SubscribeResource(broker, self.connections, WebSocketResource(
-                WebSocketFactory(SubscriberProtocol, broker, self.connections, max_message_size, self.combiner)
-            )),
+                WebSocketFactory(
+                    SubscriberProtocol, broker, self.connections, max_message_size, self.combiner, self.persister
+                )
+            ), self.persister),
         )
         root.putChild(b"health", HealthResource(self))
         root.putChild(b"metrics", MetricsResource(self.metrics))
@@ -216,7 +222,7 @@ class _Resource(resource.Resource):
             return _error(request, 400, str(e))
         except MessageTooLarge as e:
             return _error(request, 413, str(e))
-        except BadHops as e:
+        except (BadHops, BadQuery) as e:
             return _error(request, 400, str(e))
         except TooManyHops as e:
             return _error(request, 508, str(e))
@@ -368,6 +374,8 @@ class PublishResource(_Resource):
             return _error(request, 413, outcome.getErrorMessage())
         if outcome.check(TooManyHops):
             return _error(request, 508, outcome.getErrorMessage())
+        if outcome.check(PersistError):
+            return _error(request, 507, outcome.getErrorMessage())
         return _error(request, 502, f"publish failed: {outcome.getErrorMessage()}")
 
     def _answer_later(self, outcome, request) -> None:
@@ -388,17 +396,23 @@ class SubscribeResource(_Resource):
 
     allowedMethods = (b"GET",)
 
-    def __init__(self, broker: IBroker, connections: Connections, websocket: WebSocketResource) -> None:
+    def __init__(
+        self, broker: IBroker, connections: Connections, websocket: WebSocketResource, persister=None
+    ) -> None:
         super().__init__()
         self._broker = broker
         self._connections = connections
         self._websocket = websocket
+        self._persister = persister
 
     def render_GET(self, request):
         topic = topic_from_query(request.args)
+        since = since_from_query(request.args)
+        if since is not None and self._persister is None:
+            raise _HTTPError(400, NO_REPLAY)
         if _is_websocket_upgrade(request):
             return self._websocket.render(request)
-        StreamingSubscriber(self._broker, self._connections, topic, request)
+        StreamingSubscriber(self._broker, self._connections, topic, request, since, self._persister)
         return server.NOT_DONE_YET
 
 
@@ -406,10 +420,16 @@ class SubscribeResource(_Resource):
 class StreamingSubscriber:
     """
     A subscriber on a plain HTTP response (what asim/mq answers to a GET
-    without an upgrade): each payload's bytes as one chunk, flushed at once.
+    without an upgrade): each payload's bytes as one chunk, flushed at once;
+    with C{since}, the persisted ones first (L{Replay}).
     """
 
-    def __init__(self, broker: IBroker, connections: Connections, topic: str, request) -> None:
+    _replay: Replay | None = None
+
+    def __init__(
+        self, broker: IBroker, connections: Connections, topic: str, request, since: int | None = None,
+        persister=None,
+    ) -> None:
         self._broker = broker
         self._connections = connections
         self._request = request
@@ -418,6 +438,8 @@ class StreamingSubscriber:
         request.write(b"")  # the headers, now: the stream has begun
         request.registerProducer(self, True)
         self.subscription = broker.subscribe(topic, self)
+        if since is not None:
+            self._replay = Replay(persister, topic, since, self.subscription, self._write, self._fail)
         connections.add(self)
         request.notifyFinish().addBoth(self._finished)
 
@@ -425,16 +447,27 @@ class StreamingSubscriber:
         if message.size:
             self._request.write(message.payload)
 
+    def _write(self, payload: bytes) -> None:
+        if payload and not self._request.finished and not self._request._disconnected:
+            self._request.write(payload)
+
+    def _fail(self, reason: str) -> None:
+        self.abort()
+
     def pauseProducing(self) -> None:
-        self.subscription.pause()
+        if self._replay is None or not self._replay.pause():
+            self.subscription.pause()
 
     def resumeProducing(self) -> None:
-        self.subscription.resume()
+        if self._replay is None or not self._replay.resume():
+            self.subscription.resume()
 
     def stopProducing(self) -> None:
         pass
 
     def _finished(self, _) -> None:
+        if self._replay is not None:
+            self._replay.cancel()
         self._broker.unsubscribe(self.subscription)
         self._connections.discard(self)
 

@@ -70,6 +70,24 @@ class _BrokerCollector:
                 gauge = GaugeMetricFamily(name, text)
                 gauge.add_metric([], value)
                 yield gauge
+        persister = getattr(self._broker, "persister", None)
+        if persister is not None:
+            for name, text, value in (
+                ("memmq_persist_written", "Messages written to their topics' files.", persister.written),
+                ("memmq_persist_written_bytes", "Bytes written to the topics' files.", persister.written_bytes),
+                (
+                    "memmq_persist_errors",
+                    "Messages not persisted because their file could not be written.",
+                    persister.errors,
+                ),
+                ("memmq_persist_syncs", "Batches written and fsynced (durable mode).", persister.syncs),
+            ):
+                counter = CounterMetricFamily(name, text)
+                counter.add_metric([], value)
+                yield counter
+            gauge = GaugeMetricFamily("memmq_persist_failing_files", "Topic files failing to be written now.")
+            gauge.add_metric([], len(persister.failing))
+            yield gauge
         client = getattr(self._broker, "client", None)
         if client is not None and hasattr(client, "upstream_errors"):
             counter = CounterMetricFamily(
@@ -130,6 +148,19 @@ class Metrics:
                     for t in topics[offset : offset + limit]
                 ],
             )
+        persister = getattr(self.broker, "persister", None)
+        if persister is not None:
+            body["persist"] = {
+                "directory": persister.directory,
+                "sync": persister.sync,
+                "written": persister.written,
+                "written_bytes": persister.written_bytes,
+                "errors": persister.errors,
+                "syncs": persister.syncs,
+                "failing": [
+                    {"path": path, "reason": reason} for path, reason in list(persister.failing.items())[:limit]
+                ],
+            }
         upstream = getattr(self.broker, "upstream_topics", None)
         if upstream is not None:
             body["upstream_topics"] = len(upstream)

@@ -21,12 +21,13 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from memmq.broker import Message
-from memmq.errors import MemmqError
+from memmq.errors import MemmqError, PersistError
 from memmq.hops import HOPS_HEADER, check_hops
 from memmq.interfaces import IBroker, ISubscriber
+from memmq.persist.replay import Replay
 from memmq.server.combine import Combiner
 from memmq.server.connections import Connections
-from memmq.server.topics import topic_from_query
+from memmq.server.topics import NO_REPLAY, since_from_query, topic_from_query
 
 __all__ = ["PublisherProtocol", "SubscriberProtocol", "WebSocketFactory", "binary_frame"]
 
@@ -38,6 +39,15 @@ _KEY_HEADER = re.compile(rb"(?im)^sec-websocket-key:[ \t]*([^\r\n]*?)[ \t]*\r?$"
 _STAND_IN_KEY = b"bWVtbXEtc3RhbmQtaW4ta2V5"[:22] + b"=="
 
 GOING_AWAY = 1001
+INTERNAL_ERROR = 1011
+
+
+def _close_reason(reason: str) -> bytes:
+    """
+    C{reason} as a close frame carries it: at most 123 bytes of UTF-8,
+    not cut inside a character.
+    """
+    return reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
 
 
 def binary_frame(payload: bytes) -> bytes:
@@ -115,7 +125,8 @@ class _ServerProtocol(WebSocketServerProtocol):
 class SubscriberProtocol(_ServerProtocol):
     """
     C{/sub} over WebSocket: every message published to the topic from now on,
-    one binary frame each, in publish order.
+    one binary frame each, in publish order; with C{?since=N}, the
+    persisted messages stamped after N first (L{Replay}).
 
     It is the push producer of its own connection: when the connection's
     buffer fills, the broker is told to hold (and, past the limits, drop)
@@ -123,7 +134,19 @@ class SubscriberProtocol(_ServerProtocol):
     """
 
     subscription = None
+    since: int | None = None
+    _replay: Replay | None = None
     _frames: list[bytes] | None = None
+
+    def onConnect(self, request):
+        super().onConnect(request)
+        try:
+            self.since = since_from_query(request.params)
+        except MemmqError as e:
+            raise ConnectionDeny(400, str(e)) from None
+        if self.since is not None and self.factory.persister is None:
+            raise ConnectionDeny(400, NO_REPLAY)
+        return None
 
     def onOpen(self) -> None:
         super().onOpen()
@@ -132,6 +155,18 @@ class SubscriberProtocol(_ServerProtocol):
         self.transport.unregisterProducer()
         self.transport.registerProducer(self, True)
         self.subscription = self.factory.broker.subscribe(self.topic, self)
+        if self.since is not None:
+            self._replay = Replay(
+                self.factory.persister, self.topic, self.since, self.subscription, self._send_now, self._fail
+            )
+
+    def _send_now(self, payload: bytes) -> None:
+        if self.state == self.STATE_OPEN:
+            self.transport.write(binary_frame(payload))
+
+    def _fail(self, reason: str) -> None:
+        if self.state == self.STATE_OPEN:
+            self.sendCloseFrame(code=INTERNAL_ERROR, reasonUtf8=_close_reason(reason), isReply=False)
 
     def deliver(self, message: Message) -> None:
         frames = self._frames
@@ -154,10 +189,14 @@ class SubscriberProtocol(_ServerProtocol):
         pass
 
     def pauseProducing(self) -> None:
+        if self._replay is not None and self._replay.pause():
+            return
         if self.subscription is not None:
             self.subscription.pause()
 
     def resumeProducing(self) -> None:
+        if self._replay is not None and self._replay.resume():
+            return
         if self.subscription is not None:
             self.subscription.resume()
 
@@ -173,6 +212,8 @@ class SubscriberProtocol(_ServerProtocol):
     def onClose(self, wasClean, code, reason) -> None:
         super().onClose(wasClean, code, reason)
         self._frames = None
+        if self._replay is not None:
+            self._replay.cancel()
         if self.subscription is not None:
             self.factory.broker.unsubscribe(self.subscription)
             self.subscription = None
@@ -183,12 +224,25 @@ class PublisherProtocol(_ServerProtocol):
     C{/pub} over WebSocket: every message received, text or binary, is
     published to the topic, in the order received.  A message over the
     size limit closes the connection with 1009 (autobahn enforces it).
+
+    There is no reply per message.  In durable mode (C{--persist_sync}) a
+    message that could not be persisted closes the connection with 1011
+    and the reason: a publisher that sees its connection close cleanly
+    (1000) after its last message knows every message before it was
+    received, though not that the last ones are on disk yet.
     """
 
     def onMessage(self, payload, isBinary) -> None:
         self.factory.broker.publish(self.topic, payload, self.hops).addErrback(self._publish_failed)
 
     def _publish_failed(self, failure) -> None:
+        if failure.check(PersistError):
+            # The writer logs the file's failure once; say it to this
+            # publisher, once, by closing.
+            if self.state == self.STATE_OPEN:
+                reason = _close_reason(failure.getErrorMessage())
+                self.sendCloseFrame(code=INTERNAL_ERROR, reasonUtf8=reason, isReply=False)
+            return
         _log.warn(
             "publish to {topic!r} from WebSocket {peer} failed: {reason}",
             topic=self.topic, peer=self.peer, reason=failure.getErrorMessage(),
@@ -208,6 +262,7 @@ class WebSocketFactory(WebSocketServerFactory):
         connections: Connections,
         max_message_size: int,
         combiner: Combiner | None = None,
+        persister=None,
     ) -> None:
         # No URL: one with port 0 is refused, and the Site serves the path.
         super().__init__()
@@ -215,6 +270,7 @@ class WebSocketFactory(WebSocketServerFactory):
         self.broker = broker
         self.connections = connections
         self.combiner = combiner
+        self.persister = persister
         self.setProtocolOptions(
             maxFramePayloadSize=max_message_size,
             maxMessagePayloadSize=max_message_size,

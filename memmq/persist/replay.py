@@ -1,0 +1,174 @@
+"""
+Replay: a subscriber that asks for C{since=<unix ns>} first gets the
+persisted messages of its topic stamped later than that, then the live
+ones, with no gap and no duplicate at the seam.
+
+The seam is a timestamp.  The subscriber is registered with the broker
+(paused, so live messages wait in its own bounded buffer) in the same
+reactor turn as C{last} is taken from the writer (L{Persister.seam}): every
+message stamped up to C{last} was published before, every later one
+arrives live.  Once the
+writer has written everything up to C{last}, the file is read up to its
+size at that moment and the lines stamped in C{(since, last]} are sent;
+then the subscription is resumed and its buffer drains.  A replay longer
+than the live buffer holds drops live messages for that subscriber alone,
+as for any slow subscriber (SPEC section 4).
+
+Reading happens in a thread; one chunk at a time, and the next chunk only
+while the subscriber's connection has room.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from twisted.logger import Logger
+
+from memmq.interfaces import ISubscription
+from memmq.persist.record import parse
+
+__all__ = ["Replay", "read_chunk", "CHUNK_BYTES"]
+
+_log = Logger()
+
+CHUNK_BYTES = 256 * 1024
+
+
+def read_chunk(
+    path: str, topic: str, since: int, last: int, offset: int, bound: int | None, size: int = CHUNK_BYTES
+) -> tuple[list[bytes], int, int, bool]:
+    """
+    Read whole lines of C{path} from C{offset}, about C{size} bytes, not
+    past C{bound} (the file's size on the first call, when L{None}).
+
+    @return: the payloads of C{topic} stamped in C{(since, last]}, the
+        offset to go on from, the bound, and whether the end is reached.
+        A missing file holds nothing; a line that is not a record (torn by
+        a crash) is skipped.
+    """
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return [], 0, 0, True
+    with f:
+        if bound is None:
+            bound = os.fstat(f.fileno()).st_size
+        f.seek(offset)
+        data = f.read(min(size, bound - offset))
+        if data and not data.endswith(b"\n") and offset + len(data) < bound:
+            data += f.readline()
+    payloads = []
+    for text in data.splitlines():
+        try:
+            record = parse(text)
+        except ValueError:
+            continue
+        if since < record.timestamp <= last and record.topic == topic:
+            payloads.append(record.payload)
+    offset += len(data)
+    return payloads, offset, bound, not data or offset >= bound
+
+
+class Replay:
+    """
+    One subscriber's replay, between its subscription and its connection.
+
+    @param send: writes one payload to the subscriber's connection.
+    @param fail: ends the subscriber's connection with a one-line reason.
+    """
+
+    def __init__(
+        self,
+        persister,
+        topic: str,
+        since: int,
+        subscription: ISubscription,
+        send: Callable[[bytes], object],
+        fail: Callable[[str], object],
+    ) -> None:
+        # Must run in the turn that subscribed: see the module docstring.
+        subscription.pause()
+        self.last = persister.seam()
+        self.active = True
+        self.sent = 0
+        self._persister = persister
+        self._topic = topic
+        self._since = since
+        self._subscription = subscription
+        self._send = send
+        self._fail = fail
+        self._paused = False
+        self._waiting = False
+        self._offset = 0
+        self._bound: int | None = None
+        if since >= self.last:
+            self._finish()
+            return
+        self._waiting = True
+        persister.flushed().addCallback(lambda _: self._next())
+
+    def pause(self) -> bool:
+        """
+        The connection is full.  L{True} if the replay takes it (it is
+        still going), else the caller pauses the subscription as usual.
+        """
+        if not self.active:
+            return False
+        self._paused = True
+        return True
+
+    def resume(self) -> bool:
+        """
+        The connection has room again; L{True} if the replay takes it.
+        """
+        if not self.active:
+            return False
+        self._paused = False
+        if not self._waiting:
+            self._next()
+        return True
+
+    def cancel(self) -> None:
+        """
+        The subscriber is gone: read no more.
+        """
+        self.active = False
+
+    def _next(self) -> None:
+        self._waiting = False
+        if not self.active or self._paused:
+            return
+        self._waiting = True
+        self._persister.read(self._topic, self._since, self.last, self._offset, self._bound).addCallbacks(
+            self._got, self._failed
+        )
+
+    def _got(self, result) -> None:
+        self._waiting = False
+        if not self.active:
+            return
+        payloads, self._offset, self._bound, done = result
+        for payload in payloads:
+            self._send(payload)
+        self.sent += len(payloads)
+        if done:
+            self._finish()
+        else:
+            self._next()
+
+    def _failed(self, failure) -> None:
+        self._waiting = False
+        if not self.active:
+            return
+        self.active = False
+        reason = f"cannot replay {self._topic!r}: {failure.getErrorMessage()}"
+        _log.warn("{reason}", reason=reason)
+        self._fail(reason)
+
+    def _finish(self) -> None:
+        self.active = False
+        # A connection that is full now resumes the subscription itself
+        # once it drains.
+        if not self._paused:
+            self._subscription.resume()
