@@ -46,7 +46,10 @@ class GeneratedModulesTests(SynchronousTestCase):
             shutil.copy(os.path.join(REPO, PROTO), os.path.join(tmp, PROTO))
             result = subprocess.run(
                 [sys.executable, "-m", "grpc_tools.protoc", *PROTOC_ARGUMENTS],
-                cwd=tmp, capture_output=True, text=True, timeout=120,
+                cwd=tmp,
+                capture_output=True,
+                text=True,
+                timeout=120,
             )
             self.assertEqual(result.returncode, 0, result.stderr)
             for name in _GENERATED:
