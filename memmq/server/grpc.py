@@ -30,9 +30,9 @@ from zope.interface import implementer
 
 from memmq.broker import Message, check_topic
 from memmq.errors import InvalidTopic, MemmqError, MessageTooLarge
-from memmq.hops import HOPS_HEADER, BadHops, TooManyHops, check_hops
+from memmq.hops import BadHops, TooManyHops, check_hops
 from memmq.interfaces import IBroker, ISubscriber
-from memmq.rpc import SERVICE, mq_pb2
+from memmq.rpc import HOPS_METADATA, SERVICE, mq_pb2
 from memmq.rpc.bridge import LoopThread
 from memmq.server.listen import Address, ListenError
 from memmq.server.service import SHUTDOWN_GRACE
@@ -42,8 +42,6 @@ __all__ = ["GRPCService", "HOPS_METADATA", "status_of", "grpc_target"]
 
 _log = Logger()
 
-# The hop count of a proxied publish (memmq.hops), as gRPC metadata.
-HOPS_METADATA = HOPS_HEADER.lower()
 # Per stream: messages (and bytes) crossed to the loop and not yet written
 # before the subscription pauses; it resumes below half of either.
 _IN_FLIGHT = 256
