@@ -98,13 +98,22 @@ def fetch_certificate(reactor, host: str, port: int, timeout: float = _CONNECT_T
     The certificate chain (C{cryptography} certificates) that C{host:port}
     presents, unverified.
     """
+    connected: list[Protocol] = []
+
+    def cancel(_: Deferred) -> None:
+        connecting.cancel()
+        for protocol in connected:
+            if protocol.transport is not None:
+                protocol.transport.abortConnection()
+
     factory = Factory.forProtocol(_Peek)
-    factory.chain = Deferred()
+    factory.chain = Deferred(cancel)
     endpoint = endpoints.wrapClientTLS(
         ssl.CertificateOptions(verify=False, raiseMinimumTo=ssl.TLSVersion.TLSv1_2),
         endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout),
     )
-    endpoint.connect(factory).addErrback(lambda f: factory.chain.called or factory.chain.errback(f))
+    connecting = endpoint.connect(factory)
+    connecting.addCallbacks(connected.append, lambda f: factory.chain.called or factory.chain.errback(f))
     return factory.chain.addTimeout(timeout, reactor)
 
 
@@ -297,6 +306,7 @@ class GRPCClient(Client):
                 self._ca_pem = f.read()
         self._channels: dict[str, _Channel] = {}
         self._opening: dict[str, list[Deferred]] = {}
+        self._making: dict[str, Deferred] = {}
         super().__init__(*args, **kwargs)
         self._thread = LoopThread(self._reactor, "memmq-grpc-client")
 
@@ -319,7 +329,8 @@ class GRPCClient(Client):
             return d
         self._opening[server] = [d]
         self._thread.start()
-        self._make_channel(server).addBoth(self._channel_made, server)
+        making = self._making[server] = self._make_channel(server)
+        making.addBoth(self._channel_made, server)
         return d
 
     @inlineCallbacks
@@ -338,6 +349,7 @@ class GRPCClient(Client):
         return (yield self._thread.run(channel.open))
 
     def _channel_made(self, result, server: str) -> None:
+        self._making.pop(server, None)
         waiting = self._opening.pop(server, [])
         if not isinstance(result, Failure):
             if self._closed:
@@ -403,6 +415,9 @@ class GRPCClient(Client):
                 await channel.close()
 
         channels: list[_Channel] = []
+
+        for making in list(self._making.values()):
+            making.cancel()
 
         def stop(_):
             channels.extend(self._channels.values())

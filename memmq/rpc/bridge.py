@@ -100,7 +100,9 @@ class LoopThread:
                 loop.run_until_complete(asyncio.wait(pending, timeout=1))
             loop.run_until_complete(loop.shutdown_asyncgens())
         finally:
-            loop.close()
+            # The loop is stopped but not closed: gRPC's process-wide poller
+            # may still hand it a late completion (of a call cancelled at
+            # stop), which a closed loop answers with an error.
             self.to_reactor.call(self._ended)
 
     def _ended(self) -> None:
