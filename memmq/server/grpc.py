@@ -164,7 +164,8 @@ class _Stream:
 
     async def send(self, context) -> None:
         """
-        Write what is delivered to the call until the stream ends.
+        Write what is delivered to the call until the stream ends, telling
+        the reactor after each batch taken how much was written.
         """
         pending = self._pending
         while True:
@@ -172,15 +173,13 @@ class _Stream:
                 self._waiter = asyncio.get_running_loop().create_future()
                 await self._waiter
             self._waiter = None
-            count = size = 0
-            while pending:
-                data = pending.popleft()
+            batch = list(pending)
+            pending.clear()
+            for data in batch:
                 if data is None:
                     return
                 await context.write(data)
-                count += 1
-                size += len(data)
-            self._thread.to_reactor.call(self._written, count, size)
+            self._thread.to_reactor.call(self._written, len(batch), sum(map(len, batch)))
 
 
 class _MQ:
