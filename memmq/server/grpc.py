@@ -289,6 +289,8 @@ class GRPCService(Service):
             ]
         )
         mq = _MQ(self)
+        # The generated add_MQServicer_to_server, but for Sub's serializer:
+        # responses come serialized once per message, for every stream.
         handlers = {
             "Pub": grpc.unary_unary_rpc_method_handler(
                 mq.Pub,
