@@ -157,7 +157,15 @@ class _Channel:
         self.stub: mq_pb2_grpc.MQStub | None = None
 
     async def open(self) -> _Channel:
-        options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+        options = [
+            ("grpc.max_receive_message_length", -1),
+            ("grpc.max_send_message_length", -1),
+            # A server that stops answering is noticed within a minute, and
+            # its subscriptions reconnect (as autobahn's auto-ping does).
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 30_000),
+            ("grpc.http2.max_pings_without_data", 0),
+        ]
         if self._override:
             options.append(("grpc.ssl_target_name_override", self._override))
         if self._tls:

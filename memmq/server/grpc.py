@@ -286,6 +286,13 @@ class GRPCService(Service):
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", self.max_message_size + _FRAMING),
                 ("grpc.max_send_message_length", -1),
+                # Ping idle clients every 30 s and drop those that do not
+                # answer within 30 s (as autobahn's auto-ping does for
+                # WebSocket subscribers); allow clients' own pings as often.
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.keepalive_timeout_ms", 30_000),
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", 20_000),
+                ("grpc.keepalive_permit_without_calls", 1),
             ]
         )
         mq = _MQ(self)
