@@ -276,6 +276,44 @@ class CommandTests(TestCase):
         self.assertIn(b"publish to 't' failed", child.stderr)
 
 
+class PromptTests(TestCase):
+    """
+    The interactive prompt over gRPC (what -i --transport=grpc runs).
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_prompt(self) -> None:
+        """
+        A typed line is published over gRPC and not echoed back; a line
+        from someone else is shown.
+        """
+        from prompt_toolkit.input import create_pipe_input
+        from prompt_toolkit.output import DummyOutput
+
+        from memmq.prompt import Prompt
+
+        server = RunningGRPC(self, Broker())
+        raw = RawClient(self, server.port, server.certificate)
+        stream = raw.subscribe("t")
+        yield bounded(stream.opened)
+        pipe = create_pipe_input()
+        keys = pipe.__enter__()
+        self.addCleanup(pipe.__exit__, None, None, None)
+        client = _client(self, [server.server], retries=0)
+        printed: list[str] = []
+        prompt = Prompt(client, "t", reactor, input=keys, output=DummyOutput(), printer=printed.append)
+        prompt.start()
+        self.addCleanup(lambda: bounded(prompt.stop()))
+        yield bounded(prompt.ready)
+        keys.send_text("mine\r")
+        self.assertEqual((yield stream.wait_for(1)), [b"mine"])
+        yield raw.publish("t", b"theirs")
+        yield _until(lambda: printed)
+        self.assertEqual(printed, ["theirs"])
+
+
 class ProxyTests(TestCase):
     """
     A proxy over gRPC upstreams, serving HTTP or gRPC.
