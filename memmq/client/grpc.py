@@ -190,9 +190,9 @@ class _Call:
     One C{Sub} call, as its L{_Link} sees it: the link's "protocol" (it
     pauses, resumes and closes it as it would a WebSocket's).
 
-    Its loop half reads the responses, one batch of crossings at a time, and
-    stops reading while paused, so that the server holds, then drops, this
-    subscriber's messages on its side.
+    Its loop half reads the responses (crossing to the reactor in batches)
+    and stops reading while paused, so that the server holds, then drops,
+    this subscriber's messages on its side.
     """
 
     def __init__(self, client: GRPCClient, link: _Link) -> None:
@@ -201,21 +201,26 @@ class _Call:
         self._link = link
         self.transport = self
         self.opened: Deferred[_Call] = Deferred(lambda d: self.sendClose())
-        # The loop's half.
+        # The loop's half (an Event binds to a loop when first waited on).
         self._call = None
-        self._reading = None
+        self._reading = asyncio.Event()
+        self._reading.set()
         self._cancelled = False
 
     # -- on the reactor ----------------------------------------------------
 
+    def _to_loop(self, f, *args) -> None:
+        if self._thread.running:
+            self._thread.to_loop.call(f, *args)
+
     def pauseProducing(self) -> None:
-        self._thread.to_loop.call(self._set_reading, False)
+        self._to_loop(self._set_reading, False)
 
     def resumeProducing(self) -> None:
-        self._thread.to_loop.call(self._set_reading, True)
+        self._to_loop(self._set_reading, True)
 
     def sendClose(self, code: int | None = None) -> None:
-        self._thread.to_loop.call(self._cancel)
+        self._to_loop(self._cancel)
 
     def _opened(self) -> None:
         if not self.opened.called:
@@ -250,8 +255,6 @@ class _Call:
             self._call.cancel()
 
     async def run(self, channel: _Channel, topic: str) -> None:
-        self._reading = asyncio.Event()
-        self._reading.set()
         to_reactor = self._thread.to_reactor
         reason, unavailable = "stream ended", False
         if self._cancelled:
@@ -307,15 +310,15 @@ class GRPCClient(Client):
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        ca_file = kwargs.get("ca_file")
-        self._ca_pem: bytes | None = None
-        if ca_file is not None:
-            with open(ca_file, "rb") as f:
-                self._ca_pem = f.read()
         self._channels: dict[str, _Channel] = {}
         self._opening: dict[str, list[Deferred]] = {}
         self._making: dict[str, Deferred] = {}
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs)  # checks ca_file (TLSConfigError)
+        self._ca_pem: bytes | None = None
+        ca_file = kwargs.get("ca_file")
+        if ca_file is not None:
+            with open(ca_file, "rb") as f:
+                self._ca_pem = f.read()
         self._thread = LoopThread(self._reactor, "memmq-grpc-client")
 
     # -- channels ----------------------------------------------------------
