@@ -42,7 +42,10 @@ def client_from_options(options, reactor) -> Client:
         names = resolver.DNS(resolver=lookup)
     else:
         names = resolver.IP()
-    return Client(
+    client_type = Client
+    if (options.get("upstream_transport") or options.get("transport")) == "grpc":
+        from memmq.client.grpc import GRPCClient as client_type
+    return client_type(
         servers=options["server_list"],
         selector=selector.Shard() if options["select"] == "shard" else selector.All(),
         resolver=names,

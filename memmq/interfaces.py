@@ -1,7 +1,7 @@
 """
 The two interfaces every transport is written against.
 
-Front-ends (HTTP/WebSocket now, gRPC later) speak only L{IBroker}; the
+Front-ends (HTTP/WebSocket, gRPC) speak only L{IBroker}; the
 in-memory broker implements it, and so will the client library, which is
 how a proxy puts the same front-ends in front of other servers.  A front-end
 hands the broker an L{ISubscriber} for each of its subscribers and steers

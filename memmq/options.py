@@ -172,6 +172,18 @@ class MemmqOptions(usage.Options):
          _seconds("resolve_interval")],
     ]
 
+    # The gRPC transport (SPEC section 7).
+    optParameters += [
+        ["transport", None, "http",
+         "http or grpc: what the server serves on --address, and what --client, -i and a proxy's "
+         "upstream side speak."],
+        ["grpc_address", None, None,
+         "Serve gRPC on this host:port as well (a server or proxy with --transport=http), over the "
+         "same broker and certificate."],
+        ["upstream_transport", None, None,
+         "Proxy: http or grpc, what it speaks to --servers [default: as --transport]."],
+    ]
+
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
@@ -207,7 +219,8 @@ class MemmqOptions(usage.Options):
             raise usage.UsageError(f"unknown --log_format {self['log_format']!r}: use text or json")
         self._check_client()
         self._check_persist()
-        if self["address"] is None and not self["listen"]:
+        self._check_transport()
+        if self["address"] is None and (not self["listen"] or self["transport"] == "grpc"):
             self["address"] = ":8081"
         try:
             self["listen_address"] = None if self["address"] is None else parse_address(self["address"])
@@ -250,6 +263,30 @@ class MemmqOptions(usage.Options):
         self["persist_dir"] = directory
         if self["persist_flush_interval"] is None:
             self["persist_flush_interval"] = DEFAULT_FLUSH_INTERVAL
+
+    def _check_transport(self) -> None:
+        """
+        Which transport each side speaks: a server serves --transport on
+        --address (and gRPC on --grpc_address too); a client speaks
+        --transport; a proxy serves as a server does and speaks
+        --upstream_transport (or --transport) to its servers.
+        """
+        for name in ("transport", "upstream_transport"):
+            if self[name] is not None and self[name] not in ("http", "grpc"):
+                raise usage.UsageError(f"unknown --{name} {self[name]!r}: use http or grpc")
+        if self["upstream_transport"] is not None and not self["proxy"]:
+            raise usage.UsageError("--upstream_transport goes with --proxy")
+        self["upstream_transport"] = self["upstream_transport"] or self["transport"]
+        self["grpc_listen_address"] = None
+        if self["grpc_address"] is not None:
+            if self["client"] or self["interactive"]:
+                raise usage.UsageError("--grpc_address is for a server or proxy")
+            if self["transport"] == "grpc":
+                raise usage.UsageError("--grpc_address goes with --transport=http (gRPC is on --address already)")
+            try:
+                self["grpc_listen_address"] = parse_address(self["grpc_address"])
+            except MemmqError as e:
+                raise usage.UsageError(f"--grpc_address: {e}") from None
 
     def _check_listen(self) -> None:
         """

@@ -7,6 +7,8 @@ C{python -m memmq} all build.
       ├─ UpstreamService: a proxy's upstream connections (--proxy only)
       ├─ HTTPService: the HTTP/WebSocket front-end over the broker, on
       │    --address and every --listen endpoint
+      ├─ GRPCService: the gRPC front-end, in a thread of its own, on
+      │    --address (--transport=grpc) or --grpc_address
       └─ NotifyService: READY=1 / STOPPING=1 / watchdog for systemd
 
 The broker (the in-memory one, or a proxy's ProxyBroker over the client
@@ -30,6 +32,7 @@ from memmq.errors import MemmqError
 from memmq.options import MemmqOptions
 from memmq.persist import Persister, PersistingBroker
 from memmq.proxy import ProxyBroker
+from memmq.server.grpc import GRPCService
 from memmq.server.http import MemmqSite
 from memmq.server.service import SHUTDOWN_GRACE, HTTPService
 from memmq.systemd import NotifyService
@@ -202,7 +205,14 @@ def makeService(options, reactor=None, own_logging: bool = False) -> MemmqServic
     site = MemmqSite(
         broker, max_message_size=options["max_message_size"], access_log=options["access_log"], clock=reactor
     )
-    HTTPService(site, address, certificate, reactor, options["listen"]).setServiceParent(root)
+    serves_grpc = options["transport"] == "grpc"
+    if not serves_grpc or options["listen"]:
+        # --listen endpoints are HTTP whatever the transport (for /metrics).
+        http_address = None if serves_grpc else address
+        HTTPService(site, http_address, certificate, reactor, options["listen"]).setServiceParent(root)
+    grpc_address = address if serves_grpc else options["grpc_listen_address"]
+    if grpc_address is not None:
+        GRPCService(broker, grpc_address, certificate, reactor, options["max_message_size"]).setServiceParent(root)
     # Last to start (after the front-end listens), first to stop.
     NotifyService(reactor).setServiceParent(root)
     return root

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 
+import grpc
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, inlineCallbacks
@@ -492,3 +493,26 @@ class OptionTests(TestCase):
             self.assertEqual(stderr.count("\n"), 1, (args, stderr))
             self.assertTrue(stderr.startswith("memmq: "), (args, stderr))
             self.assertIn(expected, stderr, args)
+
+
+class DurableGRPCTests(TestCase):
+    """
+    gRPC Pub in durable mode: a message that cannot be persisted is
+    DATA_LOSS (HTTP's 507), which a client does not ask again.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_data_loss(self) -> None:
+        from tests.grpc_support import RawClient, RunningGRPC
+
+        server = _PersistingServer(self, sync=True)
+        front = RunningGRPC(self, server.broker, certificate=server.server.certificate)
+        raw = RawClient(self, front.port, server.server.certificate)
+        yield bounded(raw.publish("g", b"kept"))
+        self.assertEqual(len(_lines(server.path("g"))), 1)
+        shutil.rmtree(server.directory)
+        error = yield self.assertFailure(bounded(raw.publish("g", b"not kept")), grpc.aio.AioRpcError)
+        self.assertEqual(error.code(), grpc.StatusCode.DATA_LOSS)
+        self.assertIn("not persisted", error.details())

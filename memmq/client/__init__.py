@@ -11,6 +11,11 @@ The memmq client library: the seed's Go client, in Python, on Deferreds.
     c = client.new(servers=[...], selector=client.selector.Shard())        # shard: one server per topic
     c = client.new(servers=["memmq.proxy.local"], resolver=client.resolver.DNS())
 
+The same over gRPC (asim/mq's MQ service; see L{memmq.client.grpc}):
+
+    from memmq.client import grpc
+    c = grpc.new(servers=["127.0.0.1:8081"])
+
 Every call needs a running reactor; nothing connects until a first publish
 or subscribe.
 """

@@ -344,6 +344,14 @@ class Client:
 
         return self._when_resolved().addCallback(opened).addErrback(failed)
 
+    def _new_link(self, subscription: Subscription, server: str, first_attempts: int | None) -> _Link:
+        """
+        Open one subscription's link to one server: the seam where another
+        transport (L{memmq.client.grpc}) puts its own connections under the
+        same reconnection, following and flow control.
+        """
+        return _Link(subscription, server, first_attempts=first_attempts)
+
     def unsubscribe(self, subscription: Subscription) -> Deferred[None]:
         """
         Close C{subscription}: its connections are closed and nothing more
@@ -488,7 +496,7 @@ class Subscription:
         for server in wanted:
             if server not in self._links:
                 attempts = self.client.retries + 1 if wait else None
-                link = self._links[server] = _Link(self, server, first_attempts=attempts)
+                link = self._links[server] = self.client._new_link(self, server, attempts)
                 opening.append((server, link.opened))
         if not wait:
             return succeed(None)

@@ -1,0 +1,494 @@
+"""
+The client library over gRPC (asim/mq's C{MQ} service): the same interface
+as the HTTP client, the same selectors, resolvers, retries, subscriptions
+and reconnection, over one gRPC channel per server, reused by every publish
+and subscription (asim/mq's Go client dials once per publish).
+
+    from memmq.client import grpc
+
+    c = grpc.new(servers=["127.0.0.1:8081"])
+    yield c.publish("example", b"bar")
+    sub = yield c.subscribe("example")
+    data = yield sub.get()
+
+gRPC runs on C{grpc.aio}, on an asyncio loop in a thread of the client's
+own (L{memmq.rpc.bridge}), started on first use and stopped by C{close()};
+every result comes back on the reactor.
+
+TLS: grpc-python cannot skip verification, so the default (unverified, as
+asim/mq) fetches the certificate a server presents, in a TLS handshake of
+its own that verifies nothing, and trusts exactly that certificate for that
+server (naming one of the names it holds, whichever host it was reached
+by); a server that comes back with another certificate is fetched again.
+Given C{ca_file}, servers are verified against it, as over HTTP.  An
+C{http://} server is spoken to without TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections import deque
+from typing import Any
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from twisted.internet import endpoints, ssl
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from memmq.client.http import _CONNECT_TIMEOUT, DEFAULT_SERVER, Client, Subscription, _backoff, _Link, _reason
+from memmq.client.servers import endpoint_of
+from memmq.errors import MemmqError
+from memmq.hops import TooManyHops
+from memmq.rpc import HOPS_METADATA, mq_pb2, mq_pb2_grpc
+from memmq.rpc.bridge import LoopThread
+
+__all__ = ["GRPCClient", "fetch_certificate", "new"]
+
+# The answers that asking again cannot change.
+_FINAL = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.UNIMPLEMENTED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.DATA_LOSS,
+}
+
+
+def new(servers=(DEFAULT_SERVER,), selector=None, resolver=None, retries: int = 1, **options) -> GRPCClient:
+    """
+    A new gRPC client (the seed's C{grpc.New(...)}); the options are
+    L{memmq.client.Client}'s (C{ca_file}, C{resolve_interval}, C{reactor}).
+    """
+    return GRPCClient(servers=servers, selector=selector, resolver=resolver, retries=retries, **options)
+
+
+def _rpc_reason(error: BaseException) -> str:
+    if isinstance(error, grpc.aio.AioRpcError):
+        details = (error.details() or "").strip().splitlines()
+        return f"gRPC {error.code().name}" + (f": {details[0]}" if details else "")
+    return _reason(Failure(error))
+
+
+@implementer(IHandshakeListener)
+class _Peek(Protocol):
+    """
+    Completes a TLS handshake, takes the certificates shown, and hangs up.
+    """
+
+    def handshakeCompleted(self) -> None:
+        chain = self.transport.getHandle().get_peer_cert_chain(as_cryptography=True) or []
+        if not self.factory.chain.called:
+            self.factory.chain.callback(list(chain))
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason) -> None:
+        if not self.factory.chain.called:
+            self.factory.chain.errback(reason)
+
+
+def fetch_certificate(reactor, host: str, port: int, timeout: float = _CONNECT_TIMEOUT) -> Deferred:
+    """
+    The certificate chain (C{cryptography} certificates) that C{host:port}
+    presents, unverified.
+    """
+    connected: list[Protocol] = []
+
+    def cancel(_: Deferred) -> None:
+        connecting.cancel()
+        for protocol in connected:
+            if protocol.transport is not None:
+                protocol.transport.abortConnection()
+
+    factory = Factory.forProtocol(_Peek)
+    factory.chain = Deferred(cancel)
+    endpoint = endpoints.wrapClientTLS(
+        ssl.CertificateOptions(verify=False, raiseMinimumTo=ssl.TLSVersion.TLSv1_2),
+        endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout),
+    )
+    connecting = endpoint.connect(factory)
+    connecting.addCallbacks(connected.append, lambda f: factory.chain.called or factory.chain.errback(f))
+    return factory.chain.addTimeout(timeout, reactor)
+
+
+def _names(certificate: x509.Certificate) -> list[str]:
+    try:
+        sans = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        sans = None
+    names = [str(n) for n in sans.get_values_for_type(x509.DNSName)] if sans else []
+    names += [str(n) for n in sans.get_values_for_type(x509.IPAddress)] if sans else []
+    names += [a.value for a in certificate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
+    return names
+
+
+def _name_override(certificate: x509.Certificate, host: str) -> str | None:
+    """
+    The name to check C{certificate} against when C{host} is not one of its
+    names (a pinned certificate is trusted whatever host reached it).
+    """
+    names = _names(certificate)
+    try:
+        host = str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    if host in names or not names:
+        return None
+    return names[0]
+
+
+class _Channel:
+    """
+    One server's channel and stub; used on the loop only.
+    """
+
+    def __init__(self, target: str, roots: bytes | None, override: str | None, tls: bool) -> None:
+        self.target = target
+        self._roots = roots
+        self._override = override
+        self._tls = tls
+        self.channel: grpc.aio.Channel | None = None
+        self.stub: mq_pb2_grpc.MQStub | None = None
+
+    async def open(self) -> _Channel:
+        options = [
+            ("grpc.max_receive_message_length", -1),
+            ("grpc.max_send_message_length", -1),
+            # A server that stops answering is noticed within a minute, and
+            # its subscriptions reconnect (as autobahn's auto-ping does).
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 30_000),
+            ("grpc.http2.max_pings_without_data", 0),
+        ]
+        if self._override:
+            options.append(("grpc.ssl_target_name_override", self._override))
+        if self._tls:
+            credentials = grpc.ssl_channel_credentials(root_certificates=self._roots)
+            self.channel = grpc.aio.secure_channel(self.target, credentials, options=options)
+        else:
+            self.channel = grpc.aio.insecure_channel(self.target, options=options)
+        self.stub = mq_pb2_grpc.MQStub(self.channel)
+        return self
+
+    async def publish(self, topic: str, payload: bytes, hops: int) -> None:
+        metadata = ((HOPS_METADATA, str(hops)),) if hops else None
+        await self.stub.Pub(mq_pb2.PubRequest(topic=topic, payload=payload), metadata=metadata, timeout=30)
+
+    async def close(self) -> None:
+        if self.channel is not None:
+            await self.channel.close()
+
+
+class _Call:
+    """
+    One C{Sub} call, as its L{_Link} sees it: the link's "protocol" (it
+    pauses, resumes and closes it as it would a WebSocket's).
+
+    Its loop half reads the responses (crossing to the reactor in batches)
+    and stops reading while paused, so that the server holds, then drops,
+    this subscriber's messages on its side.
+    """
+
+    def __init__(self, client: GRPCClient, link: _Link) -> None:
+        self._client = client
+        self._thread = client._thread
+        self._link = link
+        self.transport = self
+        self.opened: Deferred[_Call] = Deferred(lambda d: self.sendClose())
+        # The loop's half (an Event binds to a loop when first waited on).
+        self._call = None
+        self._reading = asyncio.Event()
+        self._reading.set()
+        self._cancelled = False
+
+    # -- on the reactor ----------------------------------------------------
+
+    def _to_loop(self, f, *args) -> None:
+        if self._thread.running:
+            self._thread.to_loop.call(f, *args)
+
+    def pauseProducing(self) -> None:
+        self._to_loop(self._set_reading, False)
+
+    def resumeProducing(self) -> None:
+        self._to_loop(self._set_reading, True)
+
+    def sendClose(self, code: int | None = None) -> None:
+        self._to_loop(self._cancel)
+
+    def _opened(self) -> None:
+        if not self.opened.called:
+            self.opened.callback(self)
+
+    def _received(self, payloads: list[bytes]) -> None:
+        link = self._link
+        for payload in payloads:
+            if link.protocol is not self:
+                return
+            link.subscription._receive(payload)
+
+    def _ended(self, reason: str, unavailable: bool) -> None:
+        if unavailable:
+            self._client._forget(self._link.server)
+        if not self.opened.called:
+            self.opened.errback(MemmqError(reason))
+        elif self._link.protocol is self or self._link.protocol is None:
+            self._link._lost(reason)
+
+    # -- on the loop -------------------------------------------------------
+
+    def _set_reading(self, reading: bool) -> None:
+        if reading:
+            self._reading.set()
+        else:
+            self._reading.clear()
+
+    def _cancel(self) -> None:
+        self._cancelled = True
+        if self._call is not None:
+            self._call.cancel()
+
+    async def run(self, channel: _Channel, topic: str) -> None:
+        to_reactor = self._thread.to_reactor
+        reason, unavailable = "stream ended", False
+        if self._cancelled:
+            to_reactor.call(self._ended, "closed", False)
+            return
+        call = self._call = channel.stub.Sub(mq_pb2.SubRequest(topic=topic))
+        try:
+            # The server answers with its headers once subscribed.
+            await call.initial_metadata()
+            if call.done():
+                await call.read()  # raises the status it ended with
+            to_reactor.call(self._opened)
+            while True:
+                if not self._reading.is_set():
+                    await self._reading.wait()
+                response = await call.read()
+                if response is grpc.aio.EOF:
+                    reason = "stream ended by the server"
+                    break
+                to_reactor.call(self._received, [response.payload])
+        except grpc.aio.AioRpcError as e:
+            reason, unavailable = _rpc_reason(e), e.code() == grpc.StatusCode.UNAVAILABLE
+        except asyncio.CancelledError:
+            reason = "closed"
+        except Exception as e:
+            reason = _rpc_reason(e)
+        finally:
+            call.cancel()
+            to_reactor.call(self._ended, reason, unavailable)
+
+
+class _GRPCLink(_Link):
+    """
+    A subscription's link to one server over a gRPC C{Sub} call; the
+    reconnection (capped backoff) and flow control are L{_Link}'s.
+    """
+
+    def _connect(self) -> None:
+        self._retry_call = None
+        client: GRPCClient = self.subscription.client
+        call = _Call(client, self)
+        self._connecting = call.opened
+        client._channel(self.server).addCallbacks(
+            lambda channel: client._thread.run(call.run, channel, self.subscription.topic),
+            lambda failure: call._ended(_reason(failure), False),
+        ).addErrback(lambda failure: call._ended(_reason(failure), False))
+        call.opened.addCallbacks(self._open, self._failed)
+
+
+class GRPCClient(Client):
+    """
+    A L{Client} that speaks gRPC: see the module's docstring.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._channels: dict[str, _Channel] = {}
+        self._lanes: dict[tuple[str, str, int], _Lane] = {}
+        self._opening: dict[str, list[Deferred]] = {}
+        self._making: dict[str, Deferred] = {}
+        super().__init__(*args, **kwargs)  # checks ca_file (TLSConfigError)
+        self._ca_pem: bytes | None = None
+        ca_file = kwargs.get("ca_file")
+        if ca_file is not None:
+            with open(ca_file, "rb") as f:
+                self._ca_pem = f.read()
+        self._thread = LoopThread(self._reactor, "memmq-grpc-client")
+
+    # -- channels ----------------------------------------------------------
+
+    def _channel(self, server: str) -> Deferred[_Channel]:
+        """
+        The server's channel: made on first use (its certificate fetched, if
+        not verifying) and reused until the server is unavailable.
+        """
+        channel = self._channels.get(server)
+        if channel is not None:
+            return succeed(channel)
+        if self._closed:
+            return Deferred.fromFailure(Failure(MemmqError("client is closed")))
+        d: Deferred[_Channel] = Deferred()
+        waiting = self._opening.get(server)
+        if waiting is not None:
+            waiting.append(d)
+            return d
+        self._opening[server] = [d]
+        self._thread.start()
+        making = self._making[server] = self._make_channel(server)
+        making.addBoth(self._channel_made, server)
+        return d
+
+    @inlineCallbacks
+    def _make_channel(self, server: str):
+        tls, host, port = endpoint_of(server)
+        roots = self._ca_pem
+        override = None
+        if tls and roots is None:
+            chain = yield fetch_certificate(self._reactor, host, port)
+            if not chain:
+                raise MemmqError("the server showed no certificate")
+            roots = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
+            override = _name_override(chain[0], host)
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        channel = _Channel(target, roots, override, tls)
+        return (yield self._thread.run(channel.open))
+
+    def _channel_made(self, result, server: str) -> None:
+        self._making.pop(server, None)
+        waiting = self._opening.pop(server, [])
+        if not isinstance(result, Failure):
+            if self._closed:
+                self._thread.to_loop.call(lambda: self._thread.loop.create_task(result.close()))
+                result = Failure(MemmqError("client is closed"))
+            else:
+                self._channels[server] = result
+        for d in waiting:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
+
+    def _forget(self, server: str) -> None:
+        """
+        Make the next call to C{server} open a new channel (fetching its
+        certificate again: a restarted server has a new one).
+        """
+        channel = self._channels.pop(server, None)
+        if channel is not None and self._thread.running:
+            # Its calls in flight finish first.
+            self._thread.to_loop.call(lambda: self._thread.loop.call_later(5, _close_soon, channel))
+
+    # -- the transport seam ------------------------------------------------
+
+    def _publish_one(self, server: str, topic: str, payload: bytes, hops: int) -> Deferred[None]:
+        # Unary calls on one channel may be served in any order: the
+        # publishes of a topic to a server go one after the other.
+        key = (server, topic, hops)
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = _Lane(self, key)
+        return lane.send(payload)
+
+    @inlineCallbacks
+    def _post(self, server: str, topic: str, payload: bytes, hops: int):
+        """
+        Publish one payload to one server, trying C{1 + retries} times.
+        """
+        reason = "not tried"
+        for attempt in range(self.retries + 1):
+            try:
+                channel = yield self._channel(server)
+                yield self._thread.run(channel.publish, topic, payload, hops)
+                return None
+            except grpc.aio.AioRpcError as e:
+                reason = _rpc_reason(e)
+                if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    raise TooManyHops(reason) from None  # a loop does not heal by asking again
+                if e.code() in _FINAL:
+                    break
+                if e.code() == grpc.StatusCode.UNAVAILABLE:
+                    self._forget(server)
+            except Exception:
+                reason = _reason(Failure())
+            if attempt < self.retries:
+                yield deferLater(self._reactor, _backoff(attempt) / 2, lambda: None)
+        raise MemmqError(reason)
+
+    def _new_link(self, subscription: Subscription, server: str, first_attempts: int | None) -> _Link:
+        return _GRPCLink(subscription, server, first_attempts=first_attempts)
+
+    def close(self) -> Deferred[None]:
+        """
+        Close every subscription and channel, then stop the gRPC thread.
+        """
+
+        async def close_channels() -> None:
+            for channel in channels:
+                await channel.close()
+
+        channels: list[_Channel] = []
+
+        for making in list(self._making.values()):
+            making.cancel()
+
+        def stop(_):
+            channels.extend(self._channels.values())
+            self._channels.clear()
+            return self._thread.stop(close_channels)
+
+        return super().close().addCallback(stop).addCallback(lambda _: None)
+
+
+async def _close_soon_async(channel: _Channel) -> None:
+    await channel.close()
+
+
+def _close_soon(channel: _Channel) -> None:
+    asyncio.get_running_loop().create_task(_close_soon_async(channel))
+
+
+class _Lane:
+    """
+    The publishes of one topic to one server (with one hop count: in a
+    cycle of proxies a message comes back with more hops and must not wait
+    behind itself), made one after the other so that they arrive in the
+    order they were made.
+    """
+
+    def __init__(self, client: GRPCClient, key: tuple[str, str, int]) -> None:
+        self._client = client
+        self._key = key
+        self._waiting: deque[tuple[bytes, Deferred[None]]] = deque()
+        self._busy = False
+
+    def send(self, payload: bytes) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._waiting.append((payload, d))
+        if not self._busy:
+            self._next()
+        return d
+
+    def _next(self) -> None:
+        if not self._waiting:
+            self._busy = False
+            if self._client._lanes.get(self._key) is self:
+                del self._client._lanes[self._key]
+            return
+        self._busy = True
+        payload, done = self._waiting.popleft()
+        server, topic, hops = self._key
+        sent = self._client._post(server, topic, payload, hops)
+
+        def finished(result):
+            self._next()
+            return result
+
+        sent.addBoth(finished).chainDeferred(done)
