@@ -18,6 +18,7 @@ from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from memmq.broker import Message
@@ -232,8 +233,29 @@ class PublisherProtocol(_ServerProtocol):
     received, though not that the last ones are on disk yet.
     """
 
+    # Publishes not yet answered (a proxy's upstreams, a durable write)
+    # from one connection: past this many, it is not read until half of
+    # them have been, so a fast publisher cannot fill the server's memory
+    # with a backlog (the in-memory broker answers at once: no effect).
+    max_pending = 1000
+    _pending = 0
+    _reading_paused = False
+
     def onMessage(self, payload, isBinary) -> None:
-        self.factory.broker.publish(self.topic, payload, self.hops).addErrback(self._publish_failed)
+        self._pending += 1
+        self.factory.broker.publish(self.topic, payload, self.hops).addBoth(self._published)
+        if self._pending > self.max_pending and not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pauseProducing()
+
+    def _published(self, result) -> None:
+        self._pending -= 1
+        if self._reading_paused and self._pending <= self.max_pending // 2:
+            self._reading_paused = False
+            if self.transport is not None:
+                self.transport.resumeProducing()
+        if isinstance(result, Failure):
+            self._publish_failed(result)
 
     def _publish_failed(self, failure) -> None:
         if failure.check(PersistError):
