@@ -182,8 +182,9 @@ def makeService(options, reactor=None, own_logging: bool = False) -> MemmqServic
         max_buffered_bytes=options["max_buffered_bytes"],
     )
     if options["proxy"]:
-        if address is not None:
-            refuse_self(address, options["server_list"], options["resolver"])
+        for own in (address, options["grpc_listen_address"]):
+            if own is not None:
+                refuse_self(own, options["server_list"], options["resolver"])
         broker = ProxyBroker(client_from_options(options, reactor), broker, reactor)
     persister = None
     if options["persist"]:

@@ -588,6 +588,26 @@ class LoopTests(TestCase):
         self.assertEqual(process.stdout, b"")
 
     @inlineCallbacks
+    def test_self_listing_grpc_refused(self) -> None:
+        """
+        The same for a proxy that lists its own --grpc_address.
+        """
+        files = _Files(self)
+        port, grpc_port = _dead_port(), _dead_port()
+        process = ServerProcess.spawn(
+            self,
+            _args(
+                files, f"127.0.0.1:{port}", "--proxy", f"--grpc_address=127.0.0.1:{grpc_port}",
+                "--upstream_transport=grpc", f"--servers=127.0.0.1:{grpc_port}",
+            ),
+        )
+        status = yield bounded(process.ended)
+        self.assertEqual(status, 2, process.output)
+        lines = process.stderr.decode().splitlines()
+        self.assertEqual(len(lines), 1, process.stderr)
+        self.assertTrue(lines[0].startswith("memmq: --servers lists this proxy itself"), lines[0])
+
+    @inlineCallbacks
     def test_cycle_of_two(self) -> None:
         """
         Two proxies that list each other: a publish to one is refused
