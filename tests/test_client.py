@@ -337,6 +337,32 @@ class ReconnectionTests(TestCase):
         self.assertEqual(restarted.broker.topic("restart").published, 1)
 
     @inlineCallbacks
+    def test_back_server_cuts_backoff(self) -> None:
+        """
+        Subscriptions waiting out a long backoff to reconnect to a server
+        try at once when the client reaches that server again: by a
+        publish, or by another subscription that connects there.
+        """
+        from memmq.client import http as client_http
+
+        first = RunningServer(self)
+        c = _client(self, [first.url])
+        subs = []
+        for topic in ("a", "b", "c"):
+            subs.append((yield c.subscribe(topic)))
+        yield c.publish("a", b"warm")  # the publish connection is up
+        yield first.stop()
+        yield _until(lambda: all(sub.connected == 0 for sub in subs))
+        # From now on every wait to reconnect is a minute.
+        self.patch(client_http, "_backoff", lambda attempt: 60.0)
+        yield _sleep(0.5)  # the first retries (0.1 s) fail: servers down
+        restarted = RunningServer(self, certificate=first.certificate, address=f"127.0.0.1:{first.port}")
+        self.assertEqual(sum(sub.connected for sub in subs), 0)
+        yield c.publish("a", b"after")  # reconnects the publisher
+        yield _until(lambda: all(sub.connected == 1 for sub in subs))
+        self.assertTrue(all(restarted.broker.topic(topic) is not None for topic in ("a", "b", "c")))
+
+    @inlineCallbacks
     def test_close_stops_reconnecting(self) -> None:
         """
         Closing a subscription whose server is down stops the attempts.

@@ -135,7 +135,7 @@ class Client:
         self.resolver = resolver if resolver is not None else IP()
         self.tls = ClientTLS(ca_file)
         self._reactor = reactor
-        self._publisher = Publisher(reactor, self.tls, attempts=1 + retries)
+        self._publisher = Publisher(reactor, self.tls, attempts=1 + retries, reconnected=self._server_reachable)
         self._subscriptions: set[Subscription] = set()
         self._closed = False
         # Publishes a server did not accept, and subscription connections
@@ -352,6 +352,18 @@ class Client:
         """
         return _Link(subscription, server, first_attempts=first_attempts)
 
+    def _server_reachable(self, server: str) -> None:
+        """
+        A connection to C{server} was just made after failures: every
+        subscription waiting out its backoff to reconnect there tries now,
+        rather than each one at its own time (a proxy holds one upstream
+        subscription per topic, and all of them lost the server at once).
+        """
+        for subscription in list(self._subscriptions):
+            link = subscription._links.get(server)
+            if link is not None:
+                link.retry_now()
+
     def unsubscribe(self, subscription: Subscription) -> Deferred[None]:
         """
         Close C{subscription}: its connections are closed and nothing more
@@ -537,6 +549,7 @@ class _Link:
         self._first_attempts = first_attempts
         self._attempt = 0
         self._ever_opened = False
+        self._nudged = False
         self._closed = False
         self._closing: Deferred[None] | None = None
         self._retry_call = None
@@ -581,9 +594,28 @@ class _Link:
                 "resubscribed to {topic!r} on {server}", topic=self.subscription.topic, server=self.server
             )
         self._ever_opened = True
+        came_back = self._attempt > 0
         self._attempt = 0
+        self._nudged = False
         if not self.opened.called:
             self.opened.callback(None)
+        if came_back:
+            self.subscription.client._server_reachable(self.server)
+
+    def retry_now(self) -> None:
+        """
+        If waiting to reconnect, reconnect now (the server is known to be
+        back); a failure goes on with the backoff where it was.
+        """
+        if self._closed:
+            return
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
+            self._connect()
+        elif self._connecting is not None:
+            # An attempt begun before the server was back may still fail:
+            # then try once more at once.
+            self._nudged = True
 
     def _lost(self, reason: str) -> None:
         self.protocol = None
@@ -601,6 +633,9 @@ class _Link:
                     self.opened.errback(MemmqError(reason))
                 return
         delay = _backoff(self._attempt - 1)
+        if self._nudged:
+            self._nudged = False
+            delay = 0
         if self._ever_opened:
             _log.warn(
                 "subscription to {topic!r} on {server} lost ({reason}); reconnecting in {delay:.1f} s",

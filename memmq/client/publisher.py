@@ -252,8 +252,15 @@ class PublishConnection:
     message) or L{TooManyHops}.
     """
 
-    def __init__(self, server: str, reactor, tls_policy, attempts: int) -> None:
+    def __init__(self, server: str, reactor, tls_policy, attempts: int, reconnected=None) -> None:
+        """
+        @param reconnected: called with the server when a connection is
+            made after failing to connect (so others waiting to reconnect
+            there can try now), or L{None}.
+        """
         self.server = server
+        self._reconnected = reconnected
+        self._was_down = False
         self._reactor = reactor
         self._tls_policy = tls_policy
         self._attempts = attempts
@@ -338,11 +345,16 @@ class PublishConnection:
         for request in self._unsent:
             request.attempt = 0
         self._write()
+        if self._was_down:
+            self._was_down = False
+            if self._reconnected is not None:
+                self._reconnected(self.server)
 
     def _connect_failed(self, failure: Failure) -> None:
         self._connecting = None
         if self._closed:
             return
+        self._was_down = True
         self._give_up_or_retry(reason_of(failure))
 
     def _give_up_or_retry(self, reason: str) -> None:
@@ -455,6 +467,7 @@ class PublishConnection:
         if protocol is not self._protocol:
             return
         self._protocol = None
+        self._was_down = True
         if self._timeout_call is not None:
             self._timeout_call.cancel()
             self._timeout_call = None
@@ -501,8 +514,9 @@ class Publisher:
     in the order they were made) and different topics spread over them.
     """
 
-    def __init__(self, reactor, tls_policy, attempts: int, connections_per_server: int = 4) -> None:
+    def __init__(self, reactor, tls_policy, attempts: int, connections_per_server: int = 4, reconnected=None) -> None:
         self._reactor = reactor
+        self._reconnected = reconnected
         self._tls_policy = tls_policy
         self._attempts = attempts
         self._width = connections_per_server
@@ -516,7 +530,7 @@ class Publisher:
         connection = self._connections.get(key)
         if connection is None:
             connection = self._connections[key] = PublishConnection(
-                server, self._reactor, self._tls_policy, self._attempts
+                server, self._reactor, self._tls_policy, self._attempts, self._reconnected
             )
         return connection
 
