@@ -393,6 +393,23 @@ class ProxyTests(TestCase):
         self.assertEqual(sorted(b.published for b in self.brokers), [0, 1])
 
 
+    @inlineCallbacks
+    def test_partial_failure_not_retried(self) -> None:
+        """
+        A gRPC proxy one of whose upstreams is down answers ABORTED naming
+        it; a client with retries does not ask again, so the upstream that
+        took the message has it once (UNAVAILABLE would be retried).
+        """
+        service, files = self._proxy(["--transport=grpc", "--retries=0"])
+        yield self.upstreams[1].stop()
+        port = service.getServiceNamed("grpc").port
+        c = _client(self, [f"127.0.0.1:{port}"], retries=3)
+        error = yield self.assertFailure(bounded(c.publish("half", b"once")), PublishError)
+        self.assertIn("ABORTED", str(error))
+        self.assertIn(self.upstreams[1].server, str(error))
+        self.assertEqual([b.published for b in self.brokers], [1, 0])
+
+
 class OptionTests(SynchronousTestCase):
     def _parse(self, *args: str) -> MemmqOptions:
         options = MemmqOptions()

@@ -59,6 +59,7 @@ _FINAL = {
     grpc.StatusCode.PERMISSION_DENIED,
     grpc.StatusCode.UNAUTHENTICATED,
     grpc.StatusCode.DATA_LOSS,
+    grpc.StatusCode.ABORTED,
 }
 
 

@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from memmq.broker import Message, check_topic
+from memmq.client.http import PublishError
 from memmq.errors import InvalidTopic, MemmqError, MessageTooLarge, PersistError
 from memmq.hops import BadHops, TooManyHops, check_hops
 from memmq.interfaces import IBroker, ISubscriber
@@ -80,8 +81,12 @@ def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
         # Durable mode could not write it (HTTP says 507); subscribers may
         # have had it, so asking again is not the client's to do.
         return grpc.StatusCode.DATA_LOSS, str(error)
+    if isinstance(error, PublishError):
+        # Some of a proxy's upstreams did not take it (HTTP says 502); the
+        # others did, so asking again would publish it twice there.
+        return grpc.StatusCode.ABORTED, str(error)
     if isinstance(error, MemmqError):
-        # A proxy's upstream failed (HTTP would say 502).
+        # Not taken (the server is shutting down): asking again is safe.
         return grpc.StatusCode.UNAVAILABLE, str(error)
     _log.error("gRPC call failed: {error!r}", error=error)
     return grpc.StatusCode.INTERNAL, "internal error"
