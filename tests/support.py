@@ -207,17 +207,30 @@ class Collector(WebSocketClientProtocol):
         return bounded(d, seconds)
 
 
-def spawn(testcase, proto, argv: list[str], env: dict[str, str] | None = None) -> None:
+def spawn(testcase, proto, argv: list[str], env: dict[str, str] | None = None, usePTY: bool = False) -> None:
     """
     Run C{argv} as a child process of C{proto} (which has an C{ended}
     Deferred), from the checkout, killed at cleanup if still running.
     """
-    reactor.spawnProcess(proto, argv[0], argv, env=child_env() if env is None else env, path=REPO)
+    # Its own record of the end: a test's bounded wait on C{proto.ended}
+    # cancels that Deferred when it times out, and the process must still
+    # be killed then.
+    gone: Deferred = Deferred()
+    ended = proto.processEnded
+
+    def processEnded(reason) -> None:
+        # Noted first: the protocol's own callbacks may run the test's
+        # cleanups at once.
+        gone.callback(None)
+        ended(reason)
+
+    proto.processEnded = processEnded
+    reactor.spawnProcess(proto, argv[0], argv, env=child_env() if env is None else env, path=REPO, usePTY=usePTY)
 
     def stop():
-        if not proto.ended.called:
+        if not gone.called:
             proto.transport.signalProcess("KILL")
-            return proto.ended
+        return bounded(gone)
 
     testcase.addCleanup(stop)
 

@@ -18,7 +18,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from memmq.client import Client
 from memmq.client.http import SubscribeError
 from memmq.prompt import Prompt
-from tests.support import REPO, RunningServer, bounded, child_env
+from tests.support import RunningServer, bounded, child_env, spawn
 from tests.test_cli import _Child, _memmq
 from tests.test_client import _dead_port
 from tests.test_http import _until
@@ -328,21 +328,14 @@ class CommandTests(TestCase):
         sub = yield server.client.subscribe(server.url, "t")
         child = _Child()
         try:
-            reactor.spawnProcess(
-                child, sys.executable,
+            spawn(
+                self, child,
                 [sys.executable, "-m", "memmq", "-i", "--topic=t", f"--servers=127.0.0.1:{server.port}"],
                 # A pty answers no cursor position request: do not ask.
-                env=dict(child_env(), PROMPT_TOOLKIT_NO_CPR="1", TERM="xterm"), path=REPO, usePTY=True,
+                env=dict(child_env(), PROMPT_TOOLKIT_NO_CPR="1", TERM="xterm"), usePTY=True,
             )
         except (OSError, NotImplementedError) as e:
             raise SkipTest(f"no pty here: {e}") from None
-
-        def kill():
-            if not child.ended.called:
-                child.transport.signalProcess("KILL")
-                return child.ended
-
-        self.addCleanup(kill)
         yield _until(lambda: server.broker.subscribers == 2, 30)
         child.transport.write(b"half")
         yield _until(lambda: b"half" in child.stdout, 30)
