@@ -42,7 +42,8 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from memmq.client.http import _CONNECT_TIMEOUT, DEFAULT_SERVER, Client, Subscription, _backoff, _Link, _reason
+from memmq.client.http import _CONNECT_TIMEOUT, DEFAULT_SERVER, Client, Subscription, _backoff, _Link
+from memmq.client.reasons import reason_of
 from memmq.client.servers import endpoint_of
 from memmq.errors import MemmqError
 from memmq.hops import TooManyHops
@@ -75,7 +76,7 @@ def _rpc_reason(error: BaseException) -> str:
     if isinstance(error, grpc.aio.AioRpcError):
         details = (error.details() or "").strip().splitlines()
         return f"gRPC {error.code().name}" + (f": {details[0]}" if details else "")
-    return _reason(Failure(error))
+    return reason_of(Failure(error))
 
 
 @implementer(IHandshakeListener)
@@ -301,8 +302,8 @@ class _GRPCLink(_Link):
         self._connecting = call.opened
         client._channel(self.server).addCallbacks(
             lambda channel: client._thread.run(call.run, channel, self.subscription.topic),
-            lambda failure: call._ended(_reason(failure), False),
-        ).addErrback(lambda failure: call._ended(_reason(failure), False))
+            lambda failure: call._ended(reason_of(failure), False),
+        ).addErrback(lambda failure: call._ended(reason_of(failure), False))
         call.opened.addCallbacks(self._open, self._failed)
 
 
@@ -418,7 +419,7 @@ class GRPCClient(Client):
                 if e.code() == grpc.StatusCode.UNAVAILABLE:
                     self._forget(server)
             except Exception:
-                reason = _reason(Failure())
+                reason = reason_of(Failure())
             if attempt < self.retries:
                 yield deferLater(self._reactor, _backoff(attempt) / 2, lambda: None)
         raise MemmqError(reason)

@@ -255,8 +255,8 @@ class PublishConnection:
     def __init__(self, server: str, reactor, tls_policy, attempts: int, reconnected=None) -> None:
         """
         @param reconnected: called with the server when a connection is
-            made after failing to connect (so others waiting to reconnect
-            there can try now), or L{None}.
+            made after one was lost or could not be made (so others
+            waiting to reconnect there can try now), or L{None}.
         """
         self.server = server
         self._reconnected = reconnected
@@ -303,7 +303,11 @@ class PublishConnection:
         if self._closed:
             raise MemmqError("client is closed")
         done: Deferred[None] = Deferred()
-        self._unsent.append(_Request(data, done, self._attempts))
+        self._enqueue(_Request(data, done, self._attempts))
+        return done
+
+    def _enqueue(self, request: _Request) -> None:
+        self._unsent.append(request)
         if self._protocol is not None:
             # Written at the end of this turn of the reactor, together
             # with the others made in it: one TLS record and one send for
@@ -312,7 +316,6 @@ class PublishConnection:
                 self._write_call = self._reactor.callLater(0, self._write)
         else:
             self._connect_unless_connecting()
-        return done
 
     # -- connecting ------------------------------------------------------
 
@@ -419,7 +422,7 @@ class PublishConnection:
             self._unsent.extendleft(reversed(self._in_flight))
             self._in_flight.clear()
             protocol.transport.loseConnection()
-        if not close and self._unsent:
+        elif self._unsent:
             self._write()
         if code == 200:
             request.done.callback(None)
@@ -439,11 +442,7 @@ class PublishConnection:
         if self._closed:
             request.done.errback(MemmqError("client is closed"))
             return
-        self._unsent.append(request)
-        if self._protocol is not None:
-            self._write()
-        else:
-            self._connect_unless_connecting()
+        self._enqueue(request)
 
     def _bad_response(self, protocol: _PublishProtocol, reason: str) -> None:
         protocol.transport.abortConnection()
