@@ -14,13 +14,12 @@ import shutil
 import signal
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import Factory
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests.support import REPO, bounded, spawn
-from tests.test_script import _Curl, _seed_publish, _seed_subscribe
+from tests.support import REPO, Curl, bounded, curl_publish, curl_subscribe, sleep, spawn
 
 
 def _readme_commands() -> list[str]:
@@ -54,23 +53,23 @@ class DeploymentTests(TestCase):
         except Exception:
             raise SkipTest("port 8081 is taken on this machine") from None
         yield busy.stopListening()
-        process = _Curl()
+        process = Curl()
         spawn(self, process, [shutil.which(argv[0]), *argv[1:]], env=dict(os.environ))
         # First until the socket is there and memmq answers through it...
         for attempt in range(100):
-            out, err, status = yield _seed_publish(8081, f"ping {attempt}")
+            out, err, status = yield curl_publish(8081, f"ping {attempt}")
             if (out, status) == (b"200", 0):
                 break
-            yield _sleep(0.1)
+            yield sleep(0.1)
         self.assertEqual((out, status), (b"200", 0), err)
         # ... then until a subscriber is up (curl shows nothing before the
         # first message), then the README's curl line itself.
-        subscriber = _seed_subscribe(self, 8081)
+        subscriber = curl_subscribe(self, 8081)
         for attempt in range(100):
-            out, err, status = yield _seed_publish(8081, f"probe {attempt}")
+            out, err, status = yield curl_publish(8081, f"probe {attempt}")
             if b"probe" in subscriber.output or subscriber.ended.called:
                 break
-            yield _sleep(0.1)
+            yield sleep(0.1)
         self.assertIn(b"probe", subscriber.output)
         out, err, status = yield bounded(getProcessOutputAndValue(
             "/bin/sh", ["-c", curl_line[0]], env=os.environ
@@ -80,9 +79,4 @@ class DeploymentTests(TestCase):
         process.transport.signalProcess(signal.SIGTERM)
         self.assertEqual((yield bounded(process.ended)), 0)
 
-
-def _sleep(seconds: float) -> Deferred:
-    d: Deferred = Deferred()
-    reactor.callLater(seconds, d.callback, None)
-    return d
 

@@ -14,8 +14,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from memmq.systemd import NotifyService, notify
-from tests.support import ServerProcess, child_env, spawn
-from tests.test_http import _until
+from tests.support import ServerProcess, child_env, spawn, until
 
 
 class _NotifySocket:
@@ -111,6 +110,6 @@ class ProcessNotifyTests(TestCase):
         env = dict(child_env(), NOTIFY_SOCKET=target.address)
         spawn(self, server, [sys.executable, "-m", "memmq", "--address=127.0.0.1:0"], env=env)
         yield server.wait_listening()
-        yield _until(lambda: "READY=1\nSTATUS=serving" in target.read())
+        yield until(lambda: "READY=1\nSTATUS=serving" in target.read())
         self.assertEqual((yield server.terminate()), 0)
         self.assertEqual(target.read(), ["READY=1\nSTATUS=serving", "STOPPING=1"])
