@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from memmq.systemd import NotifyService, notify
-from tests.support import ServerProcess, child_env, spawn, until
+from tests.support import ServerProcess, child_env, short_directory, spawn, until
 
 
 class _NotifySocket:
@@ -29,7 +29,7 @@ class _NotifySocket:
             self.sock.bind("\0" + name)
             self.address = "@" + name
         else:
-            self.address = os.path.abspath(testcase.mktemp())
+            self.address = os.path.join(short_directory(testcase), "notify")
             self.sock.bind(self.address)
         self.sock.setblocking(False)
         testcase.addCleanup(self.sock.close)
@@ -63,7 +63,7 @@ class NotifyTests(SynchronousTestCase):
         """
         A socket that is not there is logged, not raised.
         """
-        self.assertFalse(notify("READY=1", {"NOTIFY_SOCKET": os.path.abspath(self.mktemp())}))
+        self.assertFalse(notify("READY=1", {"NOTIFY_SOCKET": os.path.join(short_directory(self), "gone")}))
         self.flushLoggedErrors()
 
     def test_service_and_watchdog(self) -> None:
