@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -16,6 +16,10 @@ from memmq.patterns import Pattern, parse_pattern
 
 # Few distinct tokens, so generated topics and patterns often meet; a topic
 # may hold empty tokens and the wildcard characters as plain tokens.
+# Generous on a busy machine: no per-example deadline, no "generation is
+# slow" failure, and no example database written into the test directory.
+steady = settings(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+
 _NAMES = ["a", "b", "ab", "é", "日本", " "]
 topic_tokens = st.sampled_from([*_NAMES, "", "*", ">", "a*", "x>y"])
 topics = st.lists(topic_tokens, min_size=1, max_size=5).map(".".join)
@@ -126,6 +130,7 @@ class ParseTests(SynchronousTestCase):
         """
         self.assertRaises(TypeError, parse_pattern, b"a.*")
 
+    @steady
     @given(st.lists(st.text(min_size=1).filter(lambda t: "." not in t), min_size=1, max_size=4))
     def test_any_tokens(self, tokens: list[str]) -> None:
         """
@@ -189,6 +194,7 @@ class MatchTests(SynchronousTestCase):
         """
         self.assertMatches("日本.*.é", ["日本.x.é", "日本.東京.é"], ["日本.x.e", "日.x.é"])
 
+    @steady
     @given(patterns(), topics)
     def test_brute_force(self, pattern: str, topic: str) -> None:
         """
@@ -196,6 +202,7 @@ class MatchTests(SynchronousTestCase):
         """
         self.assertEqual(parse_pattern(pattern).matches(topic), brute_force(pattern, topic))
 
+    @steady
     @given(patterns(), st.data())
     def test_instances_match(self, pattern: str, data: st.DataObject) -> None:
         """

@@ -9,13 +9,17 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from memmq.groups import QueueGroup
 from memmq.patterns import Pattern, parse_pattern
 from memmq.sublist import NO_MATCHES, Sublist
+
+# Generous on a busy machine: no per-example deadline, no "generation is
+# slow" failure, and no example database written into the test directory.
+steady = settings(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 _NAMES = ["a", "b", "é", "日本"]
 topic_tokens = st.sampled_from([*_NAMES, "", "*", ">"])
@@ -93,7 +97,7 @@ class SublistTests(SynchronousTestCase):
             self.assertEqual(len(members), len(set(members)))
         self.assertEqual(bool(found), bool(want_plain or want_groups))
 
-    @settings(max_examples=300)
+    @settings(steady, max_examples=300)
     @given(operations, st.sampled_from([1, 3, 1024]))
     def test_brute_force(self, operations: list, cache_size: int) -> None:
         """
