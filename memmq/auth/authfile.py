@@ -97,7 +97,8 @@ class AuthRules:
         """
         One line for the log: the file, how many users, what anonymous may do.
         """
-        return f"{self.path} ({len(self.users)} users; anonymous: {self.anonymous.describe()})"
+        users = f"{len(self.users)} user" + ("" if len(self.users) == 1 else "s")
+        return f"{self.path} ({users}; anonymous: {self.anonymous.describe()})"
 
 
 def load_auth_file(path: str) -> AuthRules:
@@ -171,13 +172,13 @@ class _Checker:
         names: set[str] = set()
         for index, table in enumerate(users):
             where = ("user", index)
-            self._check_keys(table, _USER_KEYS, where, "user")
             name = table.get("name")
             if not isinstance(name, str) or not name.strip():
                 self._fail("a [[user]] needs a name = \"...\"", self._line(where, index, "name"))
             if name in names:
                 self._fail(f"user {name!r} is listed twice", self._line(where, index, "name"))
             names.add(name)
+            self._check_keys(table, _USER_KEYS, where, f"user {name!r}")
             identity = Identity(name, self._permissions(table, where, f"user {name!r}"), "token")
             hashes = self._strings(table, "token", where, f"user {name!r}")
             subjects = self._strings(table, "certificate", where, f"user {name!r}")
