@@ -285,7 +285,7 @@ class ProcessTests(TestCase):
         """
         server, port = yield self._serve(["-m", "memmq", "--transport=grpc", "--address=127.0.0.1:0"])
         self.assertEqual(server.origin, "generated")
-        from memmq.client.grpc import GRPCClient
+        from memmq.client.rpc import GRPCClient
 
         client = GRPCClient([f"127.0.0.1:{port}"], reactor=reactor)
         self.addCleanup(lambda: bounded(client.close()))
@@ -304,7 +304,7 @@ class ProcessTests(TestCase):
         from tests.test_script import TWISTD
 
         server, port = yield self._serve([*TWISTD, "memmq", "--transport=grpc", "--address=127.0.0.1:0"])
-        from memmq.client.grpc import GRPCClient
+        from memmq.client.rpc import GRPCClient
 
         client = GRPCClient([f"127.0.0.1:{port}"], reactor=reactor)
         self.addCleanup(lambda: bounded(client.close()))
@@ -319,7 +319,7 @@ class ProcessTests(TestCase):
         stream.
         """
         server, port = yield self._serve(["-m", "memmq", "--transport=grpc", "--address=127.0.0.1:0"])
-        from memmq.client.grpc import GRPCClient
+        from memmq.client.rpc import GRPCClient
 
         client = GRPCClient([f"127.0.0.1:{port}"], reactor=reactor)
         self.addCleanup(lambda: bounded(client.close()))

@@ -1,5 +1,5 @@
 """
-Tests for memmq.client.grpc, and for --transport=grpc in the command-line
+Tests for memmq.client.rpc, and for --transport=grpc in the command-line
 client and the proxy: against real gRPC front-ends on loopback, over real
 TLS.
 """
@@ -12,15 +12,14 @@ from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred, gatherResults, inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
-from zope.interface.verify import verifyObject
 
 from memmq.broker import Broker, Message
 from memmq.cli import client_from_options
 from memmq.client import PublishError, SubscribeError, selector
-from memmq.client import grpc as grpc_client
-from memmq.client.grpc import GRPCClient, _name_override
+from memmq.client import rpc as grpc_client
+from memmq.client.rpc import GRPCClient, _name_override
 from memmq.errors import InvalidTopic
-from memmq.interfaces import IBroker, ISubscriber
+from memmq.interfaces import ISubscriber
 from memmq.options import MemmqOptions
 from memmq.tap import Options, makeService
 from memmq.tls import self_signed_certificate
@@ -65,7 +64,6 @@ class ClientTests(TestCase):
         subscribe(topic) fires once subscribed; get() takes each message in
         order; the unverified default pins the generated certificate.
         """
-        self.assertTrue(verifyObject(IBroker, self.client))
         subscription = yield bounded(self.client.subscribe("seed"))
         self.assertEqual(subscription.servers, [f"https://{self.server.server}"])
         for payload in (b"one", b"", b"\x00\xff"):
@@ -113,13 +111,13 @@ class ClientTests(TestCase):
         self.assertEqual(received, [b"0", b"1", b"2"])
 
     @inlineCallbacks
-    def test_ibroker_subscriber(self) -> None:
+    def test_attach(self) -> None:
         """
-        subscribe(topic, ISubscriber) returns at once and delivers Messages;
+        attach(topic, ISubscriber) returns at once and delivers Messages;
         unsubscribe closes the call and frees the topic on the server.
         """
         collect = _Collect()
-        subscription = self.client.subscribe("ib", collect)
+        subscription = self.client.attach("ib", collect)
         yield _until(lambda: self.broker.topic("ib") is not None)
         yield bounded(self.client.publish("ib", b"m"))
         yield _until(lambda: len(collect.messages) == 1)
@@ -145,9 +143,9 @@ class ClientTests(TestCase):
         close() ends subscriptions, channels and the client's gRPC thread.
         """
         yield bounded(self.client.subscribe("closing"))
-        self.assertTrue(self.client._thread.running)
+        self.assertTrue(self.client.transport._thread.running)
         yield bounded(self.client.close())
-        self.assertFalse(self.client._thread.running)
+        self.assertFalse(self.client.transport._thread.running)
         yield _until(lambda: self.broker.topic("closing") is None)
 
 

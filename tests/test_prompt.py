@@ -16,7 +16,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SkipTest, TestCase
 
 from memmq.client import Client
-from memmq.client.http import SubscribeError
+from memmq.errors import SubscribeError
 from memmq.prompt import Prompt
 from tests.support import RunningServer, bounded, child_env, spawn
 from tests.test_cli import _Child, _memmq

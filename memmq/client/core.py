@@ -1,11 +1,12 @@
 """
-The client library over HTTP and WebSocket: publish with POST /pub over
-pipelined persistent connections (L{memmq.client.publisher}), subscribe
-with one WebSocket per server (autobahn), over the servers a selector
-picks for each topic.
+The transport-neutral client: L{Client} (resolve the servers, select them
+for a topic, retry, fan out), its L{Subscription}s, and the L{Link} that
+keeps one subscription connected to one server, reconnecting with
+L{backoff}.
 
-The L{Client} is also an L{IBroker}, so that a proxy can put the server's
-front-ends in front of other servers.
+How messages travel is a transport's job, behind L{ITransport}: the
+WebSocket one (L{memmq.client.websocket}, the default) and the gRPC one
+(L{memmq.client.rpc}).
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from twisted.internet import endpoints
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
@@ -29,25 +28,29 @@ from twisted.internet.defer import (
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import Interface, implementer
 
 from memmq.broker import Message, check_topic
-from memmq.client.publisher import Publisher
-from memmq.client.reasons import reason_of as _reason
+from memmq.client.reasons import reason_of
 from memmq.client.resolver import IP, IResolver
 from memmq.client.selector import All, ISelector
-from memmq.client.servers import base_url, endpoint_of, websocket_url
-from memmq.errors import InvalidTopic, MemmqError
+from memmq.client.servers import base_url
+from memmq.errors import InvalidTopic, MemmqError, PublishError, SubscribeError
 from memmq.hops import TooManyHops
-from memmq.interfaces import IBroker, ISubscriber, ISubscription
+from memmq.interfaces import ISubscriber, ISubscription
 from memmq.tls import ClientTLS
 
 __all__ = [
-    "Client",
-    "PublishError",
-    "SubscribeError",
-    "Subscription",
+    "CONNECT_TIMEOUT",
+    "DEFAULT_MAX_QUEUED",
+    "DEFAULT_RESOLVE_INTERVAL",
     "DEFAULT_SERVER",
+    "Client",
+    "IStream",
+    "ITransport",
+    "Link",
+    "Subscription",
+    "backoff",
 ]
 
 _log = Logger()
@@ -55,45 +58,81 @@ _log = Logger()
 DEFAULT_SERVER = "localhost:8081"
 DEFAULT_RESOLVE_INTERVAL = 30.0
 DEFAULT_MAX_QUEUED = 10_000
-_CONNECT_TIMEOUT = 10
-# Reconnection: the first retry after 0.1 s, doubling to at most 10 s, with
-# some jitter so that many clients of one restarted server do not come
-# back in lockstep.
-_BACKOFF_FIRST = 0.1
-_BACKOFF_MAX = 10.0
+#: Seconds a transport waits for a connection (and its handshakes) to a server.
+CONNECT_TIMEOUT = 10.0
+# Reconnection: the first retry after 0.1 s, doubling to at most 10 s.
+_RECONNECT_FIRST = 0.1
+_RECONNECT_MAX = 10.0
 
 
-class PublishError(MemmqError):
+def backoff(attempt: int, first: float = _RECONNECT_FIRST, maximum: float = _RECONNECT_MAX) -> float:
     """
-    A publish that some selected server did not accept, even after retries.
-
-    @ivar failures: server -> one-line reason, for each server that failed.
+    Seconds to wait before try C{attempt + 1} (counting from 0): C{first},
+    doubling up to C{maximum}, with some jitter so that many clients of one
+    restarted server do not come back in lockstep.  The defaults are a
+    subscription's reconnection; a publish retries with its own.
     """
-
-    def __init__(self, topic: str, failures: dict[str, str]) -> None:
-        self.topic = topic
-        self.failures = failures
-        reasons = "; ".join(f"{server}: {why}" for server, why in failures.items())
-        super().__init__(f"publish to {topic!r} failed on {reasons}")
+    return min(maximum, first * 2**attempt) * random.uniform(0.8, 1.2)
 
 
-class SubscribeError(MemmqError):
+class IStream(Interface):
     """
-    A subscription that could not be opened on some selected server.
+    One open subscription stream from one server, as a transport made it.
+    It reports to its L{Link}: C{link.received(self, payload)} for each
+    message, C{link.lost(self, reason)} once when it ends.
     """
 
-    def __init__(self, topic: str, failures: dict[str, str]) -> None:
-        self.topic = topic
-        self.failures = failures
-        reasons = "; ".join(f"{server}: {why}" for server, why in failures.items())
-        super().__init__(f"cannot subscribe to {topic!r} on {reasons}")
+    def pause():
+        """
+        Stop reading from the server (it buffers, then drops, on its side).
+        """
+
+    def resume():
+        """
+        Read again.
+        """
+
+    def close():
+        """
+        Close the stream; it calls C{link.lost} once it is gone.
+        """
 
 
-def _backoff(attempt: int) -> float:
-    return min(_BACKOFF_MAX, _BACKOFF_FIRST * 2**attempt) * random.uniform(0.8, 1.2)
+class ITransport(Interface):
+    """
+    How a L{Client} reaches one server: the seam a transport implements.
+    A transport is made for one client, by C{transport(client)}, and may
+    read the client's C{reactor}, C{tls}, C{retries}, and call its
+    C{server_reachable(server)} when a server answers again after failures.
+    """
+
+    def publish(server, topic, payload, hops):
+        """
+        Publish C{payload} to C{topic} on one server, in order with the
+        earlier publishes of C{topic} there, retried only when it is known
+        that the server did not take it (up to C{1 + client.retries} tries).
+
+        @return: a Deferred firing with L{None}, or failing with a
+            L{MemmqError} whose message is the one-line reason (a
+            L{TooManyHops} for a loop).
+        """
+
+    def subscribe(link):
+        """
+        Open C{link.topic}'s subscription on C{link.server}, asking for the
+        messages since C{link.since} when it is not L{None}.
+
+        @return: a Deferred firing with an L{IStream} once the server has
+            accepted the subscription, or failing with the reason; cancelling
+            it abandons the attempt.
+        """
+
+    def close():
+        """
+        Close every connection.  @return: a Deferred firing when done.
+        """
 
 
-@implementer(IBroker)
 class Client:
     """
     A client of one or more memmq servers.
@@ -108,7 +147,12 @@ class Client:
     @param retries: extra attempts per server for a publish, and for the
         first connection of a subscription.
     @param ca_file: verify servers' certificates against this PEM file;
-        without it they are not verified (SPEC section 5).
+        without it they are not verified (README, "TLS").
+    @param transport: makes the L{ITransport} for this client, given the
+        client (L{memmq.client.websocket.WebSocketTransport}, the default).
+
+    The client is not itself an L{IBroker}: L{memmq.proxy.ProxyBroker} is
+    the broker made of one.
     """
 
     def __init__(
@@ -120,9 +164,12 @@ class Client:
         ca_file: str | None = None,
         resolve_interval: float = DEFAULT_RESOLVE_INTERVAL,
         reactor=None,
+        transport: Callable[[Client], ITransport] | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
+        if transport is None:
+            from memmq.client.websocket import WebSocketTransport as transport
         if isinstance(servers, str):
             servers = [s for s in servers.split(",") if s.strip()]
         self._names = [s.strip() for s in servers]
@@ -134,8 +181,7 @@ class Client:
         self.selector = selector if selector is not None else All()
         self.resolver = resolver if resolver is not None else IP()
         self.tls = ClientTLS(ca_file)
-        self._reactor = reactor
-        self._publisher = Publisher(reactor, self.tls, attempts=1 + retries, reconnected=self._server_reachable)
+        self.reactor = self._reactor = reactor
         self._subscriptions: set[Subscription] = set()
         self._closed = False
         # Publishes a server did not accept, and subscription connections
@@ -146,13 +192,14 @@ class Client:
         self._refresher: LoopingCall | None = None
         self._resolve_interval = resolve_interval
         self.servers: list[str] = []
+        self.transport: ITransport = transport(self)
         self._start_resolving()
 
     # -- servers ---------------------------------------------------------
 
     def _start_resolving(self) -> None:
         def first_failed(failure: Failure) -> None:
-            _log.warn("cannot resolve servers: {reason}", reason=_reason(failure))
+            _log.warn("cannot resolve servers: {reason}", reason=reason_of(failure))
 
         self._when_resolved().addErrback(first_failed)
         if not isinstance(self.resolver, IP) and self._resolve_interval > 0:
@@ -193,7 +240,7 @@ class Client:
     def _refresh(self) -> Deferred[None]:
         def failed(failure: Failure) -> None:
             # Keep serving with the servers known last.
-            _log.warn("cannot refresh servers: {reason}", reason=_reason(failure))
+            _log.warn("cannot refresh servers: {reason}", reason=reason_of(failure))
 
         return self._resolve().addErrback(failed)
 
@@ -257,21 +304,13 @@ class Client:
 
     def _publish_everywhere(self, topic: str, payload: bytes, hops: int) -> Deferred[None]:
         servers = self.selector.get(topic)
-        publish = self._publish_one
+        publish = self.transport.publish
         if len(servers) == 1:
             # The common case (one server, or a shard) without a DeferredList.
             server = servers[0]
             return publish(server, topic, payload, hops).addErrback(self._failed, topic, [server])
         attempts = [publish(server, topic, payload, hops) for server in servers]
         return DeferredList(attempts, consumeErrors=True).addCallback(self._outcome, topic, servers)
-
-    def _publish_one(self, server: str, topic: str, payload: bytes, hops: int) -> Deferred[None]:
-        """
-        Publish to one server, in order with the earlier publishes of
-        C{topic} there, with the retries that are safe: the seam where
-        another transport (gRPC) publishes its own way.
-        """
-        return self._publisher.publish(server, topic, payload, hops)
 
     def _failed(self, failure: Failure, topic: str, servers: list[str]) -> None:
         self._outcome([(False, failure)], topic, servers)
@@ -284,33 +323,28 @@ class Client:
         if all(r.check(TooManyHops) for _, r in failed):
             # Every refusal was the loop guard's: say so, as a loop.
             raise TooManyHops(failed[0][1].getErrorMessage())
-        raise PublishError(topic, {s: _reason(r) for s, r in failed})
+        raise PublishError(topic, {s: reason_of(r) for s, r in failed})
 
     # -- subscribing -----------------------------------------------------
 
     def subscribe(
         self,
         topic: str,
-        subscriber: ISubscriber | Callable[[bytes], Any] | None = None,
+        callback: Callable[[bytes], Any] | None = None,
         max_queued: int = DEFAULT_MAX_QUEUED,
         since: int | None = None,
-    ):
+    ) -> Deferred[Subscription]:
         """
         Subscribe to C{topic} on every server the selector picks.
 
-        Seed style, C{subscribe(topic)}: a Deferred that fires with a
-        L{Subscription} once a connection to each server is open (each
-        tried C{1 + retries} times), or fails with L{SubscribeError}.  Its
-        messages are taken with C{get()} or C{async for}; with a callable
-        as C{subscriber}, each payload is passed to it instead.
+        A Deferred that fires with a L{Subscription} once a connection to
+        each server is open (each tried C{1 + retries} times), or fails
+        with L{SubscribeError}.  Its messages are taken with C{get()} or
+        C{async for} (at most C{max_queued} waiting; more are dropped); with
+        a C{callback}, each payload is passed to it instead.
 
-        L{IBroker} style, C{subscribe(topic, subscriber)} with an
-        L{ISubscriber}: the L{Subscription} is returned at once and
-        connects in the background, each message delivered as a
-        L{Message}.
-
-        Either way a dropped connection is re-established, with capped
-        exponential backoff, until the subscription is closed.
+        A dropped connection is re-established, with capped exponential
+        backoff, until the subscription is closed.
 
         With C{since} (Unix nanoseconds), each server first sends the
         messages it persisted (it runs with C{--persist}) stamped later,
@@ -318,21 +352,10 @@ class Client:
         the first connection to a server asks for them: a re-established
         one carries on with live messages.
         """
-        if subscriber is not None and ISubscriber.providedBy(subscriber):
-            if self._closed:
-                raise MemmqError("client is closed")
-            check_topic(topic)
-            subscription = Subscription(self, topic, deliver=subscriber.deliver, as_message=True, since=since)
-            self._subscriptions.add(subscription)
-            self._when_resolved().addCallbacks(
-                lambda _: subscription._follow(),
-                lambda f: _log.warn("cannot subscribe to {topic!r}: {reason}", topic=topic, reason=_reason(f)),
-            )
-            return subscription
         refused = self._refuse(topic)
         if refused is not None:
             return refused
-        subscription = Subscription(self, topic, deliver=subscriber, max_queued=max_queued, since=since)
+        subscription = Subscription(self, topic, deliver=callback, max_queued=max_queued, since=since)
         self._subscriptions.add(subscription)
 
         def opened(_):
@@ -344,15 +367,35 @@ class Client:
 
         return self._when_resolved().addCallback(opened).addErrback(failed)
 
-    def _new_link(self, subscription: Subscription, server: str, first_attempts: int | None) -> _Link:
+    def attach(self, topic: str, subscriber: ISubscriber, since: int | None = None) -> Subscription:
         """
-        Open one subscription's link to one server: the seam where another
-        transport (L{memmq.client.grpc}) puts its own connections under the
-        same reconnection, following and flow control.
-        """
-        return _Link(subscription, server, first_attempts=first_attempts)
+        Subscribe C{subscriber} (an L{ISubscriber}) to C{topic}, as a broker
+        would: the L{Subscription} is returned at once and connects in the
+        background, each message delivered as a L{Message}; connections
+        that fail are retried, with backoff, until it is closed.  A proxy
+        feeds its own subscribers this way.
 
-    def _server_reachable(self, server: str) -> None:
+        @raise InvalidTopic: C{topic} cannot be subscribed to.
+        """
+        if self._closed:
+            raise MemmqError("client is closed")
+        check_topic(topic)
+        subscription = Subscription(self, topic, deliver=subscriber.deliver, as_message=True, since=since)
+        self._subscriptions.add(subscription)
+        self._when_resolved().addCallbacks(
+            lambda _: subscription._follow(),
+            lambda f: _log.warn("cannot subscribe to {topic!r}: {reason}", topic=topic, reason=reason_of(f)),
+        )
+        return subscription
+
+    @property
+    def closed(self) -> bool:
+        """
+        Whether L{close} was called.
+        """
+        return self._closed
+
+    def server_reachable(self, server: str) -> None:
         """
         A connection to C{server} was just made after failures: every
         subscription waiting out its backoff to reconnect there tries now,
@@ -373,14 +416,19 @@ class Client:
 
     def close(self) -> Deferred[None]:
         """
-        Close every subscription and pooled connection; stop resolving.
+        Close every subscription, then the transport's connections; stop
+        resolving.
         """
         self._closed = True
         if self._refresher is not None and self._refresher.running:
             self._refresher.stop()
         closing = [s.close() for s in list(self._subscriptions)]
-        closing.append(self._publisher.close())
-        return DeferredList(closing, consumeErrors=True).addCallback(lambda _: None)
+        # The transport last: a stream may need it to close.
+        return (
+            DeferredList(closing, consumeErrors=True)
+            .addCallback(lambda _: self.transport.close())
+            .addCallback(lambda _: None)
+        )
 
 
 @implementer(ISubscription)
@@ -410,7 +458,7 @@ class Subscription:
         self._max_queued = max_queued
         self._queue: deque[bytes] = deque()
         self._getters: deque[Deferred[bytes]] = deque()
-        self._links: dict[str, _Link] = {}
+        self._links: dict[str, Link] = {}
         self._closed = False
         self._paused = False
 
@@ -426,13 +474,13 @@ class Subscription:
         """
         How many of its servers it has an open connection to now.
         """
-        return sum(1 for link in self._links.values() if link.protocol is not None)
+        return sum(1 for link in self._links.values() if link.stream is not None)
 
     # -- taking messages -------------------------------------------------
 
     def get(self) -> Deferred[bytes]:
         """
-        The next message's payload (the seed's C{data := <-ch}).
+        The next message's payload (Go's C{data := <-ch}).
         """
         if self._queue:
             return succeed(self._queue.popleft())
@@ -467,7 +515,7 @@ class Subscription:
         else:
             self.dropped += 1
 
-    # -- flow, for IBroker subscribers -----------------------------------
+    # -- flow, for attached subscribers ----------------------------------
 
     def pause(self) -> None:
         """
@@ -508,13 +556,13 @@ class Subscription:
         for server in wanted:
             if server not in self._links:
                 attempts = self.client.retries + 1 if wait else None
-                link = self._links[server] = self.client._new_link(self, server, attempts)
+                link = self._links[server] = Link(self, server, first_attempts=attempts)
                 opening.append((server, link.opened))
         if not wait:
             return succeed(None)
 
         def outcome(results):
-            failures = {s: _reason(r) for (s, _), (ok, r) in zip(opening, results, strict=True) if not ok}
+            failures = {s: reason_of(r) for (s, _), (ok, r) in zip(opening, results, strict=True) if not ok}
             if failures:
                 raise SubscribeError(self.topic, failures)
 
@@ -535,16 +583,22 @@ class Subscription:
         return DeferredList([link.close() for link in links], consumeErrors=True).addCallback(lambda _: None)
 
 
-class _Link:
+class Link:
     """
-    One subscription's connection to one server, re-established with
-    capped exponential backoff whenever it drops, until closed.
+    One subscription's connection to one server, made by the client's
+    transport and re-established with L{backoff} whenever it drops, until
+    closed.
+
+    @ivar stream: the open L{IStream}, or L{None} while connecting or
+        waiting to reconnect.
+    @ivar opened: fires once the first connection is open; fails if the
+        first C{first_attempts} attempts failed (L{None}: never gives up).
     """
 
     def __init__(self, subscription: Subscription, server: str, first_attempts: int | None) -> None:
         self.subscription = subscription
         self.server = server
-        self.protocol: _SubscriberClient | None = None
+        self.stream: IStream | None = None
         self.opened: Deferred[None] = Deferred()
         self._first_attempts = first_attempts
         self._attempt = 0
@@ -554,41 +608,58 @@ class _Link:
         self._closing: Deferred[None] | None = None
         self._retry_call = None
         self._connecting: Deferred | None = None
-        self._clock = subscription.client._reactor
+        self._clock = subscription.client.reactor
         self._connect()
+
+    @property
+    def topic(self) -> str:
+        return self.subscription.topic
+
+    @property
+    def since(self) -> int | None:
+        """
+        What to ask the server to replay from: only on the first connection
+        (a re-established one carries on with live messages).
+        """
+        return None if self._ever_opened else self.subscription.since
+
+    # -- what the transport's stream reports -------------------------------
+
+    def received(self, stream: IStream, payload: bytes) -> None:
+        """
+        A message from C{stream}.
+        """
+        if self.stream is stream:
+            self.subscription._receive(payload)
+
+    def lost(self, stream: IStream, reason: str) -> None:
+        """
+        C{stream}, once open, has ended, for a one-line C{reason}.
+        """
+        if self.stream is stream:
+            self._lost(reason)
+
+    # -- connecting --------------------------------------------------------
 
     def _connect(self) -> None:
         self._retry_call = None
-        client = self.subscription.client
-        tls, host, port = endpoint_of(self.server)
-        url = websocket_url(self.server, "/sub", self.subscription.topic)
-        if self.subscription.since is not None and not self._ever_opened:
-            url += f"&since={self.subscription.since:d}"
-        factory = WebSocketClientFactory(url)
-        factory.protocol = _SubscriberClient
-        factory.link = self
-        factory.noisy = False
-        factory.setProtocolOptions(openHandshakeTimeout=_CONNECT_TIMEOUT, autoPingInterval=30, autoPingTimeout=30)
-        endpoint = endpoints.HostnameEndpoint(self._clock, host, port, timeout=_CONNECT_TIMEOUT)
-        if tls:
-            endpoint = endpoints.wrapClientTLS(client.tls.creator(host), endpoint)
-        self._connecting = endpoint.connect(factory)
-        self._connecting.addErrback(self._failed)
+        self._connecting = self.subscription.client.transport.subscribe(self)
+        self._connecting.addCallbacks(self._open, self._failed)
 
     def _failed(self, failure: Failure) -> None:
         self._connecting = None
         if failure.check(CancelledError) and self._closed:
             return
-        self._lost(_reason(failure))
+        self._lost(reason_of(failure))
 
-    def _open(self, protocol: _SubscriberClient) -> None:
+    def _open(self, stream: IStream) -> None:
         self._connecting = None
         if self._closed:
-            protocol.sendClose(1000)
+            stream.close()
             return
-        self.protocol = protocol
+        self.stream = stream
         if self.subscription._paused:
-            protocol.transport.pauseProducing()
+            stream.pause()
         if self._ever_opened:
             _log.info(
                 "resubscribed to {topic!r} on {server}", topic=self.subscription.topic, server=self.server
@@ -600,7 +671,7 @@ class _Link:
         if not self.opened.called:
             self.opened.callback(None)
         if came_back:
-            self.subscription.client._server_reachable(self.server)
+            self.subscription.client.server_reachable(self.server)
 
     def retry_now(self) -> None:
         """
@@ -618,13 +689,12 @@ class _Link:
             self._nudged = True
 
     def _lost(self, reason: str) -> None:
-        self.protocol = None
-        if not self._closed:
-            self.subscription.client.upstream_errors += 1
+        self.stream = None
         if self._closed:
             if self._closing is not None and not self._closing.called:
                 self._closing.callback(None)
             return
+        self.subscription.client.upstream_errors += 1
         self._attempt += 1
         if not self._ever_opened and self._first_attempts is not None:
             if self._attempt >= self._first_attempts:
@@ -632,7 +702,7 @@ class _Link:
                 if not self.opened.called:
                     self.opened.errback(MemmqError(reason))
                 return
-        delay = _backoff(self._attempt - 1)
+        delay = backoff(self._attempt - 1)
         if self._nudged:
             self._nudged = False
             delay = 0
@@ -643,21 +713,23 @@ class _Link:
             )
         self._retry_call = self._clock.callLater(delay, self._connect)
 
+    # -- flow and closing --------------------------------------------------
+
     def pause(self) -> None:
-        if self.protocol is not None and self.protocol.transport is not None:
-            self.protocol.transport.pauseProducing()
+        if self.stream is not None:
+            self.stream.pause()
 
     def resume(self) -> None:
-        if self.protocol is not None and self.protocol.transport is not None:
-            self.protocol.transport.resumeProducing()
+        if self.stream is not None:
+            self.stream.resume()
 
     def close(self) -> Deferred[None]:
         """
-        Stop reconnecting and close the connection; fires once it is gone
-        (at most a few seconds: a server that does not answer the close is
+        Stop reconnecting and close the stream; fires once it is gone (at
+        most a few seconds: a server that does not answer the close is
         dropped).
         """
-        if self._closed and self.protocol is None:
+        if self._closed and self.stream is None:
             return succeed(None)
         self._closed = True
         if self._retry_call is not None and self._retry_call.active():
@@ -667,28 +739,8 @@ class _Link:
         if not self.opened.called:
             self.opened.errback(MemmqError("closed"))
             self.opened.addErrback(lambda f: None)
-        if self.protocol is None:
+        if self.stream is None:
             return succeed(None)
         self._closing = Deferred()
-        self.protocol.sendClose(1000)
+        self.stream.close()
         return self._closing
-
-
-class _SubscriberClient(WebSocketClientProtocol):
-    """
-    The WebSocket client of one L{_Link}.
-    """
-
-    def onOpen(self) -> None:
-        self.factory.link._open(self)
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        link = self.factory.link
-        if link.protocol is self:
-            link.subscription._receive(payload)
-
-    def onClose(self, wasClean: bool, code, reason) -> None:
-        link = self.factory.link
-        if link.protocol is self or link.protocol is None:
-            why = f"closed with {code}" + (f": {reason}" if reason else "") if code else (reason or "connection lost")
-            link._lost(why)
