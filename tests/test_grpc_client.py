@@ -6,8 +6,14 @@ TLS.
 
 from __future__ import annotations
 
+import datetime
 import os
+import socket
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred, gatherResults, inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -22,13 +28,43 @@ from memmq.errors import InvalidTopic
 from memmq.interfaces import ISubscriber
 from memmq.options import MemmqOptions
 from memmq.tap import Options, makeService
-from memmq.tls import self_signed_certificate
+from memmq.tls import ServerCertificate, self_signed_certificate
 from tests.grpc_support import RawClient, RunningGRPC
 from tests.support import TLSClient, bounded
 from tests.test_cli import _memmq
 from tests.test_client import _dead_port
 from tests.test_http import _until
 from tests.test_script import _Files
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _go_style_certificate(name: str) -> ServerCertificate:
+    """
+    A certificate made as asim/mq's server makes its own: self-signed, a
+    CA, C{name} as its one DNS name, no common name.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Acme Co")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return ServerCertificate(key, [certificate], "made as asim/mq does")
 
 
 def _client(testcase, servers, **kwargs) -> GRPCClient:
@@ -176,6 +212,24 @@ class TLSTests(TestCase):
         self.assertIsNone(_name_override(certificate, "127.0.0.1"))
         self.assertIsNone(_name_override(certificate, "memmq.example"))
         self.assertEqual(_name_override(certificate, "10.1.2.3"), "memmq.example")
+        named_with_port = _go_style_certificate("127.0.0.1:8081").certificate
+        self.assertEqual(_name_override(named_with_port, "127.0.0.1"), "[127.0.0.1:8081]")
+
+    @inlineCallbacks
+    def test_certificate_naming_host_and_port(self) -> None:
+        """
+        A server whose certificate names C{DNS:127.0.0.1:PORT}, host and
+        port, as asim/mq's generated one does (no name a host can match) is
+        reached unverified, as over HTTP: its pinned certificate is trusted.
+        """
+        port = _free_port()
+        certificate = _go_style_certificate(f"127.0.0.1:{port}")
+        broker = Broker()
+        RunningGRPC(self, broker, certificate=certificate, address=f"127.0.0.1:{port}")
+        client = _client(self, [f"127.0.0.1:{port}"], retries=0)
+        subscription = yield bounded(client.subscribe("go"))
+        yield bounded(client.publish("go", b"named with a port"))
+        self.assertEqual((yield bounded(subscription.get())), b"named with a port")
 
     @inlineCallbacks
     def test_restart_with_new_certificate(self) -> None:

@@ -146,7 +146,21 @@ def _name_override(certificate: x509.Certificate, host: str) -> str | None:
         pass
     if host in names or not names:
         return None
-    return names[0]
+    for name in names:
+        if ":" not in name or _is_ip(name):
+            return name
+    # gRPC reads the name as host[:port] and checks the host part only; a
+    # name that holds a colon itself (asim/mq's generated certificate
+    # names "127.0.0.1:PORT", host and port) is taken whole in brackets.
+    return f"[{names[0]}]"
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 class _Channel:
