@@ -5,7 +5,10 @@ in-memory brokers, usable without a reactor or sockets.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from twisted.internet.task import Clock
+from twisted.trial.reporter import TestResult
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -168,3 +171,27 @@ class MemoryClientTests(SynchronousTestCase):
         self.assertEqual(recorder.messages, [])
         subscription.resume()
         self.assertEqual([m.payload for m in recorder.messages], [b"held"])
+
+
+class ReadmeExampleTests(SynchronousTestCase):
+    """
+    The README's "Testing your application" example runs and passes.
+    """
+
+    def test_example(self) -> None:
+        """
+        The example's code block, run as a test module, passes.
+        """
+        readme = (Path(__file__).parent.parent / "README.rst").read_text()
+        section = readme.split("Testing your application\n", 1)[1]
+        block = section.split(".. code-block:: python\n", 1)[1]
+        lines = []
+        for line in block.splitlines()[1:]:
+            if line and not line.startswith("    "):
+                break
+            lines.append(line[4:])
+        namespace: dict = {"__name__": "test_greet"}
+        exec(compile("\n".join(lines), "README.rst", "exec"), namespace)
+        result = TestResult()
+        namespace["GreetTests"]("test_greet").run(result)
+        self.assertEqual((result.errors, result.failures, result.successes), ([], [], 1))
