@@ -47,7 +47,7 @@ def _dead_port() -> int:
 
 class PublishSubscribeTests(TestCase):
     """
-    One server: the seed's calls, in Python.
+    One server: asim/mq's Go client calls, in Python.
     """
 
     timeout = 60
@@ -60,7 +60,7 @@ class PublishSubscribeTests(TestCase):
     def test_subscribe_get(self) -> None:
         """
         C{subscribe(topic)} fires with a subscription once it is open;
-        C{get()} gives each published payload in order (the seed's
+        C{get()} gives each published payload in order (Go's
         C{data := <-ch}).
         """
         sub = yield self.client.subscribe("example")
@@ -503,7 +503,7 @@ class TLSVerificationTests(TestCase):
 
 class SeedExampleTests(TestCase):
     """
-    The seed's client examples, as the README shows them in Python.
+    asim/mq's client examples, as the README shows them in Python.
     """
 
     timeout = 60
