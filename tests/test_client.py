@@ -342,7 +342,7 @@ class ReconnectionTests(TestCase):
         try at once when the client reaches that server again: by a
         publish, or by another subscription that connects there.
         """
-        from memmq.client import core
+        from memmq.client import subscriptions
 
         first = RunningServer(self)
         c = _client(self, [first.url])
@@ -353,7 +353,7 @@ class ReconnectionTests(TestCase):
         yield first.stop()
         yield _until(lambda: all(sub.connected == 0 for sub in subs))
         # From now on every wait to reconnect is a minute.
-        self.patch(core, "backoff", lambda attempt: 60.0)
+        self.patch(subscriptions, "backoff", lambda attempt: 60.0)
         yield _sleep(0.5)  # the first retries (0.1 s) fail: servers down
         restarted = RunningServer(self, certificate=first.certificate, address=f"127.0.0.1:{first.port}")
         self.assertEqual(sum(sub.connected for sub in subs), 0)

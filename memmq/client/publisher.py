@@ -31,9 +31,9 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
-from memmq.client.core import CONNECT_TIMEOUT, backoff
 from memmq.client.reasons import reason_of
 from memmq.client.servers import endpoint_of, publish_url
+from memmq.client.transport import CONNECT_TIMEOUT, backoff
 from memmq.eager import ImmediateTLSFactory, make_eager
 from memmq.errors import MemmqError
 from memmq.hops import HOPS_HEADER, TooManyHops
