@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 
 from memmq.client import Client, resolver, selector
+from memmq.client.reasons import reason_of
 
 __all__ = ["run", "client_from_options"]
 
@@ -44,7 +45,7 @@ def client_from_options(options, reactor) -> Client:
         names = resolver.IP()
     client_type = Client
     if (options.get("upstream_transport") or options.get("transport")) == "grpc":
-        from memmq.client.grpc import GRPCClient as client_type
+        from memmq.client.rpc import GRPCClient as client_type
     return client_type(
         servers=options["server_list"],
         selector=selector.Shard() if options["select"] == "shard" else selector.All(),
@@ -139,7 +140,7 @@ def run(options, reactor) -> int:
     stopping = [False]
 
     def fail(failure) -> None:
-        _say(failure.getErrorMessage())
+        _say(reason_of(failure))
         status[0] = 1
         stop()
 

@@ -3,7 +3,17 @@ The errors memmq raises inside; each transport turns them into its own
 answer (an HTTP status, a WebSocket close code, a gRPC status) at one place.
 """
 
-__all__ = ["MemmqError", "InvalidTopic", "MessageTooLarge", "PersistError", "BadQuery"]
+__all__ = [
+    "BadQuery",
+    "InvalidPattern",
+    "InvalidTopic",
+    "MemmqError",
+    "MessageTooLarge",
+    "PersistError",
+    "PublishError",
+    "ServersFailed",
+    "SubscribeError",
+]
 
 
 class MemmqError(Exception):
@@ -39,12 +49,43 @@ class BadQuery(MemmqError, ValueError):
     """
 
 
+class ServersFailed(MemmqError):
+    """
+    An operation on a topic that failed on some of the servers it went to.
+
+    @ivar topic: the topic.
+    @ivar failures: server -> one-line reason, for each server that failed.
+    """
+
+    #: How the message begins; the topic is put in with C{format}.
+    doing = "{topic!r} failed on"
+
+    def __init__(self, topic: str, failures: dict[str, str]) -> None:
+        self.topic = topic
+        self.failures = failures
+        reasons = "; ".join(f"{server}: {why}" for server, why in failures.items())
+        super().__init__(f"{self.doing.format(topic=topic)} {reasons}")
+
+
+class PublishError(ServersFailed):
+    """
+    A publish that some selected server did not accept, even after retries.
+    """
+
+    doing = "publish to {topic!r} failed on"
+
+
+class SubscribeError(ServersFailed):
+    """
+    A subscription that could not be opened on some selected server.
+    """
+
+    doing = "cannot subscribe to {topic!r} on"
+
+
 class InvalidPattern(InvalidTopic):
     """
     A topic pattern that cannot be parsed: empty, with an empty token, with
     C{>} before its last token, or with C{*} or C{>} inside a token.
     """
 
-
-# Kept next to the class so that this addition merges apart from the list above.
-__all__ += ["InvalidPattern"]

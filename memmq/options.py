@@ -15,7 +15,7 @@ import re
 from twisted.python import usage
 
 from memmq.broker import DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_MAX_BUFFERED_MESSAGES, check_topic
-from memmq.client.http import DEFAULT_RESOLVE_INTERVAL, DEFAULT_SERVER
+from memmq.client.core import DEFAULT_RESOLVE_INTERVAL, DEFAULT_SERVER
 from memmq.client.servers import base_url
 from memmq.errors import MemmqError
 from memmq.logs import FORMATS

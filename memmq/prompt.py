@@ -36,8 +36,9 @@ from twisted.python.failure import Failure
 
 from memmq.cli import client_from_options
 from memmq.client import Client
-from memmq.client.http import PublishError, Subscription
-from memmq.errors import MemmqError
+from memmq.client.core import Subscription
+from memmq.client.reasons import reason_of
+from memmq.errors import PublishError
 
 __all__ = ["Prompt", "run"]
 
@@ -357,9 +358,7 @@ def _why(failure: Failure) -> str:
     error = failure.value
     if isinstance(error, PublishError):
         return "; ".join(f"{server}: {why}" for server, why in error.failures.items())
-    if isinstance(error, MemmqError):
-        return str(error)
-    return failure.getErrorMessage() or type(error).__name__
+    return reason_of(failure)
 
 
 def run(options, reactor) -> int:

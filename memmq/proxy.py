@@ -18,7 +18,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from memmq.broker import Broker, Message, Subscription
-from memmq.client.http import Client, PublishError
+from memmq.client.core import Client
+from memmq.errors import PublishError
 from memmq.interfaces import IBroker, ISubscriber
 from memmq.logs import RateLimited
 
@@ -74,7 +75,7 @@ class ProxyBroker:
     def subscribe(self, topic: str, subscriber: ISubscriber) -> Subscription:
         subscription = self.local.subscribe(topic, subscriber)
         if topic not in self._upstream:
-            self._upstream[topic] = self.client.subscribe(topic, _Relay(self.local, topic))
+            self._upstream[topic] = self.client.attach(topic, _Relay(self.local, topic))
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:

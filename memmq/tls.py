@@ -181,11 +181,12 @@ class ClientTLS:
     """
 
     def __init__(self, ca_file: str | None = None) -> None:
-        self.verifying = ca_file is not None
         self._unverified = None
         self._root = None
+        #: The CA file's PEM bytes, or L{None} when not verifying.
+        self.ca_pem: bytes | None = None
         if ca_file is not None:
-            pem = _read(ca_file, "CA file")
+            pem = self.ca_pem = _read(ca_file, "CA file")
             try:
                 authorities = x509.load_pem_x509_certificates(pem)
             except ValueError:

@@ -21,7 +21,7 @@ from zope.interface.verify import verifyObject
 from memmq import client
 from memmq.broker import Message
 from memmq.errors import InvalidTopic, MemmqError
-from memmq.interfaces import IBroker, ISubscriber, ISubscription
+from memmq.interfaces import ISubscriber, ISubscription
 from memmq.tls import TLSConfigError, self_signed_certificate
 from tests.support import RunningServer, Zone, bounded, dead_port, sleep, until
 
@@ -34,7 +34,7 @@ def _client(testcase, servers, **kwargs) -> client.Client:
 
 class PublishSubscribeTests(TestCase):
     """
-    One server: the seed's calls, in Python.
+    One server: asim/mq's Go client calls, in Python.
     """
 
     timeout = 60
@@ -47,7 +47,7 @@ class PublishSubscribeTests(TestCase):
     def test_subscribe_get(self) -> None:
         """
         C{subscribe(topic)} fires with a subscription once it is open;
-        C{get()} gives each published payload in order (the seed's
+        C{get()} gives each published payload in order (Go's
         C{data := <-ch}).
         """
         sub = yield self.client.subscribe("example")
@@ -135,12 +135,11 @@ class PublishSubscribeTests(TestCase):
         self.assertEqual(server.broker.published, 0)
 
     @inlineCallbacks
-    def test_is_a_broker(self) -> None:
+    def test_attach(self) -> None:
         """
-        The client is an IBroker: subscribe(topic, subscriber) returns the
-        subscription at once and delivers Messages to the subscriber.
+        attach(topic, subscriber) returns the subscription at once and
+        delivers Messages to the ISubscriber, as a broker does.
         """
-        self.assertTrue(verifyObject(IBroker, self.client))
         got = []
 
         @implementer(ISubscriber)
@@ -148,7 +147,7 @@ class PublishSubscribeTests(TestCase):
             def deliver(self, message):
                 got.append(message)
 
-        sub = self.client.subscribe("broker", Recorder())
+        sub = self.client.attach("broker", Recorder())
         self.assertTrue(verifyObject(ISubscription, sub))
         yield until(lambda: sub.connected == 1)
         yield self.client.publish("broker", b"as a broker")
@@ -330,7 +329,7 @@ class ReconnectionTests(TestCase):
         try at once when the client reaches that server again: by a
         publish, or by another subscription that connects there.
         """
-        from memmq.client import http as client_http
+        from memmq.client import subscriptions
 
         first = RunningServer(self)
         c = _client(self, [first.url])
@@ -341,7 +340,7 @@ class ReconnectionTests(TestCase):
         yield first.stop()
         yield until(lambda: all(sub.connected == 0 for sub in subs))
         # From now on every wait to reconnect is a minute.
-        self.patch(client_http, "_backoff", lambda attempt: 60.0)
+        self.patch(subscriptions, "backoff", lambda attempt: 60.0)
         yield sleep(0.5)  # the first retries (0.1 s) fail: servers down
         restarted = RunningServer(self, certificate=first.certificate, address=f"127.0.0.1:{first.port}")
         self.assertEqual(sum(sub.connected for sub in subs), 0)
@@ -461,7 +460,7 @@ class TLSVerificationTests(TestCase):
 
 class SeedExampleTests(TestCase):
     """
-    The seed's client examples, as the README shows them in Python.
+    asim/mq's client examples, as the README shows them in Python.
     """
 
     timeout = 60

@@ -284,7 +284,7 @@ class ProcessTests(TestCase):
         """
         server, port = yield self._serve(["-m", "memmq", "--transport=grpc", "--address=127.0.0.1:0"])
         self.assertEqual(server.origin, "generated")
-        from memmq.client.grpc import GRPCClient
+        from memmq.client.rpc import GRPCClient
 
         client = GRPCClient([f"127.0.0.1:{port}"], reactor=reactor)
         self.addCleanup(lambda: bounded(client.close()))
@@ -301,7 +301,7 @@ class ProcessTests(TestCase):
         twistd -n memmq --transport=grpc serves gRPC and exits 0 on SIGTERM.
         """
         server, port = yield self._serve([*TWISTD, "memmq", "--transport=grpc", "--address=127.0.0.1:0"])
-        from memmq.client.grpc import GRPCClient
+        from memmq.client.rpc import GRPCClient
 
         client = GRPCClient([f"127.0.0.1:{port}"], reactor=reactor)
         self.addCleanup(lambda: bounded(client.close()))
@@ -316,7 +316,7 @@ class ProcessTests(TestCase):
         stream.
         """
         server, port = yield self._serve(["-m", "memmq", "--transport=grpc", "--address=127.0.0.1:0"])
-        from memmq.client.grpc import GRPCClient
+        from memmq.client.rpc import GRPCClient
 
         client = GRPCClient([f"127.0.0.1:{port}"], reactor=reactor)
         self.addCleanup(lambda: bounded(client.close()))

@@ -1,31 +1,59 @@
 """
-Tests for memmq.client.grpc, and for --transport=grpc in the command-line
+Tests for memmq.client.rpc, and for --transport=grpc in the command-line
 client and the proxy: against real gRPC front-ends on loopback, over real
 TLS.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred, gatherResults, inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
-from zope.interface.verify import verifyObject
 
 from memmq.broker import Broker, Message
 from memmq.cli import client_from_options
 from memmq.client import PublishError, SubscribeError, selector
-from memmq.client import grpc as grpc_client
-from memmq.client.grpc import GRPCClient, _name_override
+from memmq.client import rpc as grpc_client
+from memmq.client.rpc import GRPCClient, _name_override
 from memmq.errors import InvalidTopic
-from memmq.interfaces import IBroker, ISubscriber
+from memmq.interfaces import ISubscriber
 from memmq.options import MemmqOptions
 from memmq.tap import Options, makeService
-from memmq.tls import self_signed_certificate
+from memmq.tls import ServerCertificate, self_signed_certificate
 from tests.grpc_support import RawClient, RunningGRPC
 from tests.support import CertificateFiles, TLSClient, bounded, dead_port, spawn_memmq, until
+
+
+def _go_style_certificate(name: str) -> ServerCertificate:
+    """
+    A certificate made as asim/mq's server makes its own: self-signed, a
+    CA, C{name} as its one DNS name, no common name.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Acme Co")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return ServerCertificate(key, [certificate], "made as asim/mq does")
 
 
 def _client(testcase, servers, **kwargs) -> GRPCClient:
@@ -61,7 +89,6 @@ class ClientTests(TestCase):
         subscribe(topic) fires once subscribed; get() takes each message in
         order; the unverified default pins the generated certificate.
         """
-        self.assertTrue(verifyObject(IBroker, self.client))
         subscription = yield bounded(self.client.subscribe("seed"))
         self.assertEqual(subscription.servers, [f"https://{self.server.server}"])
         for payload in (b"one", b"", b"\x00\xff"):
@@ -109,13 +136,13 @@ class ClientTests(TestCase):
         self.assertEqual(received, [b"0", b"1", b"2"])
 
     @inlineCallbacks
-    def test_ibroker_subscriber(self) -> None:
+    def test_attach(self) -> None:
         """
-        subscribe(topic, ISubscriber) returns at once and delivers Messages;
+        attach(topic, ISubscriber) returns at once and delivers Messages;
         unsubscribe closes the call and frees the topic on the server.
         """
         collect = _Collect()
-        subscription = self.client.subscribe("ib", collect)
+        subscription = self.client.attach("ib", collect)
         yield until(lambda: self.broker.topic("ib") is not None)
         yield bounded(self.client.publish("ib", b"m"))
         yield until(lambda: len(collect.messages) == 1)
@@ -141,9 +168,9 @@ class ClientTests(TestCase):
         close() ends subscriptions, channels and the client's gRPC thread.
         """
         yield bounded(self.client.subscribe("closing"))
-        self.assertTrue(self.client._thread.running)
+        self.assertTrue(self.client.transport._thread.running)
         yield bounded(self.client.close())
-        self.assertFalse(self.client._thread.running)
+        self.assertFalse(self.client.transport._thread.running)
         yield until(lambda: self.broker.topic("closing") is None)
 
 
@@ -174,6 +201,24 @@ class TLSTests(TestCase):
         self.assertIsNone(_name_override(certificate, "127.0.0.1"))
         self.assertIsNone(_name_override(certificate, "memmq.example"))
         self.assertEqual(_name_override(certificate, "10.1.2.3"), "memmq.example")
+        named_with_port = _go_style_certificate("127.0.0.1:8081").certificate
+        self.assertEqual(_name_override(named_with_port, "127.0.0.1"), "[127.0.0.1:8081]")
+
+    @inlineCallbacks
+    def test_certificate_naming_host_and_port(self) -> None:
+        """
+        A server whose certificate names C{DNS:127.0.0.1:PORT}, host and
+        port, as asim/mq's generated one does (no name a host can match) is
+        reached unverified, as over HTTP: its pinned certificate is trusted.
+        """
+        port = dead_port()
+        certificate = _go_style_certificate(f"127.0.0.1:{port}")
+        broker = Broker()
+        RunningGRPC(self, broker, certificate=certificate, address=f"127.0.0.1:{port}")
+        client = _client(self, [f"127.0.0.1:{port}"], retries=0)
+        subscription = yield bounded(client.subscribe("go"))
+        yield bounded(client.publish("go", b"named with a port"))
+        self.assertEqual((yield bounded(subscription.get())), b"named with a port")
 
     @inlineCallbacks
     def test_restart_with_new_certificate(self) -> None:

@@ -16,7 +16,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SkipTest, TestCase
 
 from memmq.client import Client
-from memmq.client.http import SubscribeError
+from memmq.errors import SubscribeError
 from memmq.prompt import Prompt
 from tests.support import Child, RunningServer, bounded, child_env, dead_port, spawn, spawn_memmq, until
 

@@ -12,8 +12,8 @@ connection carries a topic's publishes in the order they were made)
 without the round trip, and the request and answer are simple enough to
 write and read here.
 
-What is retried, and what is not (delivery is at most once, SPEC section
-4): a request is sent again only when it is known that the server did not
+What is retried, and what is not (delivery is at most once: README,
+"Delivery"): a request is sent again only when it is known that the server did not
 take it -- the connection could not be made, the server answered 503, or
 it closed the connection after announcing it would (C{Connection: close})
 before reading the request.  A request the server read but did not
@@ -23,7 +23,6 @@ reported as failed and not sent again.
 
 from __future__ import annotations
 
-import random
 from collections import deque
 from urllib.parse import urlsplit
 
@@ -34,6 +33,7 @@ from twisted.python.failure import Failure
 
 from memmq.client.reasons import reason_of
 from memmq.client.servers import endpoint_of, publish_url
+from memmq.client.transport import CONNECT_TIMEOUT, backoff
 from memmq.eager import ImmediateTLSFactory, make_eager
 from memmq.errors import MemmqError
 from memmq.hops import HOPS_HEADER, TooManyHops
@@ -47,15 +47,11 @@ MAX_IN_FLIGHT = 256
 # A connection whose oldest request waits this long for an answer is
 # dropped (the server or the path to it is stuck).
 ANSWER_TIMEOUT = 30.0
-CONNECT_TIMEOUT = 10.0
 _MAX_HEAD = 64 * 1024  # a response head larger than this is not a memmq server's
 _MAX_HEADS = 1024  # request heads kept per connection, one per topic
+# A request's resends: the first after 0.05 s, doubling to at most 2 s.
 _RETRY_FIRST = 0.05
 _RETRY_MAX = 2.0
-
-
-def _retry_delay(attempt: int) -> float:
-    return min(_RETRY_MAX, _RETRY_FIRST * 2**attempt) * random.uniform(0.8, 1.2)
 
 
 class _Request:
@@ -378,7 +374,8 @@ class PublishConnection:
                 failed.append(request)
         self._unsent = keep
         if keep and not self._closed:
-            self._reconnect_call = self._reactor.callLater(_retry_delay(attempt - 1), self._connect)
+            delay = backoff(attempt - 1, _RETRY_FIRST, _RETRY_MAX)
+            self._reconnect_call = self._reactor.callLater(delay, self._connect)
         for request in failed:
             request.done.errback(MemmqError(reason))
 
@@ -432,7 +429,7 @@ class PublishConnection:
             # The server did not take it (shutting down, say): again later.
             request.attempts_left -= 1
             request.attempt += 1
-            self._reactor.callLater(_retry_delay(request.attempt - 1), self._resend, request)
+            self._reactor.callLater(backoff(request.attempt - 1, _RETRY_FIRST, _RETRY_MAX), self._resend, request)
         elif code == 508:
             request.done.errback(TooManyHops(reason))  # a loop does not heal by asking again
         else:

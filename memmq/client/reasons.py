@@ -5,6 +5,8 @@ name each failing server ("connection refused", "TLS error: ...").
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from OpenSSL import SSL
 from twisted.internet import defer, error
 from twisted.internet.defer import CancelledError
@@ -26,13 +28,24 @@ _REASONS = [
 ]
 
 
-def reason_of(failure: Failure) -> str:
+def reason_of(failure: Failure | BaseException, reasons: Sequence[tuple[type[BaseException], str]] = ()) -> str:
     """
-    One line saying why, from a failure a network operation can have.
+    One line saying why, from a failure (or exception) a network operation
+    can have: a L{MemmqError}'s message, words for the usual network
+    errors, else the first line of the error's message.
+
+    @param reasons: (exception type, words) checked first, for a caller
+        that knows its errors better (the DNS resolver).
     """
+    if not isinstance(failure, Failure):
+        failure = Failure(failure)
     value = failure.value
+    for kind, words in reasons:
+        if isinstance(value, kind):
+            return words
     if isinstance(value, MemmqError):
-        return str(value)
+        text = str(value).strip()
+        return text.splitlines()[0] if text else type(value).__name__
     for kind, words in _REASONS:
         if isinstance(value, kind):
             return words

@@ -23,6 +23,7 @@ from twisted.names.client import createResolver
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
+from memmq.client.reasons import reason_of
 from memmq.errors import MemmqError
 
 __all__ = ["IResolver", "IP", "DNS", "ResolveError", "DEFAULT_PORT"]
@@ -131,18 +132,11 @@ def _reason(failures: Sequence[Failure]) -> str:
     One line saying why the lookups found nothing; a failure other than
     "no such host" says more, so it wins.
     """
-    reasons = [_reason_of(failure) for failure in failures]
+    reasons = [reason_of(failure, _REASONS) for failure in failures]
     for reason in reasons:
         if reason != "no such host":
             return reason
     return reasons[0] if reasons else "no address records"
-
-
-def _reason_of(failure: Failure) -> str:
-    for kind, reason in _REASONS:
-        if failure.check(kind):
-            return reason
-    return (str(failure.value).splitlines() or [""])[0] or failure.type.__name__
 
 
 @implementer(IResolver)

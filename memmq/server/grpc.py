@@ -29,8 +29,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from memmq.broker import Message, check_topic
-from memmq.client.http import PublishError
-from memmq.errors import InvalidTopic, MemmqError, MessageTooLarge, PersistError
+from memmq.errors import InvalidTopic, MemmqError, MessageTooLarge, PersistError, PublishError
 from memmq.hops import BadHops, TooManyHops, check_hops
 from memmq.interfaces import IBroker, ISubscriber
 from memmq.rpc import HOPS_METADATA, SERVICE, mq_pb2

@@ -1,12 +1,12 @@
 """
-The client library over gRPC (asim/mq's C{MQ} service): the same interface
-as the HTTP client, the same selectors, resolvers, retries, subscriptions
+The client's gRPC transport (asim/mq's C{MQ} service): the same client as
+over HTTP, the same selectors, resolvers, retries, subscriptions
 and reconnection, over one gRPC channel per server, reused by every publish
 and subscription (asim/mq's Go client dials once per publish).
 
-    from memmq.client import grpc
+    from memmq.client import rpc
 
-    c = grpc.new(servers=["127.0.0.1:8081"])
+    c = rpc.new(servers=["127.0.0.1:8081"])
     yield c.publish("example", b"bar")
     sub = yield c.subscribe("example")
     data = yield sub.get()
@@ -42,7 +42,7 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from memmq.client.http import _CONNECT_TIMEOUT, DEFAULT_SERVER, Client, Subscription, _backoff, _Link
+from memmq.client.core import CONNECT_TIMEOUT, DEFAULT_SERVER, Client, IStream, ITransport, Link, backoff
 from memmq.client.reasons import reason_of
 from memmq.client.servers import endpoint_of
 from memmq.errors import MemmqError
@@ -50,8 +50,11 @@ from memmq.hops import TooManyHops
 from memmq.rpc import HOPS_METADATA, mq_pb2, mq_pb2_grpc
 from memmq.rpc.bridge import LoopThread
 
-__all__ = ["GRPCClient", "fetch_certificate", "new"]
+__all__ = ["GRPCClient", "GRPCTransport", "fetch_certificate", "new"]
 
+# A publish's retries: the first after 0.05 s, doubling to at most 5 s.
+_RETRY_FIRST = 0.05
+_RETRY_MAX = 5.0
 # The answers that asking again cannot change.
 _FINAL = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -66,7 +69,7 @@ _FINAL = {
 
 def new(servers=(DEFAULT_SERVER,), selector=None, resolver=None, retries: int = 1, **options) -> GRPCClient:
     """
-    A new gRPC client (the seed's C{grpc.New(...)}); the options are
+    A new gRPC client (Go's C{grpc.New(...)}); the options are
     L{memmq.client.Client}'s (C{ca_file}, C{resolve_interval}, C{reactor}).
     """
     return GRPCClient(servers=servers, selector=selector, resolver=resolver, retries=retries, **options)
@@ -96,7 +99,7 @@ class _Peek(Protocol):
             self.factory.chain.errback(reason)
 
 
-def fetch_certificate(reactor, host: str, port: int, timeout: float = _CONNECT_TIMEOUT) -> Deferred:
+def fetch_certificate(reactor, host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> Deferred:
     """
     The certificate chain (C{cryptography} certificates) that C{host:port}
     presents, unverified.
@@ -143,7 +146,21 @@ def _name_override(certificate: x509.Certificate, host: str) -> str | None:
         pass
     if host in names or not names:
         return None
-    return names[0]
+    for name in names:
+        if ":" not in name or _is_ip(name):
+            return name
+    # gRPC reads the name as host[:port] and checks the host part only; a
+    # name that holds a colon itself (asim/mq's generated certificate
+    # names "127.0.0.1:PORT", host and port) is taken whole in brackets.
+    return f"[{names[0]}]"
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 class _Channel:
@@ -188,22 +205,21 @@ class _Channel:
             await self.channel.close()
 
 
+@implementer(IStream)
 class _Call:
     """
-    One C{Sub} call, as its L{_Link} sees it: the link's "protocol" (it
-    pauses, resumes and closes it as it would a WebSocket's).
+    One C{Sub} call: its L{Link}'s L{IStream}.
 
     Its loop half reads the responses (crossing to the reactor in batches)
     and stops reading while paused, so that the server holds, then drops,
     this subscriber's messages on its side.
     """
 
-    def __init__(self, client: GRPCClient, link: _Link) -> None:
-        self._client = client
-        self._thread = client._thread
+    def __init__(self, transport: GRPCTransport, link: Link) -> None:
+        self._transport = transport
+        self._thread = transport._thread
         self._link = link
-        self.transport = self
-        self.opened: Deferred[_Call] = Deferred(lambda d: self.sendClose())
+        self.opened: Deferred[_Call] = Deferred(lambda d: self.close())
         # The loop's half (an Event binds to a loop when first waited on).
         self._call = None
         self._reading = asyncio.Event()
@@ -216,13 +232,13 @@ class _Call:
         if self._thread.running:
             self._thread.to_loop.call(f, *args)
 
-    def pauseProducing(self) -> None:
+    def pause(self) -> None:
         self._to_loop(self._set_reading, False)
 
-    def resumeProducing(self) -> None:
+    def resume(self) -> None:
         self._to_loop(self._set_reading, True)
 
-    def sendClose(self, code: int | None = None) -> None:
+    def close(self) -> None:
         self._to_loop(self._cancel)
 
     def _opened(self) -> None:
@@ -230,19 +246,16 @@ class _Call:
             self.opened.callback(self)
 
     def _received(self, payloads: list[bytes]) -> None:
-        link = self._link
         for payload in payloads:
-            if link.protocol is not self:
-                return
-            link.subscription._receive(payload)
+            self._link.received(self, payload)
 
     def _ended(self, reason: str, unavailable: bool) -> None:
         if unavailable:
-            self._client._forget(self._link.server)
+            self._transport._forget(self._link.server)
         if not self.opened.called:
             self.opened.errback(MemmqError(reason))
-        elif self._link.protocol is self or self._link.protocol is None:
-            self._link._lost(reason)
+        else:
+            self._link.lost(self, reason)
 
     # -- on the loop -------------------------------------------------------
 
@@ -289,40 +302,32 @@ class _Call:
             to_reactor.call(self._ended, reason, unavailable)
 
 
-class _GRPCLink(_Link):
-    """
-    A subscription's link to one server over a gRPC C{Sub} call; the
-    reconnection (capped backoff) and flow control are L{_Link}'s.
-    """
-
-    def _connect(self) -> None:
-        self._retry_call = None
-        client: GRPCClient = self.subscription.client
-        call = _Call(client, self)
-        self._connecting = call.opened
-        client._channel(self.server).addCallbacks(
-            lambda channel: client._thread.run(call.run, channel, self.subscription.topic),
-            lambda failure: call._ended(reason_of(failure), False),
-        ).addErrback(lambda failure: call._ended(reason_of(failure), False))
-        call.opened.addCallbacks(self._open, self._failed)
-
-
 class GRPCClient(Client):
     """
-    A L{Client} that speaks gRPC: see the module's docstring.
+    A L{Client} that speaks gRPC (its transport is L{GRPCTransport}): see
+    the module's docstring.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("transport", GRPCTransport)
+        super().__init__(*args, **kwargs)
+
+
+@implementer(ITransport)
+class GRPCTransport:
+    """
+    The L{ITransport} over gRPC, made for one L{Client}: one channel per
+    server, on an asyncio loop in a thread of its own.
+    """
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._reactor = client.reactor
         self._channels: dict[str, _Channel] = {}
         self._lanes: dict[tuple[str, str, int], _Lane] = {}
         self._opening: dict[str, list[Deferred]] = {}
         self._making: dict[str, Deferred] = {}
-        super().__init__(*args, **kwargs)  # checks ca_file (TLSConfigError)
-        self._ca_pem: bytes | None = None
-        ca_file = kwargs.get("ca_file")
-        if ca_file is not None:
-            with open(ca_file, "rb") as f:
-                self._ca_pem = f.read()
+        self._ca_pem = client.tls.ca_pem
         self._thread = LoopThread(self._reactor, "memmq-grpc-client")
 
     # -- channels ----------------------------------------------------------
@@ -335,7 +340,7 @@ class GRPCClient(Client):
         channel = self._channels.get(server)
         if channel is not None:
             return succeed(channel)
-        if self._closed:
+        if self._client.closed:
             return Deferred.fromFailure(Failure(MemmqError("client is closed")))
         d: Deferred[_Channel] = Deferred()
         waiting = self._opening.get(server)
@@ -367,7 +372,7 @@ class GRPCClient(Client):
         self._making.pop(server, None)
         waiting = self._opening.pop(server, [])
         if not isinstance(result, Failure):
-            if self._closed:
+            if self._client.closed:
                 self._thread.to_loop.call(lambda: self._thread.loop.create_task(result.close()))
                 result = Failure(MemmqError("client is closed"))
             else:
@@ -388,9 +393,9 @@ class GRPCClient(Client):
             # Its calls in flight finish first.
             self._thread.to_loop.call(lambda: self._thread.loop.call_later(5, _close_soon, channel))
 
-    # -- the transport seam ------------------------------------------------
+    # -- ITransport --------------------------------------------------------
 
-    def _publish_one(self, server: str, topic: str, payload: bytes, hops: int) -> Deferred[None]:
+    def publish(self, server: str, topic: str, payload: bytes, hops: int) -> Deferred[None]:
         # Unary calls on one channel may be served in any order: the
         # publishes of a topic to a server go one after the other.
         key = (server, topic, hops)
@@ -405,7 +410,8 @@ class GRPCClient(Client):
         Publish one payload to one server, trying C{1 + retries} times.
         """
         reason = "not tried"
-        for attempt in range(self.retries + 1):
+        retries = self._client.retries
+        for attempt in range(retries + 1):
             try:
                 channel = yield self._channel(server)
                 yield self._thread.run(channel.publish, topic, payload, hops)
@@ -420,33 +426,32 @@ class GRPCClient(Client):
                     self._forget(server)
             except Exception:
                 reason = reason_of(Failure())
-            if attempt < self.retries:
-                yield deferLater(self._reactor, _backoff(attempt) / 2, lambda: None)
+            if attempt < retries:
+                yield deferLater(self._reactor, backoff(attempt, _RETRY_FIRST, _RETRY_MAX), lambda: None)
         raise MemmqError(reason)
 
-    def _new_link(self, subscription: Subscription, server: str, first_attempts: int | None) -> _Link:
-        return _GRPCLink(subscription, server, first_attempts=first_attempts)
+    def subscribe(self, link: Link) -> Deferred[IStream]:
+        call = _Call(self, link)
+        self._channel(link.server).addCallbacks(
+            lambda channel: self._thread.run(call.run, channel, link.topic),
+            lambda failure: call._ended(reason_of(failure), False),
+        ).addErrback(lambda failure: call._ended(reason_of(failure), False))
+        return call.opened
 
     def close(self) -> Deferred[None]:
         """
-        Close every subscription and channel, then stop the gRPC thread.
+        Close every channel, then stop the gRPC thread.
         """
 
         async def close_channels() -> None:
             for channel in channels:
                 await channel.close()
 
-        channels: list[_Channel] = []
-
         for making in list(self._making.values()):
             making.cancel()
-
-        def stop(_):
-            channels.extend(self._channels.values())
-            self._channels.clear()
-            return self._thread.stop(close_channels)
-
-        return super().close().addCallback(stop).addCallback(lambda _: None)
+        channels = list(self._channels.values())
+        self._channels.clear()
+        return self._thread.stop(close_channels).addCallback(lambda _: None)
 
 
 async def _close_soon_async(channel: _Channel) -> None:
@@ -465,8 +470,8 @@ class _Lane:
     order they were made.
     """
 
-    def __init__(self, client: GRPCClient, key: tuple[str, str, int]) -> None:
-        self._client = client
+    def __init__(self, transport: GRPCTransport, key: tuple[str, str, int]) -> None:
+        self._transport = transport
         self._key = key
         self._waiting: deque[tuple[bytes, Deferred[None]]] = deque()
         self._busy = False
@@ -481,13 +486,13 @@ class _Lane:
     def _next(self) -> None:
         if not self._waiting:
             self._busy = False
-            if self._client._lanes.get(self._key) is self:
-                del self._client._lanes[self._key]
+            if self._transport._lanes.get(self._key) is self:
+                del self._transport._lanes[self._key]
             return
         self._busy = True
         payload, done = self._waiting.popleft()
         server, topic, hops = self._key
-        sent = self._client._post(server, topic, payload, hops)
+        sent = self._transport._post(server, topic, payload, hops)
 
         def finished(result):
             self._next()

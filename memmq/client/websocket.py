@@ -1,0 +1,102 @@
+"""
+The client's HTTP transport (the default): publish with POST /pub over
+pipelined persistent connections (L{memmq.client.publisher}), subscribe
+with one WebSocket per subscription and server (autobahn).
+"""
+
+from __future__ import annotations
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+
+from memmq.client.core import CONNECT_TIMEOUT, Client, IStream, ITransport, Link
+from memmq.client.publisher import Publisher
+from memmq.client.servers import endpoint_of, websocket_url
+from memmq.errors import MemmqError
+
+__all__ = ["WebSocketTransport"]
+
+
+@implementer(ITransport)
+class WebSocketTransport:
+    """
+    The L{ITransport} over HTTP and WebSocket, made for one L{Client}.
+    """
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._publisher = Publisher(
+            client.reactor, client.tls, attempts=1 + client.retries, reconnected=client.server_reachable
+        )
+
+    def publish(self, server: str, topic: str, payload: bytes, hops: int) -> Deferred[None]:
+        return self._publisher.publish(server, topic, payload, hops)
+
+    def subscribe(self, link: Link) -> Deferred[IStream]:
+        tls, host, port = endpoint_of(link.server)
+        url = websocket_url(link.server, "/sub", link.topic)
+        if link.since is not None:
+            url += f"&since={link.since:d}"
+        factory = WebSocketClientFactory(url)
+        factory.protocol = _SubscriberClient
+        factory.noisy = False
+        factory.setProtocolOptions(openHandshakeTimeout=CONNECT_TIMEOUT, autoPingInterval=30, autoPingTimeout=30)
+        endpoint = endpoints.HostnameEndpoint(self._client.reactor, host, port, timeout=CONNECT_TIMEOUT)
+        if tls:
+            endpoint = endpoints.wrapClientTLS(self._client.tls.creator(host), endpoint)
+        connected: list[_SubscriberClient] = []
+
+        def cancel(_: Deferred) -> None:
+            connecting.cancel()
+            for protocol in connected:
+                if protocol.transport is not None:
+                    protocol.transport.abortConnection()
+
+        factory.link = link
+        factory.opened = opened = Deferred(cancel)
+        connecting = endpoint.connect(factory)
+        connecting.addCallbacks(connected.append, lambda f: opened.called or opened.errback(f))
+        return opened
+
+    def close(self) -> Deferred[None]:
+        return self._publisher.close()
+
+
+@implementer(IStream)
+class _SubscriberClient(WebSocketClientProtocol):
+    """
+    The WebSocket of one L{Link}: its L{IStream} once open.
+    """
+
+    def onOpen(self) -> None:
+        opened = self.factory.opened
+        if opened.called:
+            self.sendClose(1000)
+        else:
+            opened.callback(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.factory.link.received(self, payload)
+
+    def onClose(self, wasClean: bool, code, reason) -> None:
+        why = f"closed with {code}" + (f": {reason}" if reason else "") if code else (reason or "connection lost")
+        opened = self.factory.opened
+        if not opened.called:
+            opened.errback(MemmqError(why))
+        else:
+            self.factory.link.lost(self, why)
+
+    # -- IStream -------------------------------------------------------------
+
+    def pause(self) -> None:
+        if self.transport is not None:
+            self.transport.pauseProducing()
+
+    def resume(self) -> None:
+        if self.transport is not None:
+            self.transport.resumeProducing()
+
+    def close(self) -> None:
+        self.sendClose(1000)
