@@ -32,8 +32,8 @@ from memmq.errors import MemmqError
 from memmq.options import MemmqOptions
 from memmq.persist import Persister, PersistingBroker
 from memmq.proxy import ProxyBroker
-from memmq.server.grpc import GRPCService
-from memmq.server.http import MemmqSite
+from memmq.server.rpc import GRPCService
+from memmq.server.web import MemmqSite
 from memmq.server.service import SHUTDOWN_GRACE, HTTPService
 from memmq.systemd import NotifyService
 from memmq.tls import self_signed_certificate

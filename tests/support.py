@@ -23,7 +23,7 @@ from zope.interface import implementer
 
 from memmq.broker import Broker
 from memmq.errors import MemmqError
-from memmq.server.http import MemmqSite
+from memmq.server.web import MemmqSite
 from memmq.server.listen import parse_address
 from memmq.server.service import HTTPService
 from memmq.tls import ServerCertificate, self_signed_certificate

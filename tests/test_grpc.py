@@ -1,5 +1,5 @@
 """
-Tests for memmq.server.grpc: the gRPC front-end end-to-end over real TLS on
+Tests for memmq.server.rpc: the gRPC front-end end-to-end over real TLS on
 loopback, with bare gRPC clients (the generated stubs), beside the HTTP
 front-end over the same broker; and the server run as a real process.
 """
@@ -21,7 +21,7 @@ from twisted.trial.unittest import TestCase
 
 from memmq.broker import Broker
 from memmq.rpc import HOPS_METADATA, SERVICE
-from memmq.server.grpc import GRPCService
+from memmq.server.rpc import GRPCService
 from memmq.server.listen import ListenError, parse_address
 from memmq.tls import self_signed_certificate
 from tests.grpc_support import GRPCServerProcess, RawClient, RunningGRPC

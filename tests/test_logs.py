@@ -135,7 +135,7 @@ class RateLimitedTests(SynchronousTestCase):
         from twisted.logger import globalLogPublisher
 
         from memmq.broker import Broker
-        from memmq.server.http import MemmqSite
+        from memmq.server.web import MemmqSite
 
         events = []
         globalLogPublisher.addObserver(events.append)

@@ -17,7 +17,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from memmq.errors import MemmqError
-from memmq.server.http import MemmqSite
+from memmq.server.web import MemmqSite
 from memmq.server.listen import Address, describe_port, listen_endpoint, listen_tls
 from memmq.tls import ServerCertificate
 

@@ -28,7 +28,7 @@ from memmq.interfaces import IBroker, ISubscriber
 from memmq.persist.replay import Replay
 from memmq.server.combine import Combiner
 from memmq.server.connections import Connections
-from memmq.server.topics import NO_REPLAY, since_from_query, topic_from_query
+from memmq.server.query import NO_REPLAY, since_from_query, topic_from_query
 
 __all__ = ["PublisherProtocol", "SubscriberProtocol", "WebSocketFactory", "binary_frame"]
 

@@ -36,7 +36,7 @@ from memmq.persist.replay import Replay
 from memmq.server.combine import Combiner
 from memmq.server.connections import Connections
 from memmq.server.metrics import STATS_LIMIT, Metrics, local_broker
-from memmq.server.topics import NO_REPLAY, since_from_query, topic_from_query
+from memmq.server.query import NO_REPLAY, since_from_query, topic_from_query
 from memmq.server.websocket import PublisherProtocol, SubscriberProtocol, WebSocketFactory
 
 __all__ = ["MemmqSite", "DEFAULT_MAX_MESSAGE_SIZE"]
