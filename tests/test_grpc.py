@@ -21,8 +21,8 @@ from twisted.trial.unittest import TestCase
 
 from memmq.broker import Broker
 from memmq.rpc import HOPS_METADATA, SERVICE
-from memmq.server.rpc import GRPCService
 from memmq.server.listen import ListenError, parse_address
+from memmq.server.rpc import GRPCService
 from memmq.tls import self_signed_certificate
 from tests.grpc_support import GRPCServerProcess, RawClient, RunningGRPC
 from tests.support import RunningServer, bounded

@@ -47,7 +47,7 @@ class _PersistingServer:
         # Cleanups run last first: the persister stops after the server.
         testcase.addCleanup(lambda: self.persister.running and self.persister.stopService())
         self.broker = PersistingBroker(Broker(), self.persister)
-        self.server = RunningServer(testcase, broker=self.broker)
+        self.server = RunningServer(testcase, broker=self.broker, replay=self.persister)
         self.url = self.server.url
         self.client = self.server.client
 

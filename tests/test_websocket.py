@@ -15,7 +15,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from memmq.server.websocket import _STAND_IN_KEY, _WELL_FORMED_KEY
+from memmq.internals.autobahn_private import STAND_IN_KEY, WELL_FORMED_KEY
 from tests.support import RunningServer, bounded
 from tests.test_http import _until
 
@@ -239,8 +239,8 @@ class SeedKeyTests(TestCase):
         """
         The key autobahn validates in place of a loose one is well formed.
         """
-        self.assertTrue(_WELL_FORMED_KEY.fullmatch(_STAND_IN_KEY))
-        self.assertEqual(len(base64.b64decode(_STAND_IN_KEY)), 16)
+        self.assertTrue(WELL_FORMED_KEY.fullmatch(STAND_IN_KEY))
+        self.assertEqual(len(base64.b64decode(STAND_IN_KEY)), 16)
 
     @inlineCallbacks
     def test_seed_key_memmq(self) -> None:
