@@ -43,7 +43,6 @@ class ISubscription(Interface):
 
     topic = Attribute("The topic subscribed to (L{str}).")
     dropped = Attribute("Messages dropped for this subscriber alone (L{int}).")
-    buffered = Attribute("Messages waiting for the subscriber's connection to drain (L{int}).")
 
     def pause():
         """
