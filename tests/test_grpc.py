@@ -150,7 +150,7 @@ class GRPCTests(TestCase):
     def test_stalled_subscriber(self) -> None:
         """
         A subscriber that reads nothing has its messages held, then dropped
-        and counted, for it alone (SPEC section 4): publishing never waits,
+        and counted, for it alone (README, "Delivery"): publishing never waits,
         and a reading subscriber of the same topic loses nothing.
         """
         self.broker.max_buffered_messages = 20

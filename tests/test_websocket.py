@@ -243,9 +243,9 @@ class SeedKeyTests(TestCase):
         self.assertEqual(len(base64.b64decode(STAND_IN_KEY)), 16)
 
     @inlineCallbacks
-    def test_seed_key_memmq(self) -> None:
+    def test_readme_key_memmq(self) -> None:
         """
-        The seed's handshake (Sec-Websocket-Key: memmq) is accepted, the
+        The README's handshake (Sec-Websocket-Key: memmq) is accepted, the
         accept hash is computed from the key as sent, and messages follow.
         """
         server = RunningServer(self)
