@@ -37,3 +37,14 @@ class BadQuery(MemmqError, ValueError):
     A request parameter other than the topic that cannot be used as given
     (HTTP 400).
     """
+
+
+class InvalidPattern(InvalidTopic):
+    """
+    A topic pattern that cannot be parsed: empty, with an empty token, with
+    C{>} before its last token, or with C{*} or C{>} inside a token.
+    """
+
+
+# Kept next to the class so that this addition merges apart from the list above.
+__all__ += ["InvalidPattern"]

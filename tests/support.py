@@ -1,21 +1,34 @@
 """
-What the end-to-end tests share: a real server on a loopback port with a
-real (generated) certificate, clients that verify it, and bounded waits.
+Every helper more than one test module uses: a real server on a loopback
+port with a real (generated) certificate, clients that verify it, child
+processes, bounded waits, free ports, short directories for UNIX sockets,
+and the README's curl commands.  Test modules import from here (or from
+tests/grpc_support.py), never from each other.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import shutil
+import socket
+import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 
 import treq
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from treq.client import HTTPClient
 from twisted.internet import endpoints, reactor, ssl
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.task import deferLater
+from twisted.internet.testing import StringTransport
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.names import dns, error
+from twisted.names.common import ResolverBase
 from twisted.trial.unittest import SkipTest
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IPolicyForHTTPS
@@ -23,6 +36,7 @@ from zope.interface import implementer
 
 from memmq.broker import Broker
 from memmq.errors import MemmqError
+from memmq.interfaces import IBroker
 from memmq.server.listen import parse_address
 from memmq.server.service import HTTPService
 from memmq.server.web import MemmqSite
@@ -31,6 +45,22 @@ from memmq.tls import ServerCertificate, self_signed_certificate
 WAIT = 20.0  # seconds: the bound on any single wait in a test
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# twistd's own entry point, run by sys.executable (so from this Python and
+# this checkout): C{[sys.executable, *TWISTD, "memmq", ...]}.
+TWISTD = ["-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
+
+# What tests/fixtures/asim-mq/gen.go marshals, in order: UTF-8 text,
+# binary, empty, and the three base64 padding cases.
+PAYLOADS = [
+    b"hello, world",
+    'h\u00e9llo \u4e16\u754c \U0001f600 <&> "q" \\'.encode(),
+    bytes([0x00, 0x01, 0xFE, 0xFF, 0x80, 0x0A, 0x0D, 0x22]),
+    b"",
+    b"a",
+    b"ab",
+    b"abc",
+]
 
 
 def child_env() -> dict[str, str]:
@@ -301,3 +331,297 @@ class ServerProcess(ProcessProtocol):
         """
         self.transport.signalProcess("TERM")
         return bounded(self.ended)
+
+
+def until(condition: Callable[[], object], seconds: float = WAIT) -> Deferred:
+    """
+    Fire once C{condition()} holds, checking each reactor turn; bounded.
+    """
+    d: Deferred = Deferred()
+
+    def check():
+        if condition():
+            d.callback(None)
+        elif not d.called:
+            call[0] = reactor.callLater(0.01, check)
+
+    call = [reactor.callLater(0, check)]
+
+    def cancel(result):
+        if call[0].active():
+            call[0].cancel()
+        return result
+
+    return bounded(d, seconds).addBoth(cancel)
+
+
+def sleep(seconds: float) -> Deferred:
+    """
+    Fire after C{seconds} on the reactor: only where a test must let time
+    pass (a retry loop's pause), never to wait for an event.
+    """
+    return deferLater(reactor, seconds, lambda: None)
+
+
+def dead_port(host: str = "127.0.0.1") -> int:
+    """
+    A TCP port on C{host} that nothing listens on right now: to connect to
+    and be refused, or to hand to a command that takes no port 0
+    (systemd-socket-activate).  Skips the test if C{host} cannot be bound.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            return sock.getsockname()[1]
+    except OSError as e:
+        raise SkipTest(f"cannot bind {host}: {e.strerror}") from None
+
+
+def short_directory(testcase) -> str:
+    """
+    A new directory under /tmp, removed at cleanup, for UNIX sockets: a
+    socket's path may take 108 bytes, and trial's temporary directory lies
+    inside the checkout, as deep as wherever the project was cloned.
+    """
+    path = tempfile.mkdtemp(prefix="memmq-", dir="/tmp")
+    testcase.addCleanup(shutil.rmtree, path, True)
+    return path
+
+
+class CertificateFiles:
+    """
+    A generated certificate for 127.0.0.1 written to C{cert_file} and
+    C{key_file} in the test's temporary directory, for --cert_file and
+    --key_file.
+    """
+
+    def __init__(self, testcase) -> None:
+        self.certificate = self_signed_certificate("127.0.0.1")
+        base = os.path.abspath(testcase.mktemp())
+        os.makedirs(base)
+        self.cert_file = os.path.join(base, "cert.pem")
+        self.key_file = os.path.join(base, "key.pem")
+        with open(self.cert_file, "wb") as f:
+            f.write(self.certificate.chain_pem())
+        with open(self.key_file, "wb") as f:
+            f.write(self.certificate.key_pem())
+
+
+class Child(ProcessProtocol):
+    """
+    A child memmq with a pipe to its stdin; keeps stdout and stderr.
+    """
+
+    def __init__(self) -> None:
+        self.stdout = b""
+        self.stderr = b""
+        self.ended: Deferred = Deferred()
+        self.status = None
+
+    def outReceived(self, data: bytes) -> None:
+        self.stdout += data
+
+    def errReceived(self, data: bytes) -> None:
+        self.stderr += data
+
+    def processEnded(self, reason) -> None:
+        self.status = reason.value.exitCode
+        self.ended.callback(self.status)
+
+
+def spawn_memmq(testcase, *args: str) -> Child:
+    """
+    Start C{python -m memmq ARGS} as a L{Child}, killed at cleanup.
+    """
+    child = Child()
+    spawn(testcase, child, [sys.executable, "-m", "memmq", *args])
+    return child
+
+
+def run_memmq(*args: str, cwd: str = REPO) -> subprocess.CompletedProcess:
+    """
+    Run C{python -m memmq ARGS} in C{cwd} to its end (within 30 seconds,
+    generous for a start-up on a busy machine) with no standard input.
+    """
+    return subprocess.run(
+        [sys.executable, "-m", "memmq", *args],
+        check=False,
+        cwd=cwd,
+        env=child_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=30,
+    )
+
+
+class Curl(ProcessProtocol):
+    """
+    curl as a long-running subscriber: keeps its output, fires C{seen} when
+    the output holds what was asked for.
+    """
+
+    def __init__(self) -> None:
+        self.output = b""
+        self._waits: list[tuple[bytes, Deferred]] = []
+        self.ended: Deferred = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        for entry in list(self._waits):
+            if entry[0] in self.output:
+                self._waits.remove(entry)
+                entry[1].callback(self.output)
+
+    def seen(self, needle: bytes) -> Deferred:
+        d: Deferred = Deferred()
+        self._waits.append((needle, d))
+        self.outReceived(b"")
+        return bounded(d)
+
+    def processEnded(self, reason) -> None:
+        self.ended.callback(reason.value.exitCode)
+
+
+def _curl() -> str:
+    curl = shutil.which("curl")
+    if curl is None:
+        raise SkipTest("curl is not installed (.ci/run installs it)")
+    return curl
+
+
+def curl_subscribe(testcase, port: int, topic: str = "example") -> Curl:
+    """
+    The README's curl WebSocket subscribe command (section API), unchanged
+    but for the port.
+    """
+    proto = Curl()
+    curl = _curl()
+    spawn(testcase, proto, [
+        curl, "-k", "-i", "-N", "-s",
+        "-H", "Connection: Upgrade",
+        "-H", "Upgrade: websocket",
+        "-H", f"Host: localhost:{port}",
+        "-H", f"Origin:http://localhost:{port}",
+        "-H", "Sec-Websocket-Version: 13",
+        "-H", "Sec-Websocket-Key: memmq",
+        f"https://localhost:{port}/sub?topic={topic}",
+    ], env=dict(os.environ))
+    return proto
+
+
+def curl_publish(port: int, message: str = "a completely arbitrary message", topic: str = "example") -> Deferred:
+    """
+    The README's curl publish command (section API), unchanged but for the
+    port; fires with (stdout, stderr, status).
+    """
+    curl = _curl()
+    return bounded(getProcessOutputAndValue(
+        curl, ["-k", "-s", "-S", "-w", "%{http_code}", "-d", message, f"https://localhost:{port}/pub?topic={topic}"],
+        env=os.environ,
+    ))
+
+
+def exchange(site: MemmqSite, raw: bytes) -> tuple[bytes, StringTransport]:
+    """
+    Feed C{raw} to a fresh channel of C{site}; return what it answered.
+    """
+    channel = site.buildProtocol(None)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(raw)
+    answer = transport.value()
+    channel.connectionLost(None)
+    return answer, transport
+
+
+@implementer(IBroker)
+class SlowBroker:
+    """
+    A broker that answers later, or fails: what a proxy's client does.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[Deferred] = []
+
+    def publish(self, topic, payload, hops=0):
+        d = Deferred()
+        self.pending.append(d)
+        return d
+
+    def subscribe(self, topic, subscriber):
+        raise NotImplementedError
+
+    def unsubscribe(self, subscription):
+        pass
+
+
+class Zone(ResolverBase):
+    """
+    The records a test serves, in dicts it changes between lookups.
+
+    @ivar addresses: name to its addresses, IPv4 and IPv6 mixed, served in
+        the order listed (as a rotating server would serve them).
+    @ivar aliases: name to the name it is a CNAME of.
+    @ivar missing: (name, record type) answered "no such name" although the
+        name has addresses.
+    @ivar queries: (name, record type) of every lookup, in order.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.addresses: dict[str, list[str]] = {}
+        self.aliases: dict[str, str] = {}
+        self.missing: set[tuple[str, int]] = set()
+        self.queries: list[tuple[str, int]] = []
+
+    def _lookup(self, name, cls, type, timeout):
+        name = (name.decode("ascii") if isinstance(name, bytes) else name).lower()
+        self.queries.append((name, type))
+        answers = []
+        target = self.aliases.get(name, name)
+        if target != name:
+            answers.append(dns.RRHeader(name, dns.CNAME, ttl=0, payload=dns.Record_CNAME(target, ttl=0), auth=True))
+        if target not in self.addresses or (name, type) in self.missing:
+            return fail(error.DomainError(name))
+        version, record = {dns.A: (4, dns.Record_A), dns.AAAA: (6, dns.Record_AAAA)}.get(type, (0, None))
+        for address in self.addresses[target]:
+            if ipaddress.ip_address(address).version == version:
+                answers.append(dns.RRHeader(target, type, ttl=0, payload=record(address, ttl=0), auth=True))
+        return succeed((answers, [], []))
+
+
+class _RawHTTP(Protocol):
+    """
+    Sends one request and keeps the answer until the server closes.
+    """
+
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+        self.received = b""
+        self.done: Deferred = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.request)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason) -> None:
+        self.done.callback(self.received)
+
+
+def raw_publish(client: TLSClient, endpoint, host: str, topic: bytes, payload: bytes) -> Deferred:
+    """
+    POST /pub over TLS on the plain client C{endpoint}, verifying the
+    server's certificate for C{host}; fire with the whole answer.
+    """
+    request = (
+        b"POST /pub?topic=%s HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+        % (topic, len(payload))
+    ) + payload
+    proto = _RawHTTP(request)
+    connecting = endpoints.wrapClientTLS(client.tls_options(host), endpoint).connect(
+        Factory.forProtocol(lambda: proto)
+    )
+    return bounded(connecting.addCallback(lambda _: proto.done))

@@ -5,43 +5,10 @@ against a real server.
 
 from __future__ import annotations
 
-import sys
-
-from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from tests.support import RunningServer, bounded, spawn
-from tests.test_client import _dead_port
-from tests.test_http import _until
-
-
-class _Child(ProcessProtocol):
-    """
-    A child memmq with a pipe to its stdin; keeps stdout and stderr.
-    """
-
-    def __init__(self) -> None:
-        self.stdout = b""
-        self.stderr = b""
-        self.ended: Deferred = Deferred()
-        self.status = None
-
-    def outReceived(self, data: bytes) -> None:
-        self.stdout += data
-
-    def errReceived(self, data: bytes) -> None:
-        self.stderr += data
-
-    def processEnded(self, reason) -> None:
-        self.status = reason.value.exitCode
-        self.ended.callback(self.status)
-
-
-def _memmq(testcase, *args: str) -> _Child:
-    child = _Child()
-    spawn(testcase, child, [sys.executable, "-m", "memmq", *args])
-    return child
+from tests.support import RunningServer, bounded, dead_port, spawn_memmq, until
 
 
 class PublishTests(TestCase):
@@ -60,7 +27,7 @@ class PublishTests(TestCase):
         """
         server = RunningServer(self)
         sub = yield server.client.subscribe(server.url, "lines")
-        child = _memmq(self, "--client", "--topic=lines", "--publish", f"--servers={server.url}")
+        child = spawn_memmq(self, "--client", "--topic=lines", "--publish", f"--servers={server.url}")
         child.transport.write(b"first\n\nnachrichten \xc3\xbc\xe2\x9c\x93\n\xff\xfe raw\ncrlf\r\n  spaced  \nlast")
         child.transport.closeStdin()
         status = yield bounded(child.ended)
@@ -78,7 +45,7 @@ class PublishTests(TestCase):
         """
         server = RunningServer(self)
         sub = yield server.client.subscribe(server.url, "many")
-        child = _memmq(self, "--client", "--topic=many", "--publish", f"--servers={server.url}")
+        child = spawn_memmq(self, "--client", "--topic=many", "--publish", f"--servers={server.url}")
         child.transport.write(b"".join(b"line %d\n" % i for i in range(3000)))
         child.transport.closeStdin()
         self.assertEqual((yield bounded(child.ended)), 0, child.stderr)
@@ -91,8 +58,8 @@ class PublishTests(TestCase):
         With no server, the publish fails: one line on stderr naming the
         server and why, non-zero status, no traceback.
         """
-        dead = f"127.0.0.1:{_dead_port()}"
-        child = _memmq(self, "--client", "--topic=t", "--publish", f"--servers={dead}", "--retries=0")
+        dead = f"127.0.0.1:{dead_port()}"
+        child = spawn_memmq(self, "--client", "--topic=t", "--publish", f"--servers={dead}", "--retries=0")
         child.transport.write(b"lost\n")
         child.transport.closeStdin()
         status = yield bounded(child.ended)
@@ -106,7 +73,7 @@ class PublishTests(TestCase):
         """
         --client without --publish or --subscribe: one line, status 2.
         """
-        child = _memmq(self, "--client", "--topic=t")
+        child = spawn_memmq(self, "--client", "--topic=t")
         self.assertEqual((yield bounded(child.ended)), 2)
         self.assertEqual(
             child.stderr.decode().splitlines(),
@@ -128,15 +95,15 @@ class SubscribeTests(TestCase):
         the command with status 0 and closes its subscription.
         """
         server = RunningServer(self)
-        child = _memmq(self, "--client", "--topic=out", "--subscribe", f"--servers={server.url}")
-        yield _until(lambda: server.broker.topic("out") is not None)
+        child = spawn_memmq(self, "--client", "--topic=out", "--subscribe", f"--servers={server.url}")
+        yield until(lambda: server.broker.topic("out") is not None)
         for payload in (b"one", b"", "zwei ü".encode()):
             yield server.client.publish(server.url, "out", payload)
-        yield _until(lambda: child.stdout.count(b"\n") == 3)
+        yield until(lambda: child.stdout.count(b"\n") == 3)
         self.assertEqual(child.stdout, "one\n\nzwei ü\n".encode())
         child.transport.signalProcess("TERM")
         self.assertEqual((yield bounded(child.ended)), 0, child.stderr)
-        yield _until(lambda: server.broker.topic("out") is None)
+        yield until(lambda: server.broker.topic("out") is None)
 
     @inlineCallbacks
     def test_publish_and_subscribe(self) -> None:
@@ -145,12 +112,12 @@ class SubscribeTests(TestCase):
         subscribing after its input ends, until terminated.
         """
         server = RunningServer(self)
-        child = _memmq(self, "--client", "--topic=both", "--publish", "--subscribe", f"--servers={server.url}")
+        child = spawn_memmq(self, "--client", "--topic=both", "--publish", "--subscribe", f"--servers={server.url}")
         child.transport.write(b"echo 1\necho 2\n")
         child.transport.closeStdin()
-        yield _until(lambda: child.stdout == b"echo 1\necho 2\n")
+        yield until(lambda: child.stdout == b"echo 1\necho 2\n")
         yield server.client.publish(server.url, "both", b"from elsewhere")
-        yield _until(lambda: child.stdout.endswith(b"from elsewhere\n"))
+        yield until(lambda: child.stdout.endswith(b"from elsewhere\n"))
         self.assertIsNone(child.status)
         child.transport.signalProcess("INT")
         self.assertEqual((yield bounded(child.ended)), 0, child.stderr)
@@ -160,8 +127,8 @@ class SubscribeTests(TestCase):
         """
         Subscribing with no server: one line naming it, status 1.
         """
-        dead = f"127.0.0.1:{_dead_port()}"
-        child = _memmq(self, "--client", "--topic=t", "--subscribe", f"--servers={dead}", "--retries=0")
+        dead = f"127.0.0.1:{dead_port()}"
+        child = spawn_memmq(self, "--client", "--topic=t", "--subscribe", f"--servers={dead}", "--retries=0")
         self.assertEqual((yield bounded(child.ended)), 1)
         errors = [line for line in child.stderr.decode().splitlines() if line.startswith("memmq: ")]
         self.assertEqual(errors, [f"memmq: cannot subscribe to 't' on https://{dead}: connection refused"])
@@ -173,11 +140,11 @@ class SubscribeTests(TestCase):
         after the restart are printed too.
         """
         first = RunningServer(self)
-        child = _memmq(self, "--client", "--topic=r", "--subscribe", f"--servers={first.url}")
-        yield _until(lambda: first.broker.topic("r") is not None)
+        child = spawn_memmq(self, "--client", "--topic=r", "--subscribe", f"--servers={first.url}")
+        yield until(lambda: first.broker.topic("r") is not None)
         yield first.stop()
         second = RunningServer(self, certificate=first.certificate, address=f"127.0.0.1:{first.port}")
-        yield _until(lambda: second.broker.topic("r") is not None)
+        yield until(lambda: second.broker.topic("r") is not None)
         yield second.client.publish(second.url, "r", b"after restart")
-        yield _until(lambda: child.stdout == b"after restart\n")
+        yield until(lambda: child.stdout == b"after restart\n")
         self.assertIn(b"resubscribed to 'r'", child.stderr)

@@ -25,8 +25,7 @@ from memmq.server.listen import ListenError, parse_address
 from memmq.server.rpc import GRPCService
 from memmq.tls import self_signed_certificate
 from tests.grpc_support import GRPCServerProcess, RawClient, RunningGRPC
-from tests.support import RunningServer, bounded
-from tests.test_http import _until
+from tests.support import TWISTD, RunningServer, bounded, until
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -59,7 +58,7 @@ class GRPCTests(TestCase):
         stream = self.client.subscribe("both")
         yield bounded(stream.opened)
         websocket = yield self.http.client.subscribe(self.http.url, "both")
-        yield _until(lambda: len(self.broker.topic("both").subscriptions) == 2)
+        yield until(lambda: len(self.broker.topic("both").subscriptions) == 2)
         yield self.client.publish("both", b"over grpc")
         yield self.client.publish("both", b"")
         yield self.client.publish("both", bytes(range(256)))
@@ -143,7 +142,7 @@ class GRPCTests(TestCase):
         yield stream.wait_for(1)
         self.assertIsNotNone(self.broker.topic("gone"))
         stream.cancel()
-        yield _until(lambda: self.broker.topic("gone") is None, 5)
+        yield until(lambda: self.broker.topic("gone") is None, 5)
         self.assertEqual(self.grpc.service.streams, set())
 
     @inlineCallbacks
@@ -195,7 +194,7 @@ class GRPCTests(TestCase):
         self.assertEqual((yield self.client.health(SERVICE)), SERVING)
         statuses: list = []
         watching = self.client.watch_health(SERVICE, statuses)
-        yield _until(lambda: statuses == [SERVING])
+        yield until(lambda: statuses == [SERVING])
         yield self.grpc.stop()
         yield bounded(watching)
         self.assertEqual(statuses, [SERVING, NOT_SERVING])
@@ -260,7 +259,7 @@ class StartTests(TestCase):
             Broker(), parse_address(f"127.0.0.1:{busy.getHost().port}"), self_signed_certificate(), reactor, 1024
         )
         self.assertRaises(ListenError, service.startService)
-        return _until(lambda: not service.thread.running, 5)
+        return until(lambda: not service.thread.running, 5)
 
 
 class ProcessTests(TestCase):
@@ -301,8 +300,6 @@ class ProcessTests(TestCase):
         """
         twistd -n memmq --transport=grpc serves gRPC and exits 0 on SIGTERM.
         """
-        from tests.test_script import TWISTD
-
         server, port = yield self._serve([*TWISTD, "memmq", "--transport=grpc", "--address=127.0.0.1:0"])
         from memmq.client.grpc import GRPCClient
 

@@ -25,11 +25,7 @@ from memmq.options import MemmqOptions
 from memmq.tap import Options, makeService
 from memmq.tls import self_signed_certificate
 from tests.grpc_support import RawClient, RunningGRPC
-from tests.support import TLSClient, bounded
-from tests.test_cli import _memmq
-from tests.test_client import _dead_port
-from tests.test_http import _until
-from tests.test_script import _Files
+from tests.support import CertificateFiles, TLSClient, bounded, dead_port, spawn_memmq, until
 
 
 def _client(testcase, servers, **kwargs) -> GRPCClient:
@@ -87,7 +83,7 @@ class ClientTests(TestCase):
         received: list[bytes] = []
         yield bounded(self.client.subscribe("order", received.append))
         yield bounded(gatherResults([self.client.publish("order", b"%03d" % i) for i in range(200)]))
-        yield _until(lambda: len(received) == 200)
+        yield until(lambda: len(received) == 200)
         self.assertEqual(received, [b"%03d" % i for i in range(200)])
 
     @inlineCallbacks
@@ -109,7 +105,7 @@ class ClientTests(TestCase):
                     return out
 
         self.assertEqual((yield bounded(ensureDeferred(take(3)))), [b"0", b"1", b"2"])
-        yield _until(lambda: len(received) == 3)
+        yield until(lambda: len(received) == 3)
         self.assertEqual(received, [b"0", b"1", b"2"])
 
     @inlineCallbacks
@@ -120,12 +116,12 @@ class ClientTests(TestCase):
         """
         collect = _Collect()
         subscription = self.client.subscribe("ib", collect)
-        yield _until(lambda: self.broker.topic("ib") is not None)
+        yield until(lambda: self.broker.topic("ib") is not None)
         yield bounded(self.client.publish("ib", b"m"))
-        yield _until(lambda: len(collect.messages) == 1)
+        yield until(lambda: len(collect.messages) == 1)
         self.assertEqual((collect.messages[0].topic, collect.messages[0].payload), ("ib", b"m"))
         yield bounded(self.client.unsubscribe(subscription))
-        yield _until(lambda: self.broker.topic("ib") is None)
+        yield until(lambda: self.broker.topic("ib") is None)
 
     @inlineCallbacks
     def test_errors(self) -> None:
@@ -148,7 +144,7 @@ class ClientTests(TestCase):
         self.assertTrue(self.client._thread.running)
         yield bounded(self.client.close())
         self.assertFalse(self.client._thread.running)
-        yield _until(lambda: self.broker.topic("closing") is None)
+        yield until(lambda: self.broker.topic("closing") is None)
 
 
 class TLSTests(TestCase):
@@ -160,7 +156,7 @@ class TLSTests(TestCase):
         With a CA file the server's certificate is verified: its own
         certificate as CA works, another one fails the publish.
         """
-        files = _Files(self)
+        files = CertificateFiles(self)
         server = RunningGRPC(self, Broker(), certificate=files.certificate)
         yield bounded(_client(self, [server.server], ca_file=files.cert_file).publish("t", b"x"))
         other = os.path.abspath(self.mktemp())
@@ -192,7 +188,7 @@ class TLSTests(TestCase):
         subscription = yield bounded(client.subscribe("back"))
         yield first.stop()
         second = RunningGRPC(self, broker, address=f"127.0.0.1:{port}")
-        yield _until(lambda: broker.topic("back") is not None)
+        yield until(lambda: broker.topic("back") is not None)
         raw = RawClient(self, second.port, second.certificate)
         yield raw.publish("back", b"again")
         self.assertEqual((yield bounded(subscription.get())), b"again")
@@ -205,7 +201,7 @@ class TLSTests(TestCase):
         Nothing listening: subscribe fails with SubscribeError after its
         retries, publish with PublishError.
         """
-        client = _client(self, [f"127.0.0.1:{_dead_port()}"], retries=1)
+        client = _client(self, [f"127.0.0.1:{dead_port()}"], retries=1)
         with self.assertRaises(SubscribeError):
             yield bounded(client.subscribe("down"))
         with self.assertRaises(PublishError):
@@ -252,20 +248,20 @@ class CommandTests(TestCase):
         raw = RawClient(self, server.port, server.certificate)
         stream = raw.subscribe("lines")
         yield bounded(stream.opened)
-        subscriber = _memmq(
+        subscriber = spawn_memmq(
             self, "--client", "--transport=grpc", "--topic=lines", "--subscribe", f"--servers={server.server}"
         )
-        yield _until(
+        yield until(
             lambda: broker.topic("lines") is not None and len(broker.topic("lines").subscriptions) == 2
         ).addErrback(lambda f: self.fail(f"not subscribed: {subscriber.stderr!r} {subscriber.status}"))
-        publisher = _memmq(
+        publisher = spawn_memmq(
             self, "--client", "--transport=grpc", "--topic=lines", "--publish", f"--servers={server.server}"
         )
         publisher.transport.write(b"first\n\nthird\r\nlast")
         publisher.transport.closeStdin()
         self.assertEqual((yield bounded(publisher.ended)), 0, publisher.stderr)
         self.assertEqual((yield stream.wait_for(4)), [b"first", b"", b"third", b"last"])
-        yield _until(lambda: subscriber.stdout.count(b"\n") == 4)
+        yield until(lambda: subscriber.stdout.count(b"\n") == 4)
         self.assertEqual(subscriber.stdout, b"first\n\nthird\nlast\n")
         subscriber.transport.signalProcess("TERM")
         yield bounded(subscriber.ended)
@@ -275,14 +271,14 @@ class CommandTests(TestCase):
         """
         No server: one line on stderr, exit status 1, no traceback.
         """
-        child = _memmq(
+        child = spawn_memmq(
             self,
             "--client",
             "--transport=grpc",
             "--topic=t",
             "--publish",
             "--retries=0",
-            f"--servers=127.0.0.1:{_dead_port()}",
+            f"--servers=127.0.0.1:{dead_port()}",
         )
         child.transport.write(b"x\n")
         child.transport.closeStdin()
@@ -325,7 +321,7 @@ class PromptTests(TestCase):
         keys.send_text("mine\r")
         self.assertEqual((yield stream.wait_for(1)), [b"mine"])
         yield raw.publish("t", b"theirs")
-        yield _until(lambda: printed)
+        yield until(lambda: printed)
         self.assertEqual(printed, ["theirs"])
 
 
@@ -337,7 +333,7 @@ class ProxyTests(TestCase):
     timeout = 90
 
     def _proxy(self, args: list[str]):
-        files = _Files(self)
+        files = CertificateFiles(self)
         self.brokers = [Broker(), Broker()]
         self.upstreams = [RunningGRPC(self, b) for b in self.brokers]
         options = Options()
@@ -369,7 +365,7 @@ class ProxyTests(TestCase):
         url = f"https://127.0.0.1:{port}"
         http = TLSClient(self, files.certificate)
         websocket = yield http.subscribe(url, "via")
-        yield _until(lambda: all(b.topic("via") is not None for b in self.brokers))
+        yield until(lambda: all(b.topic("via") is not None for b in self.brokers))
         code, body = yield http.publish(url, "via", b"hello")
         self.assertEqual(code, 200, body)
         self.assertEqual([b.published for b in self.brokers], [1, 1])
@@ -387,7 +383,7 @@ class ProxyTests(TestCase):
         raw = RawClient(self, port, files.certificate)
         stream = raw.subscribe("both")
         yield bounded(stream.opened)
-        yield _until(lambda: sum(b.topic("both") is not None for b in self.brokers) == 1)
+        yield until(lambda: sum(b.topic("both") is not None for b in self.brokers) == 1)
         yield raw.publish("both", b"through")
         self.assertEqual((yield stream.wait_for(1)), [b"through"])
         self.assertEqual(sorted(b.published for b in self.brokers), [0, 1])

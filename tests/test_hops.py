@@ -15,7 +15,7 @@ from memmq.hops import MAX_HOPS, BadHops, TooManyHops, check_hops
 from memmq.interfaces import IBroker
 from memmq.proxy import ProxyBroker
 from memmq.server.web import MemmqSite
-from tests.test_http import _exchange
+from tests.support import exchange
 
 
 class CheckHopsTests(SynchronousTestCase):
@@ -66,7 +66,7 @@ class FrontEndTests(SynchronousTestCase):
     def _post(self, hops: bytes | None):
         broker = _Recording()
         header = b"" if hops is None else b"X-Memmq-Hops: " + hops + b"\r\n"
-        answer, _ = _exchange(
+        answer, _ = exchange(
             MemmqSite(broker),
             b"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\n" + header + b"Content-Length: 1\r\n\r\nm",
         )

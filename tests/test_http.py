@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 
 import treq
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail, inlineCallbacks
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
@@ -20,20 +19,7 @@ from zope.interface import implementer
 from memmq.broker import Broker
 from memmq.interfaces import IBroker
 from memmq.server.web import MemmqSite
-from tests.support import WAIT, RunningServer, bounded
-
-
-def _exchange(site: MemmqSite, raw: bytes) -> tuple[bytes, StringTransport]:
-    """
-    Feed C{raw} to a fresh channel of C{site}; return what it answered.
-    """
-    channel = site.buildProtocol(None)
-    transport = StringTransport()
-    channel.makeConnection(transport)
-    channel.dataReceived(raw)
-    answer = transport.value()
-    channel.connectionLost(None)
-    return answer, transport
+from tests.support import RunningServer, SlowBroker, bounded, exchange, until
 
 
 class RequestBodyTests(SynchronousTestCase):
@@ -53,7 +39,7 @@ class RequestBodyTests(SynchronousTestCase):
         """
         got = []
         self.broker.subscribe("t", _Recorder(got))
-        answer, transport = _exchange(
+        answer, transport = exchange(
             self.site, b"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n"
         )
         self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer)
@@ -66,7 +52,7 @@ class RequestBodyTests(SynchronousTestCase):
         A client that waits for 100 Continue gets the 413 instead, and no
         100 after it; the connection is closed.
         """
-        answer, transport = _exchange(
+        answer, transport = exchange(
             self.site,
             b"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n",
         )
@@ -81,7 +67,7 @@ class RequestBodyTests(SynchronousTestCase):
         """
         got = []
         self.broker.subscribe("t", _Recorder(got))
-        answer, transport = _exchange(
+        answer, transport = exchange(
             self.site,
             b"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
             b"6\r\nabcdef\r\n6\r\nghijkl\r\n6\r\nmnopqr\r\n0\r\n\r\n",
@@ -97,7 +83,7 @@ class RequestBodyTests(SynchronousTestCase):
         """
         got = []
         self.broker.subscribe("t", _Recorder(got))
-        answer, _ = _exchange(
+        answer, _ = exchange(
             self.site,
             b"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
             b"5\r\nabcde\r\n5\r\nfghij\r\n0\r\n\r\n",
@@ -111,7 +97,7 @@ class RequestBodyTests(SynchronousTestCase):
         """
         got = []
         self.broker.subscribe("t", _Recorder(got))
-        answer, _ = _exchange(
+        answer, _ = exchange(
             self.site, b"PUT /pub?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456789"
         )
         self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
@@ -128,7 +114,7 @@ class RequestBodyTests(SynchronousTestCase):
 
         globalLogPublisher.addObserver(logged.append)
         self.addCleanup(globalLogPublisher.removeObserver, logged.append)
-        _exchange(self.site, b"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx")
+        exchange(self.site, b"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx")
         self.assertEqual(logged, [])
 
     def test_access_log_when_asked(self) -> None:
@@ -141,7 +127,7 @@ class RequestBodyTests(SynchronousTestCase):
 
         globalLogPublisher.addObserver(logged.append)
         self.addCleanup(globalLogPublisher.removeObserver, logged.append)
-        _exchange(site, b"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx")
+        exchange(site, b"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx")
         lines = [e["line"] for e in logged if e.get("log_namespace") == "memmq.access"]
         self.assertEqual(len(lines), 1, logged)
         self.assertIn('"POST /pub?topic=t HTTP/1.1" 200', lines[0])
@@ -155,27 +141,6 @@ class _Recorder:
         self.into.append(message.payload)
 
 
-@implementer(IBroker)
-class _SlowBroker:
-    """
-    A broker that answers later, or fails: what a proxy's client does.
-    """
-
-    def __init__(self) -> None:
-        self.pending: list[Deferred] = []
-
-    def publish(self, topic, payload, hops=0):
-        d = Deferred()
-        self.pending.append(d)
-        return d
-
-    def subscribe(self, topic, subscriber):
-        raise NotImplementedError
-
-    def unsubscribe(self, subscription):
-        pass
-
-
 class AsynchronousBrokerTests(SynchronousTestCase):
     """
     /pub waits for a broker that answers later and maps its failure to 502.
@@ -185,7 +150,7 @@ class AsynchronousBrokerTests(SynchronousTestCase):
         """
         The 200 goes out only once the broker's publish has fired.
         """
-        broker = _SlowBroker()
+        broker = SlowBroker()
         site = MemmqSite(broker)
         channel = site.buildProtocol(None)
         transport = StringTransport()
@@ -200,7 +165,7 @@ class AsynchronousBrokerTests(SynchronousTestCase):
         """
         A failed publish is a 502 that says why.
         """
-        broker = _SlowBroker()
+        broker = SlowBroker()
         site = MemmqSite(broker)
         channel = site.buildProtocol(None)
         transport = StringTransport()
@@ -217,11 +182,11 @@ class AsynchronousBrokerTests(SynchronousTestCase):
         A broker that fails at once is a 502 too.
         """
         @implementer(IBroker)
-        class Failing(_SlowBroker):
+        class Failing(SlowBroker):
             def publish(self, topic, payload, hops=0):
                 return fail(RuntimeError("down"))
 
-        answer, _ = _exchange(
+        answer, _ = exchange(
             MemmqSite(Failing()), b"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx"
         )
         self.assertTrue(answer.startswith(b"HTTP/1.1 502 "), answer)
@@ -345,7 +310,7 @@ class HTTPAPITests(TestCase):
         self.assertEqual(b"".join(body.received), b"one|two|three")
         self.assertEqual(self.server.broker.topic("plain").published, 3)
         body.transport.stopProducing()
-        yield _until(lambda: self.server.broker.topic("plain") is None)
+        yield until(lambda: self.server.broker.topic("plain") is None)
         yield bounded(body.lost)
 
     @inlineCallbacks
@@ -401,23 +366,3 @@ class _Body(Protocol):
         self.lost.callback(None)
 
 
-def _until(condition, seconds: float = WAIT) -> Deferred:
-    """
-    Fire once C{condition()} holds, checking each reactor turn; bounded.
-    """
-    d: Deferred = Deferred()
-
-    def check():
-        if condition():
-            d.callback(None)
-        elif not d.called:
-            call[0] = reactor.callLater(0.01, check)
-
-    call = [reactor.callLater(0, check)]
-
-    def cancel(result):
-        if call[0].active():
-            call[0].cancel()
-        return result
-
-    return bounded(d, seconds).addBoth(cancel)

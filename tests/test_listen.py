@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
 
 from twisted.internet import endpoints, reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -25,9 +23,16 @@ from memmq.server.listen import EndpointError, ListenError, parse_address, parse
 from memmq.server.service import HTTPService
 from memmq.server.web import MemmqSite
 from memmq.tls import self_signed_certificate
-from tests.support import ServerProcess, TLSClient, bounded
-from tests.test_http import _until
-from tests.test_script import TWISTD, _Files
+from tests.support import (
+    TWISTD,
+    CertificateFiles,
+    ServerProcess,
+    TLSClient,
+    bounded,
+    raw_publish,
+    short_directory,
+    until,
+)
 
 LISTENING = re.compile(rb"memmq listening on (\S+) \(certificate ([^)]*)\)")
 
@@ -37,52 +42,6 @@ def _listening(output: bytes) -> list[str]:
     Where the start-up lines in C{output} say memmq listens.
     """
     return [match.group(1).decode() for match in LISTENING.finditer(output)]
-
-
-def _short_directory(testcase) -> str:
-    """
-    A directory for UNIX sockets: trial's own are too deep for the 108
-    bytes a socket path may take.
-    """
-    path = tempfile.mkdtemp(prefix="memmq-")
-    testcase.addCleanup(shutil.rmtree, path, True)
-    return path
-
-
-class _RawHTTP(Protocol):
-    """
-    Sends one request and keeps the answer until the server closes.
-    """
-
-    def __init__(self, request: bytes) -> None:
-        self.request = request
-        self.received = b""
-        self.done: Deferred = Deferred()
-
-    def connectionMade(self) -> None:
-        self.transport.write(self.request)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason) -> None:
-        self.done.callback(self.received)
-
-
-def raw_publish(client: TLSClient, endpoint, host: str, topic: bytes, payload: bytes) -> Deferred:
-    """
-    POST /pub over TLS on the plain client C{endpoint}, verifying the
-    server's certificate for C{host}; fire with the whole answer.
-    """
-    request = (
-        b"POST /pub?topic=%s HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
-        % (topic, len(payload))
-    ) + payload
-    proto = _RawHTTP(request)
-    connecting = endpoints.wrapClientTLS(client.tls_options(host), endpoint).connect(
-        Factory.forProtocol(lambda: proto)
-    )
-    return bounded(connecting.addCallback(lambda _: proto.done))
 
 
 def _publish_over_unix(client: TLSClient, path: str, topic: bytes, payload: bytes) -> Deferred:
@@ -191,7 +150,7 @@ class ListenServiceTests(TestCase):
         published over the UNIX socket reaches a subscriber over TCP.  On
         stop every port closes.
         """
-        path = os.path.join(_short_directory(self), "memmq.sock")
+        path = os.path.join(short_directory(self), "memmq.sock")
         service, client = self._service(None, ["tcp:0:interface=127.0.0.1", f"unix:{path}"])
         service.startService()
         self.addCleanup(lambda: service.running and service.stopService())
@@ -206,7 +165,7 @@ class ListenServiceTests(TestCase):
         yield service.stopService()
         self.assertEqual(service.ports, [])
         self.assertEqual((yield subscriber.wait_closed()), 1001)
-        yield _until(lambda: not os.path.exists(path))
+        yield until(lambda: not os.path.exists(path))
 
     @inlineCallbacks
     def test_all_or_nothing(self) -> None:
@@ -217,13 +176,13 @@ class ListenServiceTests(TestCase):
         busy = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
         self.addCleanup(busy.stopListening)
         port = busy.getHost().port
-        path = os.path.join(_short_directory(self), "memmq.sock")
+        path = os.path.join(short_directory(self), "memmq.sock")
         service, _ = self._service("127.0.0.1:0", [f"unix:{path}", f"tcp:{port}:interface=127.0.0.1"])
         error = self.assertRaises(ListenError, service.startService)
         self.assertEqual(str(error), f"cannot listen on tcp:{port}:interface=127.0.0.1: Address already in use")
         self.assertEqual(service.ports, [])
         self.assertIsNone(service.port)
-        yield _until(lambda: not os.path.exists(path))
+        yield until(lambda: not os.path.exists(path))
 
 
 class ListenCommandTests(TestCase):
@@ -234,13 +193,13 @@ class ListenCommandTests(TestCase):
     timeout = 90
 
     @inlineCallbacks
-    def _round_trip(self, server: ServerProcess, files: _Files, ports: int = 1) -> None:
+    def _round_trip(self, server: ServerProcess, files: CertificateFiles, ports: int = 1) -> None:
         """
         Wait for C{ports} TCP listeners; subscribe on the first, publish on
         each; SIGTERM exits 0 and closes the subscriber with 1001.
         """
         yield server.wait_listening()
-        yield _until(lambda: len(_listening(server.output)) >= ports)
+        yield until(lambda: len(_listening(server.output)) >= ports)
         urls = _listening(server.output)
         self.assertEqual(len(urls), ports, server.output)
         self.assertEqual(len(set(urls)), ports)
@@ -256,8 +215,8 @@ class ListenCommandTests(TestCase):
         self.assertEqual((yield subscriber.wait_closed()), 1001)
         self.assertNotIn(b"Traceback", server.output)
 
-    def _files_args(self) -> tuple[_Files, list[str]]:
-        files = _Files(self)
+    def _files_args(self) -> tuple[CertificateFiles, list[str]]:
+        files = CertificateFiles(self)
         return files, [f"--cert_file={files.cert_file}", f"--key_file={files.key_file}"]
 
     def test_tcp(self) -> Deferred:
@@ -304,12 +263,12 @@ class ListenCommandTests(TestCase):
         when the server stops.
         """
         files, args = self._files_args()
-        path = os.path.join(_short_directory(self), "memmq.sock")
+        path = os.path.join(short_directory(self), "memmq.sock")
         server = ServerProcess.spawn(
             self, ["-m", "memmq", f"--listen=unix:{path}", "--listen=tcp:0:interface=127.0.0.1", *args]
         )
         port = yield server.wait_listening()
-        yield _until(lambda: f"unix:{path}" in _listening(server.output))
+        yield until(lambda: f"unix:{path}" in _listening(server.output))
         client = TLSClient(self, files.certificate)
         subscriber = yield client.subscribe(f"https://127.0.0.1:{port}", "unix")
         answer = yield _publish_over_unix(client, path, b"unix", b"through the socket file")

@@ -22,8 +22,7 @@ from memmq.persist import PersistingBroker
 from memmq.proxy import ProxyBroker
 from memmq.server.metrics import Metrics
 from memmq.stats import Delivery, Persistence, Stats, TopicStats, Upstream
-from tests.support import RunningServer, bounded
-from tests.test_client import _dead_port
+from tests.support import RunningServer, bounded, dead_port
 
 
 def _samples(text: str) -> dict[str, float]:
@@ -107,7 +106,7 @@ class MetricsTests(TestCase):
         """
         A proxy counts publishes its upstreams did not accept.
         """
-        upstream = client.new(servers=[f"127.0.0.1:{_dead_port()}"], retries=0, reactor=reactor)
+        upstream = client.new(servers=[f"127.0.0.1:{dead_port()}"], retries=0, reactor=reactor)
         proxy = RunningServer(self, broker=ProxyBroker(upstream, Broker()))
         self.addCleanup(upstream.close)
         code, body = yield proxy.client.publish(proxy.url, "t", b"x")

@@ -6,8 +6,6 @@ options and their defaults, and what the memmq command does with a bad one.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
@@ -17,8 +15,7 @@ from memmq.options import MemmqOptions, parse_size
 from memmq.server.listen import AddressError, parse_address
 from memmq.tap import Options
 from memmq.tls import self_signed_certificate
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(memmq.__file__)))
+from tests.support import run_memmq
 
 OPTIONS = (
     "--address",
@@ -29,22 +26,6 @@ OPTIONS = (
     "--max_buffered_bytes",
     "--access_log",
 )
-
-
-def _memmq(*args: str) -> subprocess.CompletedProcess:
-    """
-    Run C{python -m memmq ARGS} from the repository root; it must end
-    within 30 seconds.
-    """
-    return subprocess.run(
-        [sys.executable, "-m", "memmq", *args],
-        check=False,
-        cwd=REPO,
-        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=30,
-    )
 
 
 def _write_certificate(directory: str) -> tuple[str, str]:
@@ -309,7 +290,7 @@ class CommandLineTests(SynchronousTestCase):
         C{memmq --bogus} exits with status 2 and one line on stderr naming
         the option, and prints nothing on stdout.
         """
-        result = _memmq("--bogus")
+        result = run_memmq("--bogus")
         self.assertEqual(result.returncode, 2, result.stderr)
         lines = result.stderr.decode("utf-8").splitlines()
         self.assertEqual(len(lines), 1, result.stderr)
@@ -321,7 +302,7 @@ class CommandLineTests(SynchronousTestCase):
         """
         C{memmq --version} prints "memmq VERSION" and exits 0.
         """
-        result = _memmq("--version")
+        result = run_memmq("--version")
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(result.stdout.decode("utf-8").strip(), f"memmq {memmq.__version__}")
         self.assertEqual(result.stderr, b"")
@@ -330,7 +311,7 @@ class CommandLineTests(SynchronousTestCase):
         """
         C{memmq --help} lists every option and exits 0.
         """
-        result = _memmq("--help")
+        result = run_memmq("--help")
         self.assertEqual(result.returncode, 0, result.stderr)
         text = result.stdout.decode("utf-8")
         for option in OPTIONS:

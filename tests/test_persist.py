@@ -20,21 +20,10 @@ from memmq.persist import Persister, PersistingBroker, file_name, parse
 from memmq.persist.names import MAX_NAME
 from memmq.persist.record import encode_topic, line
 from memmq.persist.replay import Replay, read_chunk
-from tests.support import REPO, bounded
+from tests.support import PAYLOADS, REPO, bounded, sleep
 
 FIXTURES = os.path.join(REPO, "tests", "fixtures", "asim-mq")
 
-# What tests/fixtures/asim-mq/gen.go marshals, in order: UTF-8 text,
-# binary, empty, and the three base64 padding cases.
-PAYLOADS = [
-    b"hello, world",
-    'h\u00e9llo \u4e16\u754c \U0001f600 <&> "q" \\'.encode(),
-    bytes([0x00, 0x01, 0xFE, 0xFF, 0x80, 0x0A, 0x0D, 0x22]),
-    b"",
-    b"a",
-    b"ab",
-    b"abc",
-]
 TIMESTAMPS = [1764219600000000000 + i * 1001 for i in range(len(PAYLOADS))]
 ODD_TOPIC = 'a<b>&c "q" \\ \u00e9/..% \u2028x'
 
@@ -262,7 +251,7 @@ class WriterTests(TestCase):
         for _ in range(200):
             if os.path.exists(persister.path("t")) and _lines(persister.path("t")):
                 break
-            yield _sleep(0.01)
+            yield sleep(0.01)
         self.assertEqual([parse(t).payload for t in _lines(persister.path("t"))], [b"soon"])
 
     @inlineCallbacks
@@ -499,7 +488,3 @@ class _Sink:
         pass
 
 
-def _sleep(seconds: float):
-    from twisted.internet.task import deferLater
-
-    return deferLater(reactor, seconds, lambda: None)

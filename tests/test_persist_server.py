@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 
 import grpc
@@ -22,8 +21,7 @@ from twisted.trial.unittest import TestCase
 from memmq import client
 from memmq.broker import Broker
 from memmq.persist import Persister, PersistingBroker, file_name, parse
-from tests.support import REPO, WAIT, RunningServer, ServerProcess, bounded, child_env, spawn
-from tests.test_persist import PAYLOADS
+from tests.support import PAYLOADS, REPO, RunningServer, ServerProcess, bounded, run_memmq, spawn
 
 
 def _lines(path: str) -> list[bytes]:
@@ -448,18 +446,6 @@ class ProcessTests(TestCase):
         self.assertEqual(sorted(parse(t).payload for t in _lines(path)), sorted(b"%d" % i for i in range(50)))
 
 
-def _memmq(*args: str, cwd: str = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "memmq", *args],
-        check=False,
-        cwd=cwd,
-        env=child_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=WAIT,
-    )
-
-
 class OptionTests(TestCase):
     """
     Bad persistence options: one line on stderr, exit status 2.
@@ -487,7 +473,7 @@ class OptionTests(TestCase):
             (["--client", "--topic=t", "--subscribe", "--since=-1"], "--since"),
         ]
         for args, expected in cases:
-            result = _memmq("--address=127.0.0.1:0", *args) if "--client" not in args else _memmq(*args)
+            result = run_memmq("--address=127.0.0.1:0", *args) if "--client" not in args else run_memmq(*args)
             stderr = result.stderr.decode()
             self.assertEqual(result.returncode, 2, (args, stderr))
             self.assertEqual(stderr.count("\n"), 1, (args, stderr))

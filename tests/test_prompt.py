@@ -18,10 +18,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from memmq.client import Client
 from memmq.client.http import SubscribeError
 from memmq.prompt import Prompt
-from tests.support import RunningServer, bounded, child_env, spawn
-from tests.test_cli import _Child, _memmq
-from tests.test_client import _dead_port
-from tests.test_http import _until
+from tests.support import Child, RunningServer, bounded, child_env, dead_port, spawn, spawn_memmq, until
 
 
 class _Recording(DummyOutput):
@@ -104,7 +101,7 @@ class PromptTests(TestCase):
         session = _Session(self, server)
         yield session.ready()
         yield server.client.publish(server.url, "t", "from afar ✓".encode())
-        yield _until(lambda: session.printed)
+        yield until(lambda: session.printed)
         self.assertEqual(session.printed, ["from afar ✓"])
 
     @inlineCallbacks
@@ -118,7 +115,7 @@ class PromptTests(TestCase):
         session = _Session(self, server, output=output)
         yield session.ready()
         yield server.client.publish(server.url, "t", b"drawn \x1b[31m")
-        yield _until(lambda: "drawn" in output.text())
+        yield until(lambda: "drawn" in output.text())
         self.assertIn("t (connected)>", output.text())
         self.assertIn("drawn ?[31m", output.text())
 
@@ -132,7 +129,7 @@ class PromptTests(TestCase):
         session = _Session(self, server)
         yield session.ready()
         yield server.client.publish(server.url, "t", b"red \x1b[31m\rover\ttab\nnext")
-        yield _until(lambda: session.printed)
+        yield until(lambda: session.printed)
         self.assertEqual(session.printed, ["red ?[31m?over\ttab\nnext"])
 
     @inlineCallbacks
@@ -148,7 +145,7 @@ class PromptTests(TestCase):
         session.type("mine\r")
         yield sub.wait_for(1)
         yield server.client.publish(server.url, "t", b"marker")
-        yield _until(lambda: session.printed)
+        yield until(lambda: session.printed)
         self.assertEqual(session.printed, ["marker"])
         self.assertEqual(sub.messages, [b"mine", b"marker"])
 
@@ -171,7 +168,7 @@ class PromptTests(TestCase):
         # Each server sends its marker after the line, on the same connection.
         for number, server in enumerate(servers):
             yield server.client.publish(server.url, "t", b"marker %d" % number)
-        yield _until(lambda: len(session.printed) == 2)
+        yield until(lambda: len(session.printed) == 2)
         self.assertEqual(sorted(session.printed), ["marker 0", "marker 1"])
 
     @inlineCallbacks
@@ -188,7 +185,7 @@ class PromptTests(TestCase):
         yield sub.wait_for(1)
         yield server.client.publish(server.url, "t", b"same")
         yield server.client.publish(server.url, "t", b"marker")
-        yield _until(lambda: "marker" in session.printed)
+        yield until(lambda: "marker" in session.printed)
         self.assertEqual(session.printed, ["same", "marker"])
 
     @inlineCallbacks
@@ -215,7 +212,7 @@ class PromptTests(TestCase):
         session = _Session(self, server)
         yield session.ready()
         session.type("far too long\r")
-        yield _until(lambda: session.printed)
+        yield until(lambda: session.printed)
         self.assertEqual(len(session.printed), 1)
         self.assertTrue(session.printed[0].startswith("! publish failed: "), session.printed)
         self.assertIn("413", session.printed[0])
@@ -236,7 +233,7 @@ class PromptTests(TestCase):
         session.input.close()
         status = yield bounded(session.done)
         self.assertEqual(status, 0)
-        yield _until(lambda: server.broker.topic("t") is None)
+        yield until(lambda: server.broker.topic("t") is None)
 
     @inlineCallbacks
     def test_ctrl_c(self) -> None:
@@ -249,7 +246,7 @@ class PromptTests(TestCase):
         session.type("\x03")
         status = yield bounded(session.done)
         self.assertEqual(status, 0)
-        yield _until(lambda: server.broker.topic("t") is None)
+        yield until(lambda: server.broker.topic("t") is None)
 
     @inlineCallbacks
     def test_stop(self) -> None:
@@ -262,7 +259,7 @@ class PromptTests(TestCase):
         yield bounded(session.prompt.stop())
         status = yield bounded(session.done)
         self.assertEqual(status, 0)
-        yield _until(lambda: server.broker.topic("t") is None)
+        yield until(lambda: server.broker.topic("t") is None)
 
     @inlineCallbacks
     def test_message_shows_state(self) -> None:
@@ -276,7 +273,7 @@ class PromptTests(TestCase):
         yield session.ready()
         self.assertEqual(session.prompt.message(), "example (connected)> ")
         yield bounded(server.stop())
-        yield _until(lambda: session.prompt.message() == "example (disconnected)> ")
+        yield until(lambda: session.prompt.message() == "example (disconnected)> ")
 
     @inlineCallbacks
     def test_subscribe_failure(self) -> None:
@@ -284,7 +281,7 @@ class PromptTests(TestCase):
         When the topic cannot be subscribed to, start() fails and no prompt
         is shown.
         """
-        session = _Session(self, None, servers=[f"127.0.0.1:{_dead_port()}"])
+        session = _Session(self, None, servers=[f"127.0.0.1:{dead_port()}"])
         error = yield self.assertFailure(bounded(session.done), SubscribeError)
         self.assertIn("connection refused", str(error))
         self.assertFalse(session.prompt.ready.called)
@@ -306,10 +303,10 @@ class CommandTests(TestCase):
         """
         server = RunningServer(self)
         sub = yield server.client.subscribe(server.url, "t")
-        child = _memmq(self, "-i", "--topic=t", f"--servers=127.0.0.1:{server.port}")
-        yield _until(lambda: server.broker.topic("t") is not None and server.broker.subscribers == 2, 30)
+        child = spawn_memmq(self, "-i", "--topic=t", f"--servers=127.0.0.1:{server.port}")
+        yield until(lambda: server.broker.topic("t") is not None and server.broker.subscribers == 2, 30)
         yield server.client.publish(server.url, "t", b"from afar")
-        yield _until(lambda: b"from afar" in child.stdout, 30)
+        yield until(lambda: b"from afar" in child.stdout, 30)
         child.transport.write("typed ü\n".encode())
         child.transport.closeStdin()
         status = yield bounded(child.ended, 30)
@@ -326,7 +323,7 @@ class CommandTests(TestCase):
         """
         server = RunningServer(self)
         sub = yield server.client.subscribe(server.url, "t")
-        child = _Child()
+        child = Child()
         try:
             spawn(
                 self, child,
@@ -336,11 +333,11 @@ class CommandTests(TestCase):
             )
         except (OSError, NotImplementedError) as e:
             raise SkipTest(f"no pty here: {e}") from None
-        yield _until(lambda: server.broker.subscribers == 2, 30)
+        yield until(lambda: server.broker.subscribers == 2, 30)
         child.transport.write(b"half")
-        yield _until(lambda: b"half" in child.stdout, 30)
+        yield until(lambda: b"half" in child.stdout, 30)
         yield server.client.publish(server.url, "t", b"from afar")
-        yield _until(lambda: b"t (connected)> half" in child.stdout.split(b"from afar", 1)[-1], 30)
+        yield until(lambda: b"t (connected)> half" in child.stdout.split(b"from afar", 1)[-1], 30)
         child.transport.write(" typed ü\r".encode())
         yield sub.wait_for(2)
         child.transport.write(b"\x03")
@@ -355,13 +352,13 @@ class CommandTests(TestCase):
         SIGTERM ends memmq -i with status 0, its subscription closed.
         """
         server = RunningServer(self)
-        child = _memmq(self, "-i", "--topic=t", f"--servers=127.0.0.1:{server.port}")
-        yield _until(lambda: server.broker.topic("t") is not None, 30)
+        child = spawn_memmq(self, "-i", "--topic=t", f"--servers=127.0.0.1:{server.port}")
+        yield until(lambda: server.broker.topic("t") is not None, 30)
         child.transport.signalProcess("TERM")
         status = yield bounded(child.ended, 30)
         self.assertEqual(status, 0, child.stderr)
         self.assertNotIn(b"Traceback", child.stderr)
-        yield _until(lambda: server.broker.topic("t") is None)
+        yield until(lambda: server.broker.topic("t") is None)
 
     @inlineCallbacks
     def test_no_server(self) -> None:
@@ -369,7 +366,7 @@ class CommandTests(TestCase):
         With no server to subscribe to, memmq -i says why on stderr and
         exits 1.
         """
-        child = _memmq(self, "-i", "--topic=t", f"--servers=127.0.0.1:{_dead_port()}", "--retries=0")
+        child = spawn_memmq(self, "-i", "--topic=t", f"--servers=127.0.0.1:{dead_port()}", "--retries=0")
         status = yield bounded(child.ended, 30)
         self.assertEqual(status, 1)
         self.assertIn(b"memmq: cannot subscribe to 't'", child.stderr)

@@ -19,21 +19,29 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from memmq.tap import Options, makeService
 from memmq.tls import self_signed_certificate
-from tests.support import WAIT, Collector, RunningServer, ServerProcess, TLSClient, bounded
-from tests.test_client import _dead_port, _Zone
-from tests.test_http import _until
-from tests.test_script import _Files
+from tests.support import (
+    WAIT,
+    CertificateFiles,
+    Collector,
+    RunningServer,
+    ServerProcess,
+    TLSClient,
+    Zone,
+    bounded,
+    dead_port,
+    until,
+)
 
 # Figures measured by the tests, for the record (printed on stderr too).
 MEASURED: dict[str, float] = {}
 
 
-def _files_for(testcase, host: str) -> _Files:
+def _files_for(testcase, host: str) -> CertificateFiles:
     """
     A generated cert/key pair in files whose certificate also names C{host}
     (beside localhost, 127.0.0.1 and ::1).
     """
-    files = _Files(testcase)
+    files = CertificateFiles(testcase)
     files.certificate = self_signed_certificate(host)
     with open(files.cert_file, "wb") as f:
         f.write(files.certificate.chain_pem())
@@ -42,7 +50,7 @@ def _files_for(testcase, host: str) -> _Files:
     return files
 
 
-def _args(files: _Files, address: str, *extra: str) -> list[str]:
+def _args(files: CertificateFiles, address: str, *extra: str) -> list[str]:
     return [
         "-m", "memmq", f"--address={address}", f"--cert_file={files.cert_file}", f"--key_file={files.key_file}",
         *extra,
@@ -64,7 +72,7 @@ class _Node:
 
 
 @inlineCallbacks
-def _start(testcase, files: _Files, *extra: str, address: str = "127.0.0.1:0"):
+def _start(testcase, files: CertificateFiles, *extra: str, address: str = "127.0.0.1:0"):
     """
     Start C{python -m memmq} on C{address} and wait until it listens.
     """
@@ -74,11 +82,11 @@ def _start(testcase, files: _Files, *extra: str, address: str = "127.0.0.1:0"):
 
 
 @inlineCallbacks
-def _start_servers(testcase, files: _Files, count: int = 3):
+def _start_servers(testcase, files: CertificateFiles, count: int = 3):
     return (yield gatherResults([_start(testcase, files) for _ in range(count)]))
 
 
-def _start_proxy(testcase, files: _Files, servers, *extra: str, address: str = "127.0.0.1:0") -> Deferred:
+def _start_proxy(testcase, files: CertificateFiles, servers, *extra: str, address: str = "127.0.0.1:0") -> Deferred:
     names = ",".join(s if isinstance(s, str) else s.name for s in servers)
     return _start(testcase, files, "--proxy", f"--servers={names}", *extra, address=address)
 
@@ -170,7 +178,7 @@ class ClusterProxyTests(TestCase):
         every server once; the proxy's own subscriber receives it once per
         server (three times), as documented.
         """
-        files = _Files(self)
+        files = CertificateFiles(self)
         client = TLSClient(self, files.certificate)
         servers = yield _start_servers(self, files)
         proxy = yield _start_proxy(self, files, servers)
@@ -182,7 +190,7 @@ class ClusterProxyTests(TestCase):
             self.assertEqual((yield client.publish(s.url, topic, b"direct %d" % i)), (200, b""))
         for i, s in enumerate(servers):
             yield client.publish(s.url, topic, b"end %d" % i)
-        yield _until(lambda: all(b"end %d" % i in upstream.messages for i in range(3)))
+        yield until(lambda: all(b"end %d" % i in upstream.messages for i in range(3)))
         got = [m for m in _real(upstream) if not m.startswith(b"end ")]
         self.assertEqual(sorted(got), [b"direct 0", b"direct 1", b"direct 2"])
         # Per server, messages come in publish order.
@@ -194,12 +202,12 @@ class ClusterProxyTests(TestCase):
         self.assertEqual((yield client.publish(proxy.url, topic, b"to all")), (200, b""))
         for d in direct:
             yield d.wait_for(1)
-        yield _until(lambda: _real(upstream).count(b"to all") == 3)
+        yield until(lambda: _real(upstream).count(b"to all") == 3)
         for i, s in enumerate(servers):
             yield client.publish(s.url, topic, b"end2 %d" % i)
         for i, d in enumerate(direct):
             self.assertEqual((yield d.wait_for(2)), [b"to all", b"end2 %d" % i])
-        yield _until(lambda: all(b"end2 %d" % i in upstream.messages for i in range(3)))
+        yield until(lambda: all(b"end2 %d" % i in upstream.messages for i in range(3)))
         self.assertEqual(_real(upstream).count(b"to all"), 3)
         for d in direct:
             self.assertEqual(d.messages, [b"to all", b"end2 %d" % direct.index(d)])
@@ -211,7 +219,7 @@ class ClusterProxyTests(TestCase):
         published directly to a server exactly once; once one of them
         leaves, the other still receives.
         """
-        files = _Files(self)
+        files = CertificateFiles(self)
         client = TLSClient(self, files.certificate)
         servers = yield _start_servers(self, files)
         proxy = yield _start_proxy(self, files, servers)
@@ -223,14 +231,14 @@ class ClusterProxyTests(TestCase):
         yield client.publish(servers[0].url, topic, b"one")
         yield client.publish(servers[0].url, topic, b"end")
         for c in (first, second):
-            yield _until(lambda c=c: b"end" in c.messages)
+            yield until(lambda c=c: b"end" in c.messages)
             self.assertEqual(_real(c), [b"one", b"end"])
 
         first.sendClose(1000)
         yield first.wait_closed()
         yield client.publish(servers[1].url, topic, b"two")
         yield client.publish(servers[1].url, topic, b"end 2")
-        yield _until(lambda: b"end 2" in second.messages)
+        yield until(lambda: b"end 2" in second.messages)
         self.assertEqual(_real(second), [b"one", b"end", b"two", b"end 2"])
         self.assertEqual(_real(first), [b"one", b"end"])
 
@@ -242,7 +250,7 @@ class ClusterProxyTests(TestCase):
         yield _probe(client, servers[2].url, topic, [third], "again")
         yield client.publish(servers[2].url, topic, b"three")
         yield client.publish(servers[2].url, topic, b"end 3")
-        yield _until(lambda: b"end 3" in third.messages)
+        yield until(lambda: b"end 3" in third.messages)
         self.assertEqual(_real(third), [b"three", b"end 3"])
 
 
@@ -261,7 +269,7 @@ class InProcessProxyTests(TestCase):
         each upstream server; it stays while one of them is left and is
         closed (the topic freed on every server) once both have left.
         """
-        files = _Files(self)
+        files = CertificateFiles(self)
         servers = [RunningServer(self, certificate=files.certificate) for _ in range(3)]
         options = Options()
         options.parseOptions([
@@ -281,7 +289,7 @@ class InProcessProxyTests(TestCase):
 
         first = yield client.subscribe(proxy_url, topic)
         second = yield client.subscribe(proxy_url, topic)
-        yield _until(lambda: upstream_counts() == [1, 1, 1])
+        yield until(lambda: upstream_counts() == [1, 1, 1])
         self.assertEqual(service.broker.upstream_topics, [topic])
         yield servers[0].client.publish(servers[0].url, topic, b"hello")
         self.assertEqual((yield first.wait_for(1)), [b"hello"])
@@ -290,7 +298,7 @@ class InProcessProxyTests(TestCase):
 
         first.sendClose(1000)
         yield first.wait_closed()
-        yield _until(lambda: service.broker.local.topic(topic) is not None
+        yield until(lambda: service.broker.local.topic(topic) is not None
                      and len(service.broker.local.topic(topic).subscriptions) == 1)
         self.assertEqual(upstream_counts(), [1, 1, 1])
         yield servers[1].client.publish(servers[1].url, topic, b"still")
@@ -298,7 +306,7 @@ class InProcessProxyTests(TestCase):
 
         second.sendClose(1000)
         yield second.wait_closed()
-        yield _until(lambda: all(s.broker.topic(topic) is None for s in servers))
+        yield until(lambda: all(s.broker.topic(topic) is None for s in servers))
         self.assertEqual(service.broker.upstream_topics, [])
         yield service.stopService()
 
@@ -318,7 +326,7 @@ class ShardProxyTests(TestCase):
         A message published to the proxy lands on
         servers[crc32(topic) % 3] only, for ASCII and non-ASCII topics.
         """
-        files = _Files(self)
+        files = CertificateFiles(self)
         client = TLSClient(self, files.certificate)
         servers = yield _start_servers(self, files)
         proxy = yield _start_proxy(self, files, servers, "--select=shard")
@@ -366,8 +374,8 @@ class DNSProxyTests(TestCase):
         a = yield _start(self, files)
         b = yield _start(self, files, address=f"127.0.0.2:{a.port}")
 
-        zone = _Zone()
-        zone.records[b"memmq.test"] = ["127.0.0.1"]
+        zone = Zone()
+        zone.addresses["memmq.test"] = ["127.0.0.1"]
         udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(DNSServerFactory(authorities=[zone])), interface="127.0.0.1")
         self.addCleanup(udp.stopListening)
         proxy = yield _start_proxy(
@@ -378,16 +386,16 @@ class DNSProxyTests(TestCase):
         sub = yield client.subscribe(proxy.url, topic)
         yield _probe(client, a.url, topic, [sub], "a")
         yield client.publish(a.url, topic, b"from a")
-        yield _until(lambda: b"from a" in sub.messages)
+        yield until(lambda: b"from a" in sub.messages)
 
-        zone.records[b"memmq.test"] = ["127.0.0.1", "127.0.0.2"]
+        zone.addresses["memmq.test"] = ["127.0.0.1", "127.0.0.2"]
         yield _probe(client, b.url, topic, [sub], "b")
         yield client.publish(b.url, topic, b"from b")
-        yield _until(lambda: b"from b" in sub.messages)
+        yield until(lambda: b"from b" in sub.messages)
         yield client.publish(a.url, topic, b"from a again")
-        yield _until(lambda: b"from a again" in sub.messages)
+        yield until(lambda: b"from a again" in sub.messages)
 
-        zone.records[b"memmq.test"] = ["127.0.0.2"]
+        zone.addresses["memmq.test"] = ["127.0.0.2"]
         # Until the proxy has left a: publish to a, then a marker to b; once
         # a's message no longer comes before the marker, a is left.  Then
         # check that it stays so.
@@ -397,7 +405,7 @@ class DNSProxyTests(TestCase):
             x, marker = b"to a %d" % i, b"marker %d" % i
             yield client.publish(a.url, topic, x)
             yield client.publish(b.url, topic, marker)
-            yield _until(lambda marker=marker: marker in sub.messages)
+            yield until(lambda marker=marker: marker in sub.messages)
             before = sub.messages[: sub.messages.index(marker)]
             if x not in before:
                 if left_at is None:
@@ -408,11 +416,11 @@ class DNSProxyTests(TestCase):
                 left_at = None
             self.assertLess(reactor.seconds(), deadline, "the proxy still gets what is published to a")
         yield client.publish(b.url, topic, b"last")
-        yield _until(lambda: b"last" in sub.messages)
+        yield until(lambda: b"last" in sub.messages)
         late = [m for m in sub.messages if m.startswith(b"to a ") and int(m.split()[-1]) >= left_at]
         self.assertEqual(late, [])
         yield client.publish(b.url, topic, b"from b again")
-        yield _until(lambda: b"from b again" in sub.messages)
+        yield until(lambda: b"from b again" in sub.messages)
 
 
 class ServerDownTests(TestCase):
@@ -429,7 +437,7 @@ class ServerDownTests(TestCase):
         every server; server 2 killed (SIGKILL); a direct subscriber on
         each of the other two.
         """
-        self.files = _Files(self)
+        self.files = CertificateFiles(self)
         self.client = TLSClient(self, self.files.certificate)
         self.servers = yield _start_servers(self, self.files)
         self.proxy = yield _start_proxy(self, self.files, self.servers)
@@ -437,7 +445,7 @@ class ServerDownTests(TestCase):
         for i, s in enumerate(self.servers):
             yield _probe(self.client, s.url, self.topic, [self.sub], f"s{i}")
         self.assertEqual((yield self.client.publish(self.proxy.url, self.topic, b"before")), (200, b""))
-        yield _until(lambda: _real(self.sub).count(b"before") == 3)
+        yield until(lambda: _real(self.sub).count(b"before") == 3)
         self.victim = self.servers[1]
         self.victim.process.transport.signalProcess("KILL")
         yield bounded(self.victim.process.ended)
@@ -462,7 +470,7 @@ class ServerDownTests(TestCase):
         for i, (s, d) in enumerate(zip(self.others, self.direct, strict=True)):
             yield self.client.publish(s.url, self.topic, b"marker %d" % i)
             self.assertEqual((yield d.wait_for(2)), [b"while down", b"marker %d" % i])
-        yield _until(lambda: b"marker 0" in self.sub.messages and b"marker 1" in self.sub.messages)
+        yield until(lambda: b"marker 0" in self.sub.messages and b"marker 1" in self.sub.messages)
         self.assertEqual(_real(self.sub).count(b"while down"), 2)
 
     @inlineCallbacks
@@ -497,7 +505,7 @@ class ServerDownTests(TestCase):
             f"subscriber {recovery:.3f} s after it listened again (probe #{attempt})\n"
         )
         self.assertEqual((yield self.client.publish(restarted.url, self.topic, b"after")), (200, b""))
-        yield _until(lambda: b"after" in sub.messages)
+        yield until(lambda: b"after" in sub.messages)
         self.assertEqual(sub.messages.count(b"after"), 1)
 
 
@@ -529,7 +537,7 @@ class ChainTests(TestCase):
         published directly to the servers exactly as a subscriber of A does;
         a message published to B reaches every server once.
         """
-        files = _Files(self)
+        files = CertificateFiles(self)
         client = TLSClient(self, files.certificate)
         servers = yield _start_servers(self, files)
         a = yield _start_proxy(self, files, servers)
@@ -545,7 +553,7 @@ class ChainTests(TestCase):
         for i, s in enumerate(servers):
             yield client.publish(s.url, topic, b"end %d" % i)
         for c in (sub_a, sub_b):
-            yield _until(lambda c=c: all(b"end %d" % i in c.messages for i in range(3)))
+            yield until(lambda c=c: all(b"end %d" % i in c.messages for i in range(3)))
         self.assertEqual(_real(sub_b), _real(sub_a))
         self.assertEqual(
             sorted(_real(sub_a)),
@@ -558,7 +566,7 @@ class ChainTests(TestCase):
             yield d.wait_for(1)
             yield client.publish(s.url, topic, b"end2 %d" % i)
             self.assertEqual((yield d.wait_for(2)), [b"via b", b"end2 %d" % i])
-        yield _until(lambda: all(b"end2 %d" % i in sub_b.messages for i in range(3)))
+        yield until(lambda: all(b"end2 %d" % i in sub_b.messages for i in range(3)))
         self.assertEqual(_real(sub_b).count(b"via b"), 3)
 
 
@@ -575,8 +583,8 @@ class LoopTests(TestCase):
         A proxy whose --servers lists its own address exits with status 2
         and one line on stderr saying so.
         """
-        files = _Files(self)
-        port = _dead_port()
+        files = CertificateFiles(self)
+        port = dead_port()
         process = ServerProcess.spawn(
             self, _args(files, f"127.0.0.1:{port}", "--proxy", f"--servers=127.0.0.1:{port}")
         )
@@ -592,8 +600,8 @@ class LoopTests(TestCase):
         """
         The same for a proxy that lists its own --grpc_address.
         """
-        files = _Files(self)
-        port, grpc_port = _dead_port(), _dead_port()
+        files = CertificateFiles(self)
+        port, grpc_port = dead_port(), dead_port()
         process = ServerProcess.spawn(
             self,
             _args(
@@ -614,9 +622,9 @@ class LoopTests(TestCase):
         within a bounded time (502 saying a loop was detected, or 508); a
         subscriber receives it a bounded number of times; both keep serving.
         """
-        files = _Files(self)
+        files = CertificateFiles(self)
         client = TLSClient(self, files.certificate)
-        port_a, port_b = _dead_port(), _dead_port()
+        port_a, port_b = dead_port(), dead_port()
         a, b = yield gatherResults([
             _start_proxy(self, files, [f"127.0.0.1:{port_b}"], address=f"127.0.0.1:{port_a}"),
             _start_proxy(self, files, [f"127.0.0.1:{port_a}"], address=f"127.0.0.1:{port_b}"),

@@ -21,9 +21,7 @@ from memmq.client.publisher import PublishConnection, _PublishProtocol
 from memmq.errors import MemmqError
 from memmq.hops import TooManyHops
 from memmq.tls import ClientTLS, self_signed_certificate
-from tests.support import RunningServer, bounded
-from tests.test_client import _dead_port
-from tests.test_http import _until
+from tests.support import RunningServer, bounded, dead_port, until
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
 
@@ -226,7 +224,7 @@ class PipeliningTests(TestCase):
         for i in range(600):
             d = _send(connection, b"%04d" % i)
             d.addCallbacks(lambda _, i=i: results.append((i, "ok")), lambda f, i=i: results.append((i, str(f.value))))
-        yield bounded(_until(lambda: len(results) == 600))
+        yield bounded(until(lambda: len(results) == 600))
         self.assertEqual(server.received, [b"%04d" % i for i in range(600)])
         self.assertEqual(server.factory.connections, 1)
         expected = [(i, f"HTTP 400: no {i % 10}" if i in bad else "ok") for i in range(600)]
@@ -334,7 +332,7 @@ class FailureTests(TestCase):
         A server that refuses the connection fails the publish with that
         reason once its attempts are used up.
         """
-        connection = _connection(self, f"https://127.0.0.1:{_dead_port()}", attempts=2)
+        connection = _connection(self, f"https://127.0.0.1:{dead_port()}", attempts=2)
         error = yield self.assertFailure(bounded(_send(connection, b"x")), MemmqError)
         self.assertEqual(str(error), "connection refused")
 
@@ -344,7 +342,7 @@ class FailureTests(TestCase):
         A refused connection is tried again (the request was never sent): a
         server that starts listening meanwhile gets it, once.
         """
-        number = _dead_port()
+        number = dead_port()
         connection = _connection(self, f"https://127.0.0.1:{number}", attempts=6)
         sent = _send(connection, b"x")
         server = []
@@ -358,7 +356,7 @@ class FailureTests(TestCase):
         Closing fails what was not sent yet and waits for the connection to
         end.
         """
-        connection = PublishConnection(f"https://127.0.0.1:{_dead_port()}", reactor, ClientTLS(None), 5)
+        connection = PublishConnection(f"https://127.0.0.1:{dead_port()}", reactor, ClientTLS(None), 5)
         pending = _send(connection, b"x")
         yield bounded(connection.close())
         error = yield self.assertFailure(pending, MemmqError)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import ipaddress
 
 from twisted.internet import reactor
-from twisted.internet.defer import CancelledError, Deferred, fail, inlineCallbacks, succeed
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, succeed
 from twisted.internet.error import CannotListenError
-from twisted.names import client, dns, error
+from twisted.names import client, dns
 from twisted.names.common import ResolverBase
 from twisted.names.server import DNSServerFactory
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -19,44 +19,9 @@ from zope.interface.verify import verifyObject
 
 from memmq.client.resolver import DNS, IP, IResolver, ResolveError
 from memmq.errors import MemmqError
-from tests.support import bounded
+from tests.support import Zone, bounded
 
 TIMEOUT = 10  # seconds: the bound on each resolution in these tests
-
-
-class Zone(ResolverBase):
-    """
-    The records a test serves, in dicts it changes between lookups.
-
-    @ivar addresses: name to its addresses, IPv4 and IPv6 mixed, served in
-        the order listed (as a rotating server would serve them).
-    @ivar aliases: name to the name it is a CNAME of.
-    @ivar missing: (name, record type) answered "no such name" although the
-        name has addresses.
-    @ivar queries: (name, record type) of every lookup, in order.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.addresses: dict[str, list[str]] = {}
-        self.aliases: dict[str, str] = {}
-        self.missing: set[tuple[str, int]] = set()
-        self.queries: list[tuple[str, int]] = []
-
-    def _lookup(self, name, cls, type, timeout):
-        name = (name.decode("ascii") if isinstance(name, bytes) else name).lower()
-        self.queries.append((name, type))
-        answers = []
-        target = self.aliases.get(name, name)
-        if target != name:
-            answers.append(dns.RRHeader(name, dns.CNAME, ttl=0, payload=dns.Record_CNAME(target, ttl=0), auth=True))
-        if target not in self.addresses or (name, type) in self.missing:
-            return fail(error.DomainError(name))
-        version, record = {dns.A: (4, dns.Record_A), dns.AAAA: (6, dns.Record_AAAA)}.get(type, (0, None))
-        for address in self.addresses[target]:
-            if ipaddress.ip_address(address).version == version:
-                answers.append(dns.RRHeader(target, type, ttl=0, payload=record(address, ttl=0), auth=True))
-        return succeed((answers, [], []))
 
 
 class Pending(ResolverBase):

@@ -6,105 +6,31 @@ seed's own curl commands against them.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import time
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.protocol import Factory, ProcessProtocol
-from twisted.internet.task import deferLater
+from twisted.internet.protocol import Factory
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, TestCase
 
-from memmq.tls import self_signed_certificate
-from tests.support import REPO, WAIT, ServerProcess, TLSClient, bounded, child_env, spawn
+from tests.support import (
+    REPO,
+    TWISTD,
+    WAIT,
+    CertificateFiles,
+    ServerProcess,
+    TLSClient,
+    bounded,
+    child_env,
+    curl_publish,
+    curl_subscribe,
+    sleep,
+)
 
-TWISTD = ["-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
 CLOSE_1001 = b"\x88\x16\x03\xe9server shutting down"
-
-
-class _Curl(ProcessProtocol):
-    """
-    curl as a long-running subscriber: keeps its output, fires C{seen} when
-    the output holds what was asked for.
-    """
-
-    def __init__(self) -> None:
-        self.output = b""
-        self._waits: list[tuple[bytes, Deferred]] = []
-        self.ended: Deferred = Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-        for entry in list(self._waits):
-            if entry[0] in self.output:
-                self._waits.remove(entry)
-                entry[1].callback(self.output)
-
-    def seen(self, needle: bytes) -> Deferred:
-        d: Deferred = Deferred()
-        self._waits.append((needle, d))
-        self.outReceived(b"")
-        return bounded(d)
-
-    def processEnded(self, reason) -> None:
-        self.ended.callback(reason.value.exitCode)
-
-
-def _curl() -> str:
-    curl = shutil.which("curl")
-    if curl is None:
-        raise SkipTest("curl is not installed (.ci/run installs it)")
-    return curl
-
-
-def _seed_subscribe(testcase, port: int, topic: str = "example") -> _Curl:
-    """
-    The seed's WebSocket subscribe command, unchanged but for the port.
-    """
-    proto = _Curl()
-    curl = _curl()
-    spawn(testcase, proto, [
-        curl, "-k", "-i", "-N", "-s",
-        "-H", "Connection: Upgrade",
-        "-H", "Upgrade: websocket",
-        "-H", f"Host: localhost:{port}",
-        "-H", f"Origin:http://localhost:{port}",
-        "-H", "Sec-Websocket-Version: 13",
-        "-H", "Sec-Websocket-Key: memmq",
-        f"https://localhost:{port}/sub?topic={topic}",
-    ], env=dict(os.environ))
-    return proto
-
-
-def _seed_publish(port: int, message: str = "a completely arbitrary message", topic: str = "example") -> Deferred:
-    """
-    The seed's curl publish command; fires with (stdout, stderr, status).
-    """
-    curl = _curl()
-    return bounded(getProcessOutputAndValue(
-        curl, ["-k", "-s", "-S", "-w", "%{http_code}", "-d", message, f"https://localhost:{port}/pub?topic={topic}"],
-        env=os.environ,
-    ))
-
-
-def _sleep(seconds: float) -> Deferred:
-    return deferLater(reactor, seconds, lambda: None)
-
-
-class _Files:
-    def __init__(self, testcase) -> None:
-        self.certificate = self_signed_certificate("127.0.0.1")
-        base = os.path.abspath(testcase.mktemp())
-        os.makedirs(base)
-        self.cert_file = os.path.join(base, "cert.pem")
-        self.key_file = os.path.join(base, "key.pem")
-        with open(self.cert_file, "wb") as f:
-            f.write(self.certificate.chain_pem())
-        with open(self.key_file, "wb") as f:
-            f.write(self.certificate.key_pem())
 
 
 class CommandTests(TestCase):
@@ -126,17 +52,17 @@ class CommandTests(TestCase):
         port = yield server.wait_listening()
         self.assertEqual(server.origin, "generated")
         self.assertIn(b"listening on https://[::]:", server.stderr)
-        subscriber = _seed_subscribe(self, port)
+        subscriber = curl_subscribe(self, port)
         # curl shows the 101 only along with the first message: publish a
         # probe until it arrives, so that the subscription is known to be up.
         for attempt in range(100):
-            out, err, status = yield _seed_publish(port, f"probe {attempt}")
+            out, err, status = yield curl_publish(port, f"probe {attempt}")
             self.assertEqual((out, status), (b"200", 0), err)
             if b"probe" in subscriber.output:
                 break
-            yield _sleep(0.1)
+            yield sleep(0.1)
         self.assertTrue(subscriber.output.startswith(b"HTTP/1.1 101 "), subscriber.output)
-        out, err, status = yield _seed_publish(port)
+        out, err, status = yield curl_publish(port)
         self.assertEqual((out, status), (b"200", 0), err)
         yield subscriber.seen(b"\x82\x1ea completely arbitrary message")
         started = time.monotonic()
@@ -148,7 +74,7 @@ class CommandTests(TestCase):
         self.assertNotIn(b"Traceback", server.output)
 
     @inlineCallbacks
-    def _round_trip(self, server: ServerProcess, files: _Files) -> None:
+    def _round_trip(self, server: ServerProcess, files: CertificateFiles) -> None:
         port = yield server.wait_listening()
         self.assertEqual(server.origin, f"loaded from {files.cert_file}")
         client = TLSClient(self, files.certificate)
@@ -171,7 +97,7 @@ class CommandTests(TestCase):
         memmq = shutil.which("memmq")
         if memmq is None:
             raise SkipTest("the memmq console script is not installed (pip install .)")
-        files = _Files(self)
+        files = CertificateFiles(self)
         server = ServerProcess.spawn(
             self, ["--address=127.0.0.1:0", f"--cert_file={files.cert_file}", f"--key_file={files.key_file}"],
             executable=memmq,
@@ -182,7 +108,7 @@ class CommandTests(TestCase):
         """
         C{twistd -n memmq} takes the same options and serves the same way.
         """
-        files = _Files(self)
+        files = CertificateFiles(self)
         server = ServerProcess.spawn(
             self, TWISTD + ["memmq", "--address=127.0.0.1:0", f"--cert_file={files.cert_file}",
                             f"--key_file={files.key_file}"],

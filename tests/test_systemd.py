@@ -14,8 +14,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from memmq.systemd import NotifyService, notify
-from tests.support import ServerProcess, child_env, spawn
-from tests.test_http import _until
+from tests.support import ServerProcess, child_env, short_directory, spawn, until
 
 
 class _NotifySocket:
@@ -30,7 +29,7 @@ class _NotifySocket:
             self.sock.bind("\0" + name)
             self.address = "@" + name
         else:
-            self.address = os.path.abspath(testcase.mktemp())
+            self.address = os.path.join(short_directory(testcase), "notify")
             self.sock.bind(self.address)
         self.sock.setblocking(False)
         testcase.addCleanup(self.sock.close)
@@ -64,7 +63,7 @@ class NotifyTests(SynchronousTestCase):
         """
         A socket that is not there is logged, not raised.
         """
-        self.assertFalse(notify("READY=1", {"NOTIFY_SOCKET": os.path.abspath(self.mktemp())}))
+        self.assertFalse(notify("READY=1", {"NOTIFY_SOCKET": os.path.join(short_directory(self), "gone")}))
         self.flushLoggedErrors()
 
     def test_service_and_watchdog(self) -> None:
@@ -111,6 +110,6 @@ class ProcessNotifyTests(TestCase):
         env = dict(child_env(), NOTIFY_SOCKET=target.address)
         spawn(self, server, [sys.executable, "-m", "memmq", "--address=127.0.0.1:0"], env=env)
         yield server.wait_listening()
-        yield _until(lambda: "READY=1\nSTATUS=serving" in target.read())
+        yield until(lambda: "READY=1\nSTATUS=serving" in target.read())
         self.assertEqual((yield server.terminate()), 0)
         self.assertEqual(target.read(), ["READY=1\nSTATUS=serving", "STOPPING=1"])

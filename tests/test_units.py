@@ -10,7 +10,6 @@ import configparser
 import os
 import shlex
 import shutil
-import socket
 import sys
 
 from twisted.internet import endpoints, reactor
@@ -19,10 +18,19 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.scripts.twistd import ServerOptions
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from tests.support import REPO, ServerProcess, TLSClient, bounded, child_env, spawn
-from tests.test_http import _until
-from tests.test_listen import raw_publish
-from tests.test_script import TWISTD, _Files
+from tests.support import (
+    REPO,
+    TWISTD,
+    CertificateFiles,
+    ServerProcess,
+    TLSClient,
+    bounded,
+    child_env,
+    dead_port,
+    raw_publish,
+    spawn,
+    until,
+)
 
 UNITS = os.path.join(REPO, "contrib", "systemd")
 
@@ -48,18 +56,6 @@ def _tool(name: str) -> str:
     if path is None:
         raise SkipTest(f"{name} is not installed (it comes with systemd)")
     return path
-
-
-def _free_port(family: int = socket.AF_INET, host: str = "127.0.0.1") -> int:
-    """
-    A port free right now (systemd-socket-activate takes no port 0).
-    """
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
-            return sock.getsockname()[1]
-    except OSError as e:
-        raise SkipTest(f"cannot bind {host}: {e.strerror}") from None
 
 
 class UnitFileTests(SynchronousTestCase):
@@ -189,7 +185,7 @@ class SocketActivationTests(TestCase):
 
     @inlineCallbacks
     def _wait_for_socket(self, server: ServerProcess, address: str) -> None:
-        yield _until(lambda: f"Listening on {address} as 3.".encode() in server.output or server.ended.called)
+        yield until(lambda: f"Listening on {address} as 3.".encode() in server.output or server.ended.called)
         if server.ended.called:
             self.fail(f"systemd-socket-activate ended: {server.output!r}")
 
@@ -200,8 +196,8 @@ class SocketActivationTests(TestCase):
         handed, with TLS: a subscriber receives what is published, and
         SIGTERM ends it with status 0.
         """
-        files = _Files(self)
-        port = _free_port()
+        files = CertificateFiles(self)
+        port = dead_port()
         address = f"127.0.0.1:{port}"
         server = self._activate(address, port, "memmq", [
             "-m", "memmq", "--listen=systemd:domain=INET:index=0",
@@ -226,8 +222,8 @@ class SocketActivationTests(TestCase):
         twistd with memmq.service's own arguments (an IPv6 socket named
         memmq) serves through the socket it is handed.
         """
-        files = _Files(self)
-        port = _free_port(socket.AF_INET6, "::1")
+        files = CertificateFiles(self)
+        port = dead_port("::1")
         address = f"[::1]:{port}"
         name = _unit("memmq.socket")["Socket"]["FileDescriptorName"]
         arguments = _exec_start()[1:]

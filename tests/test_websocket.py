@@ -16,8 +16,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from memmq.internals.autobahn_private import STAND_IN_KEY, WELL_FORMED_KEY
-from tests.support import RunningServer, bounded
-from tests.test_http import _until
+from tests.support import RunningServer, SlowBroker, bounded, until
 
 
 class SubscriberTests(TestCase):
@@ -60,7 +59,7 @@ class SubscriberTests(TestCase):
         sub = yield self.client.subscribe(self.server.url, "brief")
         self.assertIsNotNone(self.server.broker.topic("brief"))
         sub.transport.loseConnection()
-        yield _until(lambda: self.server.broker.topic("brief") is None)
+        yield until(lambda: self.server.broker.topic("brief") is None)
         self.assertEqual(self.server.broker.subscribers, 0)
         self.assertEqual(len(self.server.site.connections), 0)
 
@@ -106,9 +105,9 @@ class SubscriberTests(TestCase):
         self.assertEqual(topic.dropped, stalled.dropped)
         # What the stalled one does get, once it reads again, is in order.
         slow.transport.resumeProducing()
-        yield _until(lambda: stalled.buffered == 0)
+        yield until(lambda: stalled.buffered == 0)
         yield self.client.publish(self.server.url, "busy", b"999999 last")
-        yield _until(lambda: slow.messages and slow.messages[-1] == b"999999 last")
+        yield until(lambda: slow.messages and slow.messages[-1] == b"999999 last")
         numbers = [int(m[:6]) for m in slow.messages]
         self.assertEqual(numbers, sorted(numbers))
         self.assertEqual(len(numbers) + stalled.dropped, count + 1)
@@ -159,9 +158,7 @@ class PublisherTests(TestCase):
         publishes; as they are answered it is read again, and every
         message is published, in order.
         """
-        from tests.test_http import _SlowBroker
-
-        broker = _SlowBroker()
+        broker = SlowBroker()
         published: list[bytes] = []
         original = broker.publish
 
@@ -175,7 +172,7 @@ class PublisherTests(TestCase):
         payloads = [b"%05d" % i + b"." * 495 for i in range(5000)]
         for payload in payloads:
             pub.sendMessage(payload, isBinary=True)
-        yield _until(lambda: len(broker.pending) > 1000)
+        yield until(lambda: len(broker.pending) > 1000)
         yield deferLater(reactor, 0.3, lambda: None)
         # Paused once past 1,000; what one read had brought in already
         # (64 KiB: ~130 of these) is still taken.
@@ -184,7 +181,7 @@ class PublisherTests(TestCase):
             waiting, broker.pending[:] = list(broker.pending), []
             for d in waiting:
                 d.callback(None)
-            yield _until(lambda: broker.pending or len(published) == len(payloads))
+            yield until(lambda: broker.pending or len(published) == len(payloads))
         self.assertEqual(published, payloads)
 
     @inlineCallbacks
