@@ -19,7 +19,8 @@ from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
 from memmq.errors import InvalidTopic
-from memmq.interfaces import IBroker, ISubscriber, ISubscription
+from memmq.interfaces import IBroker, IBrokerStats, ISubscriber, ISubscription
+from memmq.stats import Delivery, Stats, TopicStats
 
 __all__ = [
     "Broker",
@@ -220,7 +221,7 @@ class Topic:
         return snapshot
 
 
-@implementer(IBroker)
+@implementer(IBroker, IBrokerStats)
 class Broker:
     """
     The in-memory L{IBroker}.
@@ -338,6 +339,31 @@ class Broker:
         Payload bytes of the deliveries counted by L{delivered}.
         """
         return self.handed_bytes - self._dropped_bytes_gone - sum(t.dropped_bytes for t in self._topics.values())
+
+    def stats(self) -> Stats:
+        return Stats(
+            delivery=Delivery(
+                published=self.published,
+                published_bytes=self.published_bytes,
+                delivered=self.delivered,
+                delivered_bytes=self.delivered_bytes,
+                dropped=self.dropped,
+                subscribers=self.subscribers,
+                topics=self.topics,
+            )
+        )
+
+    def topic_stats(self) -> list[TopicStats]:
+        return [
+            TopicStats(
+                topic=t.name,
+                subscribers=len(t._subscriptions),
+                published=t.published,
+                dropped=t.dropped,
+                buffered=sum(s.buffered for s in t._subscriptions),
+            )
+            for t in self._topics.values()
+        ]
 
     def topic_list(self) -> list[Topic]:
         """

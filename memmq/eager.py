@@ -22,52 +22,16 @@ have really gone out.
 
 from __future__ import annotations
 
-import errno
-
 from twisted.internet import defer, tcp
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
+from memmq.internals.twisted_private import EagerWrites
+
 __all__ = ["EagerTLSServerEndpoint", "ImmediateTLSFactory", "make_eager"]
 
-_RETRY = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ENOBUFS)
-
-
-class _EagerWrites:
-    """
-    The write methods of a TCP connection whose writes go to the socket at
-    once when its buffer is empty.
-    """
-
-    def write(self, data: bytes) -> None:
-        if (
-            not self.TLS
-            and self.connected
-            and not self.disconnecting
-            and not self._writeDisconnected
-            and not self._tempDataLen
-            and self.offset == len(self.dataBuffer)
-            and data
-        ):
-            try:
-                sent = self.socket.send(data)
-            except OSError as e:
-                # EAGAIN: the kernel buffer is full; anything else is left
-                # for doWrite to find and report the Twisted way.
-                sent = 0
-                if e.errno not in _RETRY:
-                    return super().write(data)
-            if sent == len(data):
-                return None
-            data = data[sent:]
-        return super().write(data)
-
-    def writeSequence(self, iovec) -> None:
-        self.write(b"".join(iovec))
-
-
-class _EagerServer(_EagerWrites, tcp.Server):
+class _EagerServer(EagerWrites, tcp.Server):
     """
     A server-side TCP connection with eager writes.
     """
@@ -83,7 +47,7 @@ class _EagerServer(_EagerWrites, tcp.Server):
         return host
 
 
-class _EagerClient(_EagerWrites, tcp.Client):
+class _EagerClient(EagerWrites, tcp.Client):
     """
     A client-side TCP connection with eager writes.
     """

@@ -1,18 +1,25 @@
 """
-The two interfaces every transport is written against.
+The interfaces every front-end is written against.
 
-Front-ends (HTTP/WebSocket, gRPC) speak only L{IBroker}; the
-in-memory broker implements it, and so will the client library, which is
-how a proxy puts the same front-ends in front of other servers.  A front-end
-hands the broker an L{ISubscriber} for each of its subscribers and steers
-that subscriber's flow through the L{ISubscription} it gets back.
+Front-ends (HTTP/WebSocket, gRPC) speak only L{IBroker}; the in-memory
+broker (L{memmq.broker.Broker}), a persisting server's
+(L{memmq.persist.PersistingBroker}) and a proxy's, over the client library
+(L{memmq.proxy.ProxyBroker}), implement it.  A front-end hands the broker an
+L{ISubscriber} for each of its subscribers and steers that subscriber's
+flow through the L{ISubscription} it gets back.
+
+What else a front-end needs is handed to it by whoever builds the service,
+never discovered on the broker: the figures of C{/metrics} and C{/stats}
+come through L{IBrokerStats}, and replay (C{?since=N}) from an
+L{IReplaySource} given only to the front-ends of a server run with
+C{--persist}.
 """
 
 from __future__ import annotations
 
 from zope.interface import Attribute, Interface
 
-__all__ = ["IBroker", "ISubscriber", "ISubscription"]
+__all__ = ["IBroker", "IBrokerStats", "IReplaySource", "ISubscriber", "ISubscription"]
 
 
 class ISubscriber(Interface):
@@ -67,8 +74,10 @@ class IBroker(Interface):
         @return: a L{Deferred} that fires with L{None} once every current
             subscriber has been handed the message (written or buffered) --
             and, for a broker persisting in durable mode, once the message
-            is on disk -- or fails with L{memmq.broker.InvalidTopic},
-            L{memmq.errors.PersistError} or another error of the broker.
+            is on disk -- or fails with L{memmq.errors.InvalidTopic},
+            L{memmq.errors.PersistError}, L{memmq.errors.PublishError} (a
+            proxy's upstream did not take it) or another error of the
+            broker.
         """
 
     def subscribe(topic, subscriber):
@@ -77,11 +86,60 @@ class IBroker(Interface):
         to C{topic} from now on.
 
         @return: an L{ISubscription}.
-        @raise memmq.broker.InvalidTopic: if the topic is not acceptable.
+        @raise memmq.errors.InvalidTopic: if the topic is not acceptable.
         """
 
     def unsubscribe(subscription):
         """
         End C{subscription} at once; nothing more is delivered through it.
         Unsubscribing twice is harmless.
+        """
+
+
+class IBrokerStats(Interface):
+    """
+    The figures a broker keeps about itself, read when scraped.
+    """
+
+    def stats():
+        """
+        The totals now.
+
+        @return: a L{memmq.stats.Stats}.
+        """
+
+    def topic_stats():
+        """
+        Every live topic's figures now, in no particular order.
+
+        @return: a L{list} of L{memmq.stats.TopicStats}.
+        """
+
+
+class IReplaySource(Interface):
+    """
+    Where a replaying subscriber's persisted messages come from (the
+    persistence writer, L{memmq.persist.Persister}); see
+    L{memmq.persist.replay}.
+    """
+
+    def seam():
+        """
+        A timestamp (Unix ns) that every message accepted so far has, or is
+        older than, and that every later message will be younger than:
+        where a replay ends and live delivery begins.
+        """
+
+    def flushed():
+        """
+        @return: a L{Deferred} that fires once everything stamped so far has
+            been written (or has failed to be).
+        """
+
+    def read(topic, since, last, offset, bound):
+        """
+        Read the next chunk of C{topic}'s file from C{offset}.
+
+        @return: a L{Deferred} firing with the result of
+            L{memmq.persist.replay.read_chunk}.
         """

@@ -20,8 +20,8 @@ from memmq.client.servers import base_url
 from memmq.errors import MemmqError
 from memmq.logs import FORMATS
 from memmq.persist.writer import DEFAULT_FLUSH_INTERVAL
-from memmq.server.http import DEFAULT_MAX_MESSAGE_SIZE
 from memmq.server.listen import EndpointError, ListenError, parse_address, parse_endpoint
+from memmq.server.web import DEFAULT_MAX_MESSAGE_SIZE
 from memmq.tls import ClientTLS, load_certificate
 
 __all__ = ["MemmqOptions", "parse_size"]

@@ -13,6 +13,8 @@ subscriber of the proxy slows no one.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -20,8 +22,9 @@ from zope.interface import implementer
 from memmq.broker import Broker, Message, Subscription
 from memmq.client.core import Client
 from memmq.errors import PublishError
-from memmq.interfaces import IBroker, ISubscriber
+from memmq.interfaces import IBroker, IBrokerStats, ISubscriber
 from memmq.logs import RateLimited
+from memmq.stats import Stats, TopicStats, Upstream
 
 __all__ = ["ProxyBroker"]
 
@@ -43,7 +46,7 @@ class _Relay:
         self._local.publish_now(self._topic, message.payload)
 
 
-@implementer(IBroker)
+@implementer(IBroker, IBrokerStats)
 class ProxyBroker:
     """
     An L{IBroker} whose messages come from and go to upstream servers.
@@ -92,6 +95,19 @@ class ProxyBroker:
         The topics this proxy holds an upstream subscription for.
         """
         return list(self._upstream)
+
+    def stats(self) -> Stats:
+        return replace(
+            self.local.stats(),
+            upstream=Upstream(
+                topics=len(self._upstream),
+                servers=tuple(self.client.servers),
+                errors=self.client.upstream_errors,
+            ),
+        )
+
+    def topic_stats(self) -> list[TopicStats]:
+        return self.local.topic_stats()
 
     def close(self) -> Deferred[None]:
         """

@@ -32,9 +32,10 @@ from memmq.errors import MemmqError
 from memmq.options import MemmqOptions
 from memmq.persist import Persister, PersistingBroker
 from memmq.proxy import ProxyBroker
-from memmq.server.grpc import GRPCService
-from memmq.server.http import MemmqSite
+from memmq.server.drops import drop_reporter
+from memmq.server.rpc import GRPCService
 from memmq.server.service import SHUTDOWN_GRACE, HTTPService
+from memmq.server.web import MemmqSite
 from memmq.systemd import NotifyService
 from memmq.tls import self_signed_certificate
 
@@ -118,12 +119,13 @@ class UpstreamService(Service):
 
     name = "upstream"
 
-    def __init__(self, broker: ProxyBroker) -> None:
+    def __init__(self, broker: ProxyBroker, reactor) -> None:
         self.broker = broker
+        self._reactor = reactor
 
     def stopService(self):
         super().stopService()
-        return self.broker.close().addTimeout(SHUTDOWN_GRACE * 2, self.broker.client._reactor).addErrback(
+        return self.broker.close().addTimeout(SHUTDOWN_GRACE * 2, self._reactor).addErrback(
             lambda f: None
         )
 
@@ -180,6 +182,7 @@ def makeService(options, reactor=None, own_logging: bool = False) -> MemmqServic
     broker = Broker(
         max_buffered_messages=options["max_buffered_messages"],
         max_buffered_bytes=options["max_buffered_bytes"],
+        on_drop=drop_reporter(reactor),
     )
     if options["proxy"]:
         for own in (address, options["grpc_listen_address"]):
@@ -202,9 +205,10 @@ def makeService(options, reactor=None, own_logging: bool = False) -> MemmqServic
     if options["proxy"]:
         # Started first, so stopped last: upstream connections close once
         # the front-end has said goodbye to its own subscribers.
-        UpstreamService(broker).setServiceParent(root)
+        UpstreamService(broker, reactor).setServiceParent(root)
     site = MemmqSite(
-        broker, max_message_size=options["max_message_size"], access_log=options["access_log"], clock=reactor
+        broker, max_message_size=options["max_message_size"], access_log=options["access_log"], clock=reactor,
+        replay=persister,
     )
     serves_grpc = options["transport"] == "grpc"
     if not serves_grpc or options["listen"]:

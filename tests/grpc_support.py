@@ -18,9 +18,9 @@ from twisted.trial.unittest import SkipTest
 from memmq.errors import MemmqError
 from memmq.rpc import mq_pb2, mq_pb2_grpc
 from memmq.rpc.bridge import LoopThread
-from memmq.server.grpc import GRPCService
-from memmq.server.http import DEFAULT_MAX_MESSAGE_SIZE
 from memmq.server.listen import parse_address
+from memmq.server.rpc import GRPCService
+from memmq.server.web import DEFAULT_MAX_MESSAGE_SIZE
 from memmq.tls import ServerCertificate, self_signed_certificate
 from tests.support import WAIT, ServerProcess, bounded
 

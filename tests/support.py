@@ -37,9 +37,9 @@ from zope.interface import implementer
 from memmq.broker import Broker
 from memmq.errors import MemmqError
 from memmq.interfaces import IBroker
-from memmq.server.http import MemmqSite
 from memmq.server.listen import parse_address
 from memmq.server.service import HTTPService
+from memmq.server.web import MemmqSite
 from memmq.tls import ServerCertificate, self_signed_certificate
 
 WAIT = 20.0  # seconds: the bound on any single wait in a test

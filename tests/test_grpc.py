@@ -1,5 +1,5 @@
 """
-Tests for memmq.server.grpc: the gRPC front-end end-to-end over real TLS on
+Tests for memmq.server.rpc: the gRPC front-end end-to-end over real TLS on
 loopback, with bare gRPC clients (the generated stubs), beside the HTTP
 front-end over the same broker; and the server run as a real process.
 """
@@ -21,8 +21,8 @@ from twisted.trial.unittest import TestCase
 
 from memmq.broker import Broker
 from memmq.rpc import HOPS_METADATA, SERVICE
-from memmq.server.grpc import GRPCService
 from memmq.server.listen import ListenError, parse_address
+from memmq.server.rpc import GRPCService
 from memmq.tls import self_signed_certificate
 from tests.grpc_support import GRPCServerProcess, RawClient, RunningGRPC
 from tests.support import TWISTD, RunningServer, bounded, until
@@ -149,7 +149,7 @@ class GRPCTests(TestCase):
     def test_stalled_subscriber(self) -> None:
         """
         A subscriber that reads nothing has its messages held, then dropped
-        and counted, for it alone (SPEC section 4): publishing never waits,
+        and counted, for it alone (README, "Delivery"): publishing never waits,
         and a reading subscriber of the same topic loses nothing.
         """
         self.broker.max_buffered_messages = 20

@@ -14,7 +14,7 @@ from memmq.broker import Broker
 from memmq.hops import MAX_HOPS, BadHops, TooManyHops, check_hops
 from memmq.interfaces import IBroker
 from memmq.proxy import ProxyBroker
-from memmq.server.http import MemmqSite
+from memmq.server.web import MemmqSite
 from tests.support import exchange
 
 

@@ -1,5 +1,5 @@
 """
-Tests for memmq.server.http: the HTTP API, over real TLS on loopback and,
+Tests for memmq.server.web: the HTTP API, over real TLS on loopback and,
 for the request-body rules, over an in-memory transport.
 """
 
@@ -18,7 +18,7 @@ from zope.interface import implementer
 
 from memmq.broker import Broker
 from memmq.interfaces import IBroker
-from memmq.server.http import MemmqSite
+from memmq.server.web import MemmqSite
 from tests.support import RunningServer, SlowBroker, bounded, exchange, until
 
 

@@ -19,9 +19,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from memmq.broker import Broker
 from memmq.options import MemmqOptions
-from memmq.server.http import MemmqSite
 from memmq.server.listen import EndpointError, ListenError, parse_address, parse_endpoint
 from memmq.server.service import HTTPService
+from memmq.server.web import MemmqSite
 from memmq.tls import self_signed_certificate
 from tests.support import (
     TWISTD,

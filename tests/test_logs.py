@@ -135,14 +135,13 @@ class RateLimitedTests(SynchronousTestCase):
         from twisted.logger import globalLogPublisher
 
         from memmq.broker import Broker
-        from memmq.server.http import MemmqSite
+        from memmq.server.drops import drop_reporter
 
         events = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        broker = Broker(max_buffered_messages=1)
         clock = Clock()
-        MemmqSite(broker, clock=clock)
+        broker = Broker(max_buffered_messages=1, on_drop=drop_reporter(clock))
 
         class Sink:
             def deliver(self, message):

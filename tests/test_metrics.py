@@ -11,11 +11,17 @@ import treq
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
+from zope.interface.verify import verifyObject
 
 from memmq import client
 from memmq.broker import Broker
+from memmq.interfaces import IBrokerStats
+from memmq.persist import PersistingBroker
 from memmq.proxy import ProxyBroker
+from memmq.server.metrics import Metrics
+from memmq.stats import Delivery, Persistence, Stats, TopicStats, Upstream
 from tests.support import RunningServer, bounded, dead_port
 
 
@@ -109,3 +115,91 @@ class MetricsTests(TestCase):
         samples = _samples((yield treq.content(response)).decode())
         self.assertEqual(samples["memmq_upstream_errors_total"], 1)
         self.assertEqual(samples["memmq_messages_published_total"], 0)
+
+
+class _Sink:
+    def deliver(self, message) -> None:
+        pass
+
+
+class _Figures:
+    """
+    A persister's figures, as PersistingBroker reads them.
+    """
+
+    directory = "/var/lib/memmq"
+    sync = True
+    written, written_bytes, errors, syncs = 7, 70, 2, 3
+    failing = {"/var/lib/memmq/a": "disk full"}
+
+    def append(self, topic, payload):
+        return None
+
+
+class _Upstream:
+    servers = ["a:1", "b:2"]
+    upstream_errors = 4
+
+    def subscribe(self, topic, subscriber):
+        return object()
+
+
+class BrokerStatsTests(TestCase):
+    """
+    Each broker answers IBrokerStats with the parts it has; /metrics and
+    /stats render only that.
+    """
+
+    def test_broker(self) -> None:
+        """
+        The in-memory broker: delivery totals and per-topic figures.
+        """
+        broker = Broker(max_buffered_messages=1)
+        verifyObject(IBrokerStats, broker)
+        paused = broker.subscribe("z", _Sink())
+        paused.pause()
+        broker.subscribe("z", _Sink())
+        for _ in range(3):
+            broker.publish_now("z", b"12345")
+        self.assertEqual(
+            broker.stats(),
+            Stats(delivery=Delivery(
+                published=3, published_bytes=15, delivered=4, delivered_bytes=20, dropped=2, subscribers=2, topics=1
+            )),
+        )
+        self.assertEqual(
+            broker.topic_stats(), [TopicStats(topic="z", subscribers=2, published=3, dropped=2, buffered=1)]
+        )
+
+    def test_persisting_broker(self) -> None:
+        """
+        A persisting broker adds the writer's figures.
+        """
+        broker = PersistingBroker(Broker(), _Figures())
+        verifyObject(IBrokerStats, broker)
+        stats = broker.stats()
+        self.assertEqual(stats.delivery, Broker().stats().delivery)
+        self.assertEqual(
+            stats.persistence,
+            Persistence("/var/lib/memmq", True, 7, 70, 2, 3, (("/var/lib/memmq/a", "disk full"),)),
+        )
+        self.assertIsNone(stats.upstream)
+
+    def test_proxy_broker(self) -> None:
+        """
+        A proxy adds its upstream figures.
+        """
+        broker = ProxyBroker(_Upstream(), Broker(), Clock())
+        verifyObject(IBrokerStats, broker)
+        broker.subscribe("t", _Sink())
+        self.assertEqual(broker.stats().upstream, Upstream(topics=1, servers=("a:1", "b:2"), errors=4))
+        self.assertEqual([t.topic for t in broker.topic_stats()], ["t"])
+
+    def test_broker_without_stats(self) -> None:
+        """
+        A broker that keeps no figures (it does not provide IBrokerStats)
+        is served with none: /stats has only the time.
+        """
+        metrics = Metrics(object())
+        self.assertEqual(list(json.loads(metrics.stats())), ["time"])
+        self.assertNotIn(b"memmq_messages_published", metrics.exposition()[0])

@@ -45,7 +45,7 @@ class _PersistingServer:
         # Cleanups run last first: the persister stops after the server.
         testcase.addCleanup(lambda: self.persister.running and self.persister.stopService())
         self.broker = PersistingBroker(Broker(), self.persister)
-        self.server = RunningServer(testcase, broker=self.broker)
+        self.server = RunningServer(testcase, broker=self.broker, replay=self.persister)
         self.url = self.server.url
         self.client = self.server.client
 
@@ -502,3 +502,36 @@ class DurableGRPCTests(TestCase):
         error = yield self.assertFailure(bounded(raw.publish("g", b"not kept")), grpc.aio.AioRpcError)
         self.assertEqual(error.code(), grpc.StatusCode.DATA_LOSS)
         self.assertIn("not persisted", error.details())
+
+
+class WiringTests(TestCase):
+    """
+    makeService hands the front-end its replay source and the broker its
+    drop reporter; nothing is discovered on the broker.
+    """
+
+    def _site(self, *args: str):
+        from memmq.tap import Options, makeService
+
+        options = Options()
+        options.parseOptions(["--address=127.0.0.1:0", *args])
+        root = makeService(options, reactor)
+        return root, root.getServiceNamed("http").site
+
+    def test_persisting(self) -> None:
+        """
+        With --persist, the site replays from the persister.
+        """
+        root, site = self._site("--persist", f"--persist_dir={os.path.abspath(self.mktemp())}")
+        persister = [service for service in root if isinstance(service, Persister)]
+        self.assertEqual(len(persister), 1)
+        self.assertIs(site.replay, persister[0])
+        self.assertIsNotNone(site.broker.local.on_drop)
+
+    def test_not_persisting(self) -> None:
+        """
+        Without --persist, there is nothing to replay from.
+        """
+        _, site = self._site()
+        self.assertIsNone(site.replay)
+        self.assertIsNotNone(site.broker.on_drop)

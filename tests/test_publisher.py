@@ -374,7 +374,7 @@ class ClientOverPipelineTests(TestCase):
     @inlineCallbacks
     def test_plain_http(self) -> None:
         from memmq.broker import Broker
-        from memmq.server.http import MemmqSite
+        from memmq.server.web import MemmqSite
 
         broker = Broker()
         port = reactor.listenTCP(0, MemmqSite(broker), interface="127.0.0.1")

@@ -15,7 +15,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from memmq.server.websocket import _STAND_IN_KEY, _WELL_FORMED_KEY
+from memmq.internals.autobahn_private import STAND_IN_KEY, WELL_FORMED_KEY
 from tests.support import RunningServer, SlowBroker, bounded, until
 
 
@@ -236,13 +236,13 @@ class SeedKeyTests(TestCase):
         """
         The key autobahn validates in place of a loose one is well formed.
         """
-        self.assertTrue(_WELL_FORMED_KEY.fullmatch(_STAND_IN_KEY))
-        self.assertEqual(len(base64.b64decode(_STAND_IN_KEY)), 16)
+        self.assertTrue(WELL_FORMED_KEY.fullmatch(STAND_IN_KEY))
+        self.assertEqual(len(base64.b64decode(STAND_IN_KEY)), 16)
 
     @inlineCallbacks
-    def test_seed_key_memmq(self) -> None:
+    def test_readme_key_memmq(self) -> None:
         """
-        The seed's handshake (Sec-Websocket-Key: memmq) is accepted, the
+        The README's handshake (Sec-Websocket-Key: memmq) is accepted, the
         accept hash is computed from the key as sent, and messages follow.
         """
         server = RunningServer(self)

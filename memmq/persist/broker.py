@@ -9,18 +9,21 @@ through it exactly as before.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
 from memmq.broker import Broker
 from memmq.errors import InvalidTopic
-from memmq.interfaces import IBroker
+from memmq.interfaces import IBroker, IBrokerStats
 from memmq.persist.writer import Persister
+from memmq.stats import Persistence, Stats, TopicStats
 
 __all__ = ["PersistingBroker"]
 
 
-@implementer(IBroker)
+@implementer(IBroker, IBrokerStats)
 class PersistingBroker:
     """
     An L{IBroker} that delivers through C{local} and persists through
@@ -48,3 +51,21 @@ class PersistingBroker:
             return fail()
         written = self._append(topic, payload)
         return succeed(None) if written is None else written
+
+    def stats(self) -> Stats:
+        persister = self.persister
+        return replace(
+            self.local.stats(),
+            persistence=Persistence(
+                directory=persister.directory,
+                sync=persister.sync,
+                written=persister.written,
+                written_bytes=persister.written_bytes,
+                errors=persister.errors,
+                syncs=persister.syncs,
+                failing=tuple(persister.failing.items()),
+            ),
+        )
+
+    def topic_stats(self) -> list[TopicStats]:
+        return self.local.topic_stats()

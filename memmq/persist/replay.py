@@ -12,7 +12,7 @@ writer has written everything up to C{last}, the file is read up to its
 size at that moment and the lines stamped in C{(since, last]} are sent;
 then the subscription is resumed and its buffer drains.  A replay longer
 than the live buffer holds drops live messages for that subscriber alone,
-as for any slow subscriber (SPEC section 4).
+as for any slow subscriber (README, "Delivery").
 
 Reading happens in a thread; one chunk at a time, and the next chunk only
 while the subscriber's connection has room.
@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 from twisted.logger import Logger
 
-from memmq.interfaces import ISubscription
+from memmq.interfaces import IReplaySource, ISubscription
 from memmq.persist.record import parse
 
 __all__ = ["Replay", "read_chunk", "CHUNK_BYTES"]
@@ -74,13 +74,14 @@ class Replay:
     """
     One subscriber's replay, between its subscription and its connection.
 
+    @param source: where the persisted messages are read from.
     @param send: writes one payload to the subscriber's connection.
     @param fail: ends the subscriber's connection with a one-line reason.
     """
 
     def __init__(
         self,
-        persister,
+        source: IReplaySource,
         topic: str,
         since: int,
         subscription: ISubscription,
@@ -89,10 +90,10 @@ class Replay:
     ) -> None:
         # Must run in the turn that subscribed: see the module docstring.
         subscription.pause()
-        self.last = persister.seam()
+        self.last = source.seam()
         self.active = True
         self.sent = 0
-        self._persister = persister
+        self._source = source
         self._topic = topic
         self._since = since
         self._subscription = subscription
@@ -106,7 +107,7 @@ class Replay:
             self._finish()
             return
         self._waiting = True
-        persister.flushed().addCallback(lambda _: self._next())
+        source.flushed().addCallback(lambda _: self._next())
 
     def pause(self) -> bool:
         """
@@ -140,7 +141,7 @@ class Replay:
         if not self.active or self._paused:
             return
         self._waiting = True
-        self._persister.read(self._topic, self._since, self.last, self._offset, self._bound).addCallbacks(
+        self._source.read(self._topic, self._since, self.last, self._offset, self._bound).addCallbacks(
             self._got, self._failed
         )
 

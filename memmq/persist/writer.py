@@ -36,8 +36,10 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
 
 from memmq.errors import PersistError
+from memmq.interfaces import IReplaySource
 from memmq.persist.files import Files, Outcome
 from memmq.persist.names import file_name
 from memmq.persist.record import encode_topic, line
@@ -65,6 +67,7 @@ class _Pending:
         self.lines: list[bytes] = []
 
 
+@implementer(IReplaySource)
 class Persister(Service):
     """
     Appends every message to its topic's file in C{directory}.

@@ -3,8 +3,10 @@ What a running server tells about itself: C{/metrics} (Prometheus text
 format, through prometheus_client) and C{/stats} (JSON, with per-topic
 figures).
 
-The broker keeps plain counters; they are read when scraped, so the hot
-path pays one addition per publish, not a metrics call per delivery.  No
+The broker keeps plain counters and answers them as one
+L{memmq.stats.Stats} value (L{memmq.interfaces.IBrokerStats}) when
+scraped, so the hot path pays one addition per publish, not a metrics call
+per delivery; this module only renders that value.  No
 metric has a per-topic label: the number of topics is unbounded, and a
 scrape must stay small; per-topic figures are in C{/stats}, capped and
 paged.
@@ -22,88 +24,101 @@ import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from zope.interface import implementer
 
-from memmq.broker import Broker
+from memmq.interfaces import IBrokerStats
+from memmq.stats import Stats, TopicStats
 
-__all__ = ["Metrics", "STATS_LIMIT", "local_broker"]
+__all__ = ["Metrics", "STATS_LIMIT"]
 
 STATS_LIMIT = 100
 _STATS_MAX_LIMIT = 1000
 
 
-def local_broker(broker) -> Broker | None:
+@implementer(IBrokerStats)
+class _NoStats:
     """
-    The in-memory broker whose counters describe this server: the broker
-    itself, or a proxy's local fan-out broker.
+    The figures of a broker that keeps none: nothing to show.
     """
-    if isinstance(broker, Broker):
-        return broker
-    local = getattr(broker, "local", None)
-    return local if isinstance(local, Broker) else None
+
+    def stats(self) -> Stats:
+        return Stats()
+
+    def topic_stats(self) -> list[TopicStats]:
+        return []
 
 
 class _BrokerCollector:
     """
-    Reads the broker's counters at scrape time.
+    Renders the broker's L{memmq.stats.Stats} at scrape time.
     """
 
-    def __init__(self, broker) -> None:
+    def __init__(self, broker: IBrokerStats) -> None:
         self._broker = broker
 
     def collect(self):
-        local = local_broker(self._broker)
-        if local is not None:
+        stats = self._broker.stats()
+        delivery = stats.delivery
+        if delivery is not None:
             for name, text, value in (
-                ("memmq_messages_published", "Messages published to this server.", local.published),
-                ("memmq_messages_delivered", "Messages handed to subscribers (one per subscriber).", local.delivered),
-                ("memmq_messages_dropped", "Messages dropped for subscribers whose buffer was full.", local.dropped),
-                ("memmq_payload_bytes_in", "Payload bytes published.", local.published_bytes),
-                ("memmq_payload_bytes_out", "Payload bytes handed to subscribers.", local.delivered_bytes),
+                ("memmq_messages_published", "Messages published to this server.", delivery.published),
+                (
+                    "memmq_messages_delivered",
+                    "Messages handed to subscribers (one per subscriber).",
+                    delivery.delivered,
+                ),
+                ("memmq_messages_dropped", "Messages dropped for subscribers whose buffer was full.", delivery.dropped),
+                ("memmq_payload_bytes_in", "Payload bytes published.", delivery.published_bytes),
+                ("memmq_payload_bytes_out", "Payload bytes handed to subscribers.", delivery.delivered_bytes),
             ):
                 counter = CounterMetricFamily(name, text)
                 counter.add_metric([], value)
                 yield counter
             for name, text, value in (
-                ("memmq_subscribers", "Current subscriptions.", local.subscribers),
-                ("memmq_topics", "Topics with subscribers.", local.topics),
+                ("memmq_subscribers", "Current subscriptions.", delivery.subscribers),
+                ("memmq_topics", "Topics with subscribers.", delivery.topics),
             ):
                 gauge = GaugeMetricFamily(name, text)
                 gauge.add_metric([], value)
                 yield gauge
-        persister = getattr(self._broker, "persister", None)
-        if persister is not None:
+        persistence = stats.persistence
+        if persistence is not None:
             for name, text, value in (
-                ("memmq_persist_written", "Messages written to their topics' files.", persister.written),
-                ("memmq_persist_written_bytes", "Bytes written to the topics' files.", persister.written_bytes),
+                ("memmq_persist_written", "Messages written to their topics' files.", persistence.written),
+                ("memmq_persist_written_bytes", "Bytes written to the topics' files.", persistence.written_bytes),
                 (
                     "memmq_persist_errors",
                     "Messages not persisted because their file could not be written.",
-                    persister.errors,
+                    persistence.errors,
                 ),
-                ("memmq_persist_syncs", "Batches written and fsynced (durable mode).", persister.syncs),
+                ("memmq_persist_syncs", "Batches written and fsynced (durable mode).", persistence.syncs),
             ):
                 counter = CounterMetricFamily(name, text)
                 counter.add_metric([], value)
                 yield counter
             gauge = GaugeMetricFamily("memmq_persist_failing_files", "Topic files failing to be written now.")
-            gauge.add_metric([], len(persister.failing))
+            gauge.add_metric([], len(persistence.failing))
             yield gauge
-        client = getattr(self._broker, "client", None)
-        if client is not None and hasattr(client, "upstream_errors"):
+        if stats.upstream is not None:
             counter = CounterMetricFamily(
                 "memmq_upstream_errors", "Failed publishes to, and lost connections with, upstream servers."
             )
-            counter.add_metric([], client.upstream_errors)
+            counter.add_metric([], stats.upstream.errors)
             yield counter
 
 
 class Metrics:
     """
     The metrics of one server (its own registry, not the process-global one).
+
+    @param broker: the server's broker; one that does not declare
+        L{IBrokerStats} (an L{IBroker} of a test, say) shows no figures.
     """
 
     def __init__(self, broker) -> None:
-        self.broker = broker
+        if not IBrokerStats.providedBy(broker):
+            broker = _NoStats()
+        self.broker: IBrokerStats = broker
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_BrokerCollector(broker))
         self.publish_seconds = Histogram(
@@ -125,44 +140,43 @@ class Metrics:
         (most subscribers first), from C{offset}.
         """
         limit = max(0, min(limit, _STATS_MAX_LIMIT))
-        local = local_broker(self.broker)
+        stats = self.broker.stats()
         body: dict = {"time": time.time()}
-        if local is not None:
-            topics = sorted(local.topic_list(), key=lambda t: (-len(t._subscriptions), t.name))
+        delivery = stats.delivery
+        if delivery is not None:
+            topics = sorted(self.broker.topic_stats(), key=lambda t: (-t.subscribers, t.topic))
             body.update(
-                published=local.published,
-                delivered=local.delivered,
-                dropped=local.dropped,
-                subscribers=local.subscribers,
+                published=delivery.published,
+                delivered=delivery.delivered,
+                dropped=delivery.dropped,
+                subscribers=delivery.subscribers,
                 topic_count=len(topics),
                 offset=offset,
                 limit=limit,
                 topics=[
                     {
-                        "topic": t.name,
-                        "subscribers": len(t._subscriptions),
+                        "topic": t.topic,
+                        "subscribers": t.subscribers,
                         "published": t.published,
                         "dropped": t.dropped,
-                        "buffered": sum(s.buffered for s in t._subscriptions),
+                        "buffered": t.buffered,
                     }
                     for t in topics[offset : offset + limit]
                 ],
             )
-        persister = getattr(self.broker, "persister", None)
-        if persister is not None:
+        persistence = stats.persistence
+        if persistence is not None:
             body["persist"] = {
-                "directory": persister.directory,
-                "sync": persister.sync,
-                "written": persister.written,
-                "written_bytes": persister.written_bytes,
-                "errors": persister.errors,
-                "syncs": persister.syncs,
-                "failing": [
-                    {"path": path, "reason": reason} for path, reason in list(persister.failing.items())[:limit]
-                ],
+                "directory": persistence.directory,
+                "sync": persistence.sync,
+                "written": persistence.written,
+                "written_bytes": persistence.written_bytes,
+                "errors": persistence.errors,
+                "syncs": persistence.syncs,
+                "failing": [{"path": path, "reason": reason} for path, reason in persistence.failing[:limit]],
             }
-        upstream = getattr(self.broker, "upstream_topics", None)
+        upstream = stats.upstream
         if upstream is not None:
-            body["upstream_topics"] = len(upstream)
-            body["upstream_servers"] = list(self.broker.client.servers)
+            body["upstream_topics"] = upstream.topics
+            body["upstream_servers"] = list(upstream.servers)
         return json.dumps(body, ensure_ascii=False).encode("utf-8") + b"\n"

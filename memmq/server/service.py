@@ -17,8 +17,9 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from memmq.errors import MemmqError
-from memmq.server.http import MemmqSite
+from memmq.internals.twisted_private import open_connections
 from memmq.server.listen import Address, describe_port, listen_endpoint, listen_tls
+from memmq.server.web import MemmqSite
 from memmq.tls import ServerCertificate
 
 __all__ = ["HTTPService", "SHUTDOWN_GRACE"]
@@ -106,7 +107,7 @@ class HTTPService(Service):
         def close_the_rest(_):
             # What is left are idle keep-alive HTTP connections (and requests
             # in flight): a stopped server serves nothing more on them.
-            remaining = [connection for port in ports for connection in _connections(port)]
+            remaining = [connection for port in ports for connection in open_connections(port)]
             for connection in remaining:
                 connection.loseConnection()
             return self._until_closed(ports, self._reactor.seconds() + SHUTDOWN_GRACE)
@@ -119,21 +120,14 @@ class HTTPService(Service):
         gone; past C{deadline}, abort what is left, and give up waiting a
         grace later.
         """
-        if not any(_connections(port) for port in ports):
+        if not any(open_connections(port) for port in ports):
             return None
         if self._reactor.seconds() >= deadline:
             if aborted:
                 return None
             for port in ports:
-                for connection in _connections(port):
+                for connection in open_connections(port):
                     connection.abortConnection()
             deadline, aborted = self._reactor.seconds() + SHUTDOWN_GRACE, True
         return deferLater(self._reactor, 0.01, self._until_closed, ports, deadline, aborted)
 
-
-def _connections(port: IListeningPort) -> list:
-    """
-    The open connections of C{port}: its TLS factory (a WrappingFactory)
-    keeps them.
-    """
-    return list(getattr(getattr(port, "factory", None), "protocols", ()))

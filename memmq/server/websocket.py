@@ -10,11 +10,9 @@ connection is lost, so a subscriber that disconnects is unsubscribed at once.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -24,20 +22,16 @@ from zope.interface import implementer
 from memmq.broker import Message
 from memmq.errors import MemmqError, PersistError
 from memmq.hops import HOPS_HEADER, check_hops
-from memmq.interfaces import IBroker, ISubscriber
+from memmq.interfaces import IBroker, IReplaySource, ISubscriber
+from memmq.internals.autobahn_private import LenientKeyHandshake, send_close_frame, unmasked_binary_frame
 from memmq.persist.replay import Replay
 from memmq.server.combine import Combiner
 from memmq.server.connections import Connections
-from memmq.server.topics import NO_REPLAY, since_from_query, topic_from_query
+from memmq.server.query import NO_REPLAY, since_from_query, topic_from_query
 
 __all__ = ["PublisherProtocol", "SubscriberProtocol", "WebSocketFactory", "binary_frame"]
 
 _log = Logger()
-
-# What autobahn wants in Sec-WebSocket-Key: 16 bytes, base64.
-_WELL_FORMED_KEY = re.compile(rb"[A-Za-z0-9+/]{22}==")
-_KEY_HEADER = re.compile(rb"(?im)^sec-websocket-key:[ \t]*([^\r\n]*?)[ \t]*\r?$")
-_STAND_IN_KEY = b"bWVtbXEtc3RhbmQtaW4ta2V5"[:22] + b"=="
 
 GOING_AWAY = 1001
 INTERNAL_ERROR = 1011
@@ -59,37 +53,17 @@ def binary_frame(payload: bytes) -> bytes:
     to every subscriber; valid because permessage-deflate is never
     negotiated here.
     """
-    return PreparedMessage(payload, True, False, True).payloadHybi
+    return unmasked_binary_frame(payload)
 
 
-class _ServerProtocol(WebSocketServerProtocol):
+class _ServerProtocol(LenientKeyHandshake, WebSocketServerProtocol):
     """
     What both memmq WebSocket protocols share: the topic from the query, the
-    broker from the factory, a lenient key check, and a place in the
-    factory's set of open connections.
+    broker from the factory, a lenient key check (L{LenientKeyHandshake}),
+    and a place in the factory's set of open connections.
     """
 
     topic: str | None = None
-    _key_as_sent: bytes | None = None
-
-    def processHandshake(self) -> None:
-        # asim/mq takes any non-empty Sec-WebSocket-Key, and the seed's own
-        # curl example sends "memmq"; autobahn insists on a 16-byte base64
-        # nonce.  Let autobahn validate a well-formed stand-in, and answer
-        # with the hash of the key as the client sent it.
-        end = self.data.find(b"\r\n\r\n")
-        if end >= 0 and self._key_as_sent is None:
-            match = _KEY_HEADER.search(self.data, 0, end + 2)
-            if match and match.group(1) and not _WELL_FORMED_KEY.fullmatch(match.group(1)):
-                self._key_as_sent = match.group(1)
-                self.data = self.data[: match.start(1)] + _STAND_IN_KEY + self.data[match.end(1):]
-        super().processHandshake()
-
-    def succeedHandshake(self, res) -> None:
-        if self._key_as_sent is not None:
-            self._wskey = self._key_as_sent.decode("latin-1")
-        super().succeedHandshake(res)
-
     hops = 0
 
     def onConnect(self, request):
@@ -111,9 +85,9 @@ class _ServerProtocol(WebSocketServerProtocol):
         Start the closing handshake with 1001 (going away): the server stops.
         """
         if self.state == self.STATE_OPEN:
-            # sendClose() keeps 1001 for autobahn's own use; the server going
-            # away is exactly what it means, so send the frame directly.
-            self.sendCloseFrame(code=GOING_AWAY, reasonUtf8=b"server shutting down", isReply=False)
+            # sendClose() keeps 1001 for autobahn's own use (see
+            # memmq.internals.autobahn_private).
+            send_close_frame(self, GOING_AWAY, b"server shutting down")
         elif self.transport is not None:
             self.transport.loseConnection()
 
@@ -145,7 +119,7 @@ class SubscriberProtocol(_ServerProtocol):
             self.since = since_from_query(request.params)
         except MemmqError as e:
             raise ConnectionDeny(400, str(e)) from None
-        if self.since is not None and self.factory.persister is None:
+        if self.since is not None and self.factory.replay is None:
             raise ConnectionDeny(400, NO_REPLAY)
         return None
 
@@ -158,7 +132,7 @@ class SubscriberProtocol(_ServerProtocol):
         self.subscription = self.factory.broker.subscribe(self.topic, self)
         if self.since is not None:
             self._replay = Replay(
-                self.factory.persister, self.topic, self.since, self.subscription, self._send_now, self._fail
+                self.factory.replay, self.topic, self.since, self.subscription, self._send_now, self._fail
             )
 
     def _send_now(self, payload: bytes) -> None:
@@ -167,7 +141,7 @@ class SubscriberProtocol(_ServerProtocol):
 
     def _fail(self, reason: str) -> None:
         if self.state == self.STATE_OPEN:
-            self.sendCloseFrame(code=INTERNAL_ERROR, reasonUtf8=_close_reason(reason), isReply=False)
+            send_close_frame(self, INTERNAL_ERROR, _close_reason(reason))
 
     def deliver(self, message: Message) -> None:
         frames = self._frames
@@ -263,7 +237,7 @@ class PublisherProtocol(_ServerProtocol):
             # publisher, once, by closing.
             if self.state == self.STATE_OPEN:
                 reason = _close_reason(failure.getErrorMessage())
-                self.sendCloseFrame(code=INTERNAL_ERROR, reasonUtf8=reason, isReply=False)
+                send_close_frame(self, INTERNAL_ERROR, reason)
             return
         _log.warn(
             "publish to {topic!r} from WebSocket {peer} failed: {reason}",
@@ -284,7 +258,7 @@ class WebSocketFactory(WebSocketServerFactory):
         connections: Connections,
         max_message_size: int,
         combiner: Combiner | None = None,
-        persister=None,
+        replay: IReplaySource | None = None,
     ) -> None:
         # No URL: one with port 0 is refused, and the Site serves the path.
         super().__init__()
@@ -292,7 +266,7 @@ class WebSocketFactory(WebSocketServerFactory):
         self.broker = broker
         self.connections = connections
         self.combiner = combiner
-        self.persister = persister
+        self.replay = replay
         self.setProtocolOptions(
             maxFramePayloadSize=max_message_size,
             maxMessagePayloadSize=max_message_size,

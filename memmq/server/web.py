@@ -10,9 +10,9 @@ The HTTP front-end: one twisted.web L{Site} serving asim/mq's API.
     GET /metrics, /stats       Prometheus metrics; JSON figures (memmq.server.metrics)
 
 Errors are plain text, one line, with a status that says what is wrong
-(SPEC section 3); L{_Resource.render} is the one place that turns memmq's
-errors into statuses.  Nothing is logged per request unless the access log
-is asked for.
+(README, the table under "Errors are one line of plain text");
+L{_status_of} is the one table that turns memmq's errors into statuses.
+Nothing is logged per request unless the access log is asked for.
 """
 
 from __future__ import annotations
@@ -21,27 +21,23 @@ import io
 from time import perf_counter
 
 from autobahn.twisted.resource import WebSocketResource
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
-from zope.interface import implementer
 
-from memmq.broker import Message
-from memmq.errors import BadQuery, InvalidTopic, MessageTooLarge, PersistError
+from memmq.errors import BadQuery, InvalidTopic, PersistError
 from memmq.hops import HOPS_HEADER, BadHops, TooManyHops, check_hops
-from memmq.interfaces import IBroker, ISubscriber
-from memmq.logs import RateLimited
-from memmq.persist.replay import Replay
+from memmq.interfaces import IBroker, IReplaySource
 from memmq.server.combine import Combiner
 from memmq.server.connections import Connections
-from memmq.server.metrics import STATS_LIMIT, Metrics, local_broker
-from memmq.server.topics import NO_REPLAY, since_from_query, topic_from_query
+from memmq.server.metrics import STATS_LIMIT, Metrics
+from memmq.server.query import NO_REPLAY, since_from_query, topic_from_query
+from memmq.server.stream import StreamingSubscriber
 from memmq.server.websocket import PublisherProtocol, SubscriberProtocol, WebSocketFactory
 
 __all__ = ["MemmqSite", "DEFAULT_MAX_MESSAGE_SIZE"]
 
-_log = Logger()
 _access_log = Logger(namespace="memmq.access")
 
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
@@ -137,6 +133,10 @@ class MemmqSite(server.Site):
     """
     The site: C{/pub} and C{/sub} over one broker.
 
+    @param broker: what C{/pub} and C{/sub} serve, and whose figures
+        C{/metrics} and C{/stats} show.
+    @param replay: where a subscriber's C{?since=N} is read from (a server
+        run with C{--persist}); without it, C{since} is refused.
     @ivar connections: the open WebSocket connections and streaming
         responses, closed by the server when it stops.
     """
@@ -151,6 +151,7 @@ class MemmqSite(server.Site):
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         access_log: bool = False,
         clock: IReactorTime | None = None,
+        replay: IReplaySource | None = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
@@ -159,15 +160,7 @@ class MemmqSite(server.Site):
         self.max_message_size = max_message_size
         self.connections = Connections()
         self.metrics = Metrics(broker)
-        local = local_broker(broker)
-        if local is not None and local.on_drop is None:
-            slow = RateLimited(_log, clock)
-            local.on_drop = lambda subscription: slow.warn(
-                "a subscriber of {topic!r} is not keeping up: its buffer is full, and messages are "
-                "dropped for it until it drains", topic=subscription.topic,
-            )
-        # A server run with --persist can replay (?since=N).
-        self.persister = getattr(broker, "persister", None)
+        self.replay = replay
         root = _Root()
         root.putChild(
             b"pub",
@@ -179,9 +172,9 @@ class MemmqSite(server.Site):
             b"sub",
             SubscribeResource(broker, self.connections, WebSocketResource(
                 WebSocketFactory(
-                    SubscriberProtocol, broker, self.connections, max_message_size, self.combiner, self.persister
+                    SubscriberProtocol, broker, self.connections, max_message_size, self.combiner, replay
                 )
-            ), self.persister),
+            ), replay),
         )
         root.putChild(b"health", HealthResource(self))
         root.putChild(b"metrics", MetricsResource(self.metrics))
@@ -196,7 +189,8 @@ class MemmqSite(server.Site):
         when the access log is on; nothing otherwise.
         """
         if self.access_log:
-            _access_log.info("{line}", line=self._logFormatter(self._logDateTime, request))
+            stamp = http.datetimeToLogString(self.reactor.seconds())
+            _access_log.info("{line}", line=http.combinedLogFormatter(stamp, request))
 
 
 class _Resource(resource.Resource):
@@ -218,16 +212,24 @@ class _Resource(resource.Resource):
                     {b"allow": allowed.encode()},
                 )
             return handler(request)
-        except InvalidTopic as e:
-            return _error(request, 400, str(e))
-        except MessageTooLarge as e:
-            return _error(request, 413, str(e))
-        except (BadHops, BadQuery) as e:
-            return _error(request, 400, str(e))
-        except TooManyHops as e:
-            return _error(request, 508, str(e))
         except _HTTPError as e:
             return _error(request, e.code, e.reason, e.headers)
+        except _REFUSALS as e:
+            return _error(request, _status_of(e), str(e))
+
+
+# memmq's errors and the status that says each: the one table.  The first
+# four refuse a request before the broker is asked; what else a publish
+# fails with (a proxy's upstream did not take it) is a 502.
+_STATUSES = ((InvalidTopic, 400), (BadHops, 400), (BadQuery, 400), (TooManyHops, 508), (PersistError, 507))
+_REFUSALS = (InvalidTopic, BadHops, BadQuery, TooManyHops)
+
+
+def _status_of(error: BaseException) -> int:
+    for kind, code in _STATUSES:
+        if isinstance(error, kind):
+            return code
+    return 502
 
 
 def _error(request, code: int, reason: str, headers: dict[bytes, bytes] | None = None) -> bytes:
@@ -335,7 +337,7 @@ class PublishResource(_Resource):
     def render_POST(self, request):
         topic = topic_from_query(request.args)
         hops = check_hops(request.getHeader(HOPS_HEADER))
-        request._publish_started = perf_counter()
+        started = perf_counter()
         published = self._broker.publish(topic, request.content.read(), hops)
         # Take the outcome now if there is one (the in-memory broker): a
         # Deferred that is "called" may still wait on another (a proxy's
@@ -343,8 +345,11 @@ class PublishResource(_Resource):
         outcome: list = []
         published.addBoth(outcome.append)
         if outcome:
-            return self._answer(outcome[0], request)
-        published.addCallback(lambda _: self._answer_later(outcome[0], request))
+            return self._answer(outcome[0], request, started)
+        # notifyFinish fails if the connection is lost before the answer.
+        lost: list = []
+        request.notifyFinish().addErrback(lost.append)
+        published.addCallback(lambda _: lost or self._answer_later(outcome[0], request, started))
         return server.NOT_DONE_YET
 
     render_PUT = render_POST
@@ -359,29 +364,21 @@ class PublishResource(_Resource):
         check_hops(request.getHeader(HOPS_HEADER))
         return self._websocket.render(request)
 
-    def _answer(self, outcome, request) -> bytes:
+    def _answer(self, outcome, request, started: float) -> bytes:
         """
         The answer to a publish: empty on success, else the status and one
         line that say what failed.
         """
-        self._observe(perf_counter() - request._publish_started)
+        self._observe(perf_counter() - started)
         if not isinstance(outcome, Failure):
             request.setHeader(b"content-length", b"0")
             return b""
-        if outcome.check(InvalidTopic, BadHops):
-            return _error(request, 400, outcome.getErrorMessage())
-        if outcome.check(MessageTooLarge):
-            return _error(request, 413, outcome.getErrorMessage())
-        if outcome.check(TooManyHops):
-            return _error(request, 508, outcome.getErrorMessage())
-        if outcome.check(PersistError):
-            return _error(request, 507, outcome.getErrorMessage())
-        return _error(request, 502, f"publish failed: {outcome.getErrorMessage()}")
+        code = _status_of(outcome.value)
+        reason = outcome.getErrorMessage()
+        return _error(request, code, f"publish failed: {reason}" if code == 502 else reason)
 
-    def _answer_later(self, outcome, request) -> None:
-        if request._disconnected:
-            return
-        body = self._answer(outcome, request)
+    def _answer_later(self, outcome, request, started: float) -> None:
+        body = self._answer(outcome, request, started)
         if body:
             request.setHeader(b"content-length", b"%d" % len(body))
             request.write(body)
@@ -397,86 +394,21 @@ class SubscribeResource(_Resource):
     allowedMethods = (b"GET",)
 
     def __init__(
-        self, broker: IBroker, connections: Connections, websocket: WebSocketResource, persister=None
+        self, broker: IBroker, connections: Connections, websocket: WebSocketResource,
+        replay: IReplaySource | None = None,
     ) -> None:
         super().__init__()
         self._broker = broker
         self._connections = connections
         self._websocket = websocket
-        self._persister = persister
+        self._replay = replay
 
     def render_GET(self, request):
         topic = topic_from_query(request.args)
         since = since_from_query(request.args)
-        if since is not None and self._persister is None:
+        if since is not None and self._replay is None:
             raise _HTTPError(400, NO_REPLAY)
         if _is_websocket_upgrade(request):
             return self._websocket.render(request)
-        StreamingSubscriber(self._broker, self._connections, topic, request, since, self._persister)
+        StreamingSubscriber(self._broker, self._connections, topic, request, since, self._replay)
         return server.NOT_DONE_YET
-
-
-@implementer(ISubscriber, IPushProducer)
-class StreamingSubscriber:
-    """
-    A subscriber on a plain HTTP response (what asim/mq answers to a GET
-    without an upgrade): each payload's bytes as one chunk, flushed at once;
-    with C{since}, the persisted ones first (L{Replay}).
-    """
-
-    _replay: Replay | None = None
-
-    def __init__(
-        self, broker: IBroker, connections: Connections, topic: str, request, since: int | None = None,
-        persister=None,
-    ) -> None:
-        self._broker = broker
-        self._connections = connections
-        self._request = request
-        request.setHeader(b"content-type", b"application/octet-stream")
-        request.setHeader(b"cache-control", b"no-cache")
-        request.write(b"")  # the headers, now: the stream has begun
-        request.registerProducer(self, True)
-        self.subscription = broker.subscribe(topic, self)
-        if since is not None:
-            self._replay = Replay(persister, topic, since, self.subscription, self._write, self._fail)
-        connections.add(self)
-        request.notifyFinish().addBoth(self._finished)
-
-    def deliver(self, message: Message) -> None:
-        if message.size:
-            self._request.write(message.payload)
-
-    def _write(self, payload: bytes) -> None:
-        if payload and not self._request.finished and not self._request._disconnected:
-            self._request.write(payload)
-
-    def _fail(self, reason: str) -> None:
-        self.abort()
-
-    def pauseProducing(self) -> None:
-        if self._replay is None or not self._replay.pause():
-            self.subscription.pause()
-
-    def resumeProducing(self) -> None:
-        if self._replay is None or not self._replay.resume():
-            self.subscription.resume()
-
-    def stopProducing(self) -> None:
-        pass
-
-    def _finished(self, _) -> None:
-        if self._replay is not None:
-            self._replay.cancel()
-        self._broker.unsubscribe(self.subscription)
-        self._connections.discard(self)
-
-    def close_going_away(self) -> None:
-        if not self._request.finished and not self._request._disconnected:
-            self._request.unregisterProducer()
-            self._request.finish()
-
-    def abort(self) -> None:
-        transport = self._request.channel.transport if self._request.channel else None
-        if transport is not None:
-            transport.abortConnection()

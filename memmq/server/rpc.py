@@ -11,7 +11,7 @@ to the loop in batches, so a thousand streams need no thousand threads.
 Each stream keeps a bounded number of messages in flight (crossed to the
 loop, not yet written to its HTTP/2 stream); past that it pauses its
 subscription, and the broker holds, then drops, that subscriber's messages
-exactly as it does a slow WebSocket's (SPEC section 4).
+exactly as it does a slow WebSocket's (README, "Delivery").
 """
 
 from __future__ import annotations

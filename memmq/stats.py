@@ -1,0 +1,92 @@
+"""
+What a broker tells about itself, as typed values: the one thing C{/metrics}
+and C{/stats} read (L{memmq.interfaces.IBrokerStats}).
+
+A broker answers with the parts it has: every broker that fans messages out
+to subscribers of its own has L{Delivery} figures, a persisting one adds
+L{Persistence}, a proxy adds L{Upstream}.  The front-ends render what is
+there and never look at the broker's attributes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Delivery", "Persistence", "Stats", "TopicStats", "Upstream"]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """
+    Totals of the in-memory fan-out, since start.
+
+    @ivar delivered: message x subscriber pairs handed over (written or
+        queued) and not dropped.
+    @ivar topics: how many topics have subscribers now.
+    @ivar subscribers: how many subscriptions there are now, over all topics.
+    """
+
+    published: int
+    published_bytes: int
+    delivered: int
+    delivered_bytes: int
+    dropped: int
+    subscribers: int
+    topics: int
+
+
+@dataclass(frozen=True)
+class TopicStats:
+    """
+    One live topic's figures.
+
+    @ivar buffered: messages waiting in its subscribers' buffers now.
+    """
+
+    topic: str
+    subscribers: int
+    published: int
+    dropped: int
+    buffered: int
+
+
+@dataclass(frozen=True)
+class Persistence:
+    """
+    The persistence writer's figures (a server run with C{--persist}).
+
+    @ivar failing: the files failing to be written now, as (path, reason).
+    """
+
+    directory: str
+    sync: bool
+    written: int
+    written_bytes: int
+    errors: int
+    syncs: int
+    failing: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """
+    A proxy's view of its upstream servers.
+
+    @ivar topics: how many topics it holds an upstream subscription for.
+    @ivar errors: failed publishes to, and lost connections with, them.
+    """
+
+    topics: int
+    servers: tuple[str, ...]
+    errors: int
+
+
+@dataclass(frozen=True)
+class Stats:
+    """
+    A broker's totals: each part L{None} when the broker has no such thing.
+    """
+
+    delivery: Delivery | None = None
+    persistence: Persistence | None = None
+    upstream: Upstream | None = None

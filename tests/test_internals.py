@@ -1,0 +1,336 @@
+"""
+Tests for memmq.internals: each private detail of Twisted and autobahn that
+memmq relies on, pinned on its own, so that an upgrade that changes one
+fails here, in one test named after it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import inspect
+import signal
+import socket
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.application import app
+from twisted.internet import abstract, reactor, tcp
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.protocols.policies import WrappingFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from memmq.internals import autobahn_private, twisted_private
+from memmq.internals.autobahn_private import (
+    STAND_IN_KEY,
+    WELL_FORMED_KEY,
+    LenientKeyHandshake,
+    send_close_frame,
+    unmasked_binary_frame,
+)
+from memmq.internals.twisted_private import clear_exit_signal, open_connections
+from tests.support import bounded
+
+
+class _Buffered(abstract.FileDescriptor):
+    """
+    A file descriptor whose socket takes at most C{room} bytes a write.
+    """
+
+    room = 1 << 20
+
+    def __init__(self) -> None:
+        super().__init__(MemoryReactor())
+        self.connected = 1
+        self.sent = b""
+
+    def writeSomeData(self, data) -> int:
+        taken = bytes(data[: self.room])
+        self.sent += taken
+        return len(taken)
+
+    def _closeWriteConnection(self) -> None:
+        pass
+
+
+class WriteBufferTests(SynchronousTestCase):
+    """
+    FileDescriptor.dataBuffer, .offset, ._tempDataLen, ._writeDisconnected
+    say what L{twisted_private.EagerWrites} reads them for.
+    """
+
+    def test_idle(self) -> None:
+        """
+        Nothing queued: no temporary data, and the offset at the end of the
+        (empty) buffer; the write side open.
+        """
+        fd = _Buffered()
+        self.assertEqual((fd._tempDataLen, fd.offset, fd.dataBuffer), (0, 0, b""))
+        self.assertIs(fd._writeDisconnected, False)
+
+    def test_write_queues_in_temporary_data(self) -> None:
+        """
+        A write is queued in the temporary data (counted by _tempDataLen)
+        until the reactor calls doWrite; the offset alone does not show it.
+        """
+        fd = _Buffered()
+        fd.write(b"abc")
+        self.assertEqual(fd._tempDataLen, 3)
+        self.assertEqual(fd.offset, len(fd.dataBuffer))
+        fd.doWrite()
+        self.assertEqual(fd.sent, b"abc")
+        self.assertEqual((fd._tempDataLen, fd.offset, fd.dataBuffer), (0, 0, b""))
+
+    def test_partial_send_leaves_offset_short(self) -> None:
+        """
+        What the socket did not take stays in dataBuffer, from offset.
+        """
+        fd = _Buffered()
+        fd.room = 2
+        fd.write(b"abcde")
+        fd.doWrite()
+        self.assertEqual(fd._tempDataLen, 0)
+        self.assertLess(fd.offset, len(fd.dataBuffer))
+        self.assertEqual(bytes(fd.dataBuffer[fd.offset:]), b"cde")
+
+    def test_write_disconnected(self) -> None:
+        """
+        Once the write side is shut (loseWriteConnection, then doWrite),
+        _writeDisconnected is true.
+        """
+        fd = _Buffered()
+        fd.loseWriteConnection()
+        fd.doWrite()
+        self.assertIs(fd._writeDisconnected, True)
+
+
+class _Recorder(Protocol):
+    def __init__(self, made: Deferred, lost: Deferred) -> None:
+        self.made = made
+        self.lost = lost
+
+    def connectionMade(self) -> None:
+        self.made.callback(self)
+
+    def connectionLost(self, reason) -> None:
+        self.lost.callback(None)
+
+
+class PortTests(TestCase):
+    """
+    tcp.Port.transport and WrappingFactory.protocols, on real loopback
+    connections.
+    """
+
+    timeout = 30
+
+    @inlineCallbacks
+    def _connect(self, factory, port):
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        client = yield bounded(endpoint.connect(Factory.forProtocol(Protocol)))
+        self.addCleanup(lambda: client.transport.connected and client.transport.abortConnection())
+        return client
+
+    @inlineCallbacks
+    def test_port_transport_class(self) -> None:
+        """
+        A Port makes its accepted connections of its C{transport} class,
+        and an endpoint's client connection is a plain tcp.Client (what
+        memmq.eager replaces).
+        """
+
+        class Marked(tcp.Server):
+            pass
+
+        class MarkedPort(tcp.Port):
+            transport = Marked
+
+        made, lost = Deferred(), Deferred()
+        port = MarkedPort(0, Factory.forProtocol(lambda: _Recorder(made, lost)), interface="127.0.0.1")
+        port.startListening()
+        self.addCleanup(port.stopListening)
+        client = yield self._connect(port.factory, port)
+        server = yield bounded(made)
+        self.assertIsInstance(server.transport, Marked)
+        self.assertIs(type(client.transport), tcp.Client)
+        # Its socket, and no TLS started inside it.
+        self.assertIsInstance(client.transport.socket, socket.socket)
+        self.assertIs(client.transport.TLS, False)
+        client.transport.loseConnection()
+        yield bounded(lost)
+
+    @inlineCallbacks
+    def test_wrapping_factory_protocols(self) -> None:
+        """
+        A port listening through a WrappingFactory (TLS is one) keeps its
+        open connections in C{port.factory.protocols}.
+        """
+        self.assertTrue(issubclass(TLSMemoryBIOFactory, WrappingFactory))
+        made, lost = Deferred(), Deferred()
+        port = reactor.listenTCP(
+            0, WrappingFactory(Factory.forProtocol(lambda: _Recorder(made, lost))), interface="127.0.0.1"
+        )
+        self.addCleanup(port.stopListening)
+        self.assertEqual(open_connections(port), [])
+        client = yield self._connect(port.factory, port)
+        yield bounded(made)
+        self.assertEqual(len(open_connections(port)), 1)
+        client.transport.loseConnection()
+        yield bounded(lost)
+        self.assertEqual(open_connections(port), [])
+
+
+class ExitSignalTests(SynchronousTestCase):
+    """
+    ReactorBase._exitSignal: set by the reactor's signal handlers, read by
+    twistd to kill the process again once the reactor stops.
+    """
+
+    def test_set_by_sigterm(self) -> None:
+        """
+        sigTerm records the signal; clear_exit_signal forgets it.
+        """
+        from twisted.internet.base import ReactorBase
+
+        self.assertIsNone(ReactorBase._exitSignal)
+
+        class Stub:
+            _exitSignal = None
+            stopping = []
+
+            def callFromThread(self, f, *args):
+                self.stopping.append(f)
+
+            def stop(self):
+                pass
+
+        stub = Stub()
+        ReactorBase.sigTerm(stub, signal.SIGTERM)
+        self.assertEqual(stub._exitSignal, signal.SIGTERM)
+        clear_exit_signal(stub)
+        self.assertIsNone(stub._exitSignal)
+
+    def test_read_by_twistd(self) -> None:
+        """
+        twistd's runner takes the reactor's _exitSignal after the reactor
+        stops.
+        """
+        self.assertIn("reactor._exitSignal", inspect.getsource(app))
+
+    def test_listed(self) -> None:
+        """
+        The module lists each name it touches at its top.
+        """
+        for name in ("dataBuffer", "offset", "_tempDataLen", "_writeDisconnected", "TLS", "socket",
+                     "tcp.Port.transport", "WrappingFactory.protocols", "_exitSignal"):
+            self.assertIn(name, twisted_private.__doc__)
+
+
+_HANDSHAKE = (
+    b"GET /sub HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+class _Lenient(LenientKeyHandshake, WebSocketServerProtocol):
+    pass
+
+
+def _handshake(testcase, protocol_class, key: bytes):
+    factory = WebSocketServerFactory()
+    factory.protocol = protocol_class
+    factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport()
+    # Under WebSocketResource the HTTP channel is the registered producer.
+    transport.registerProducer(protocol, True)
+    protocol.makeConnection(transport)
+    testcase.addCleanup(protocol.connectionLost, Failure(ConnectionDone()))
+    protocol.dataReceived(_HANDSHAKE % key)
+    return protocol, transport
+
+
+def _accept(key: bytes) -> bytes:
+    return base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+
+
+class AutobahnTests(SynchronousTestCase):
+    """
+    The autobahn details in L{autobahn_private}, over a protocol driven
+    through a StringTransport.
+    """
+
+    def test_prepared_frame_bytes(self) -> None:
+        """
+        PreparedMessage(payload, True, False, True).payloadHybi is the whole
+        unmasked binary frame (RFC 6455 5.2), for each length encoding.
+        """
+        self.assertEqual(unmasked_binary_frame(b""), b"\x82\x00")
+        self.assertEqual(unmasked_binary_frame(b"hi"), b"\x82\x02hi")
+        self.assertEqual(unmasked_binary_frame(b"x" * 126), b"\x82\x7e\x00\x7e" + b"x" * 126)
+        self.assertEqual(
+            unmasked_binary_frame(b"y" * 65536), b"\x82\x7f" + (65536).to_bytes(8, "big") + b"y" * 65536
+        )
+
+    def test_strict_key_refused(self) -> None:
+        """
+        autobahn refuses a Sec-WebSocket-Key that is not a 16-byte nonce
+        (why the lenient handshake exists).
+        """
+        protocol, transport = _handshake(self, WebSocketServerProtocol, b"memmq")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "), transport.value())
+
+    def test_lenient_key(self) -> None:
+        """
+        With the raw receive buffer (C{data}) rewritten in processHandshake
+        and C{_wskey} set in succeedHandshake, the key "memmq" is accepted
+        and answered with its own hash.
+        """
+        protocol, transport = _handshake(self, _Lenient, b"memmq")
+        self.assertEqual(protocol.state, protocol.STATE_OPEN)
+        self.assertIn(b"\r\nSec-WebSocket-Accept: " + _accept(b"memmq") + b"\r\n", transport.value())
+
+    def test_well_formed_key_untouched(self) -> None:
+        """
+        A well-formed key is answered as autobahn answers it.
+        """
+        key = base64.b64encode(b"0123456789abcdef")
+        protocol, transport = _handshake(self, _Lenient, key)
+        self.assertIn(b"\r\nSec-WebSocket-Accept: " + _accept(key) + b"\r\n", transport.value())
+
+    def test_stand_in_key(self) -> None:
+        """
+        The stand-in key is one autobahn accepts: 16 bytes, base64.
+        """
+        self.assertTrue(WELL_FORMED_KEY.fullmatch(STAND_IN_KEY))
+        self.assertEqual(len(base64.b64decode(STAND_IN_KEY)), 16)
+
+    def test_close_frame_1001(self) -> None:
+        """
+        sendClose refuses 1001; sendCloseFrame sends it.
+        """
+        protocol, transport = _handshake(self, _Lenient, base64.b64encode(b"0123456789abcdef"))
+        transport.clear()
+        try:
+            protocol.sendClose(code=1001)
+        except Exception as e:
+            refused = str(e)
+        else:
+            refused = ""
+        self.assertIn("1001", refused)
+        self.assertEqual(transport.value(), b"")
+        send_close_frame(protocol, 1001, b"bye")
+        self.assertEqual(transport.value(), b"\x88\x05\x03\xe9bye")
+
+    def test_listed(self) -> None:
+        """
+        The module lists each name it touches at its top.
+        """
+        for name in ("PreparedMessage", "payloadHybi", ".data", "processHandshake", "succeedHandshake",
+                     "_wskey", "sendCloseFrame"):
+            self.assertIn(name, autobahn_private.__doc__)
