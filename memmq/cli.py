@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 
 from memmq.client import Client, resolver, selector
+from memmq.logs import say
 
 __all__ = ["run", "client_from_options"]
 
@@ -54,10 +55,6 @@ def client_from_options(options, reactor) -> Client:
         resolve_interval=options["resolve_interval"],
         reactor=reactor,
     )
-
-
-def _say(message: str) -> None:
-    os.write(2, f"memmq: {message}\n".encode("utf-8", "replace"))
 
 
 class _LinePublisher(LineReceiver):
@@ -139,7 +136,7 @@ def run(options, reactor) -> int:
     stopping = [False]
 
     def fail(failure) -> None:
-        _say(failure.getErrorMessage())
+        say(failure.getErrorMessage())
         status[0] = 1
         stop()
 

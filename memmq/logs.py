@@ -29,12 +29,24 @@ from twisted.logger import (
     textFileLogObserver,
 )
 
-__all__ = ["FORMATS", "observer", "json_observer", "text_observer"]
+__all__ = ["FORMATS", "observer", "json_observer", "text_observer", "say"]
 
 FORMATS = ("text", "json")
 
 # journald's priorities (syslog's): https://www.freedesktop.org/software/systemd/man/sd-daemon.html
 _PRIORITY = {LogLevel.debug: 7, LogLevel.info: 6, LogLevel.warn: 4, LogLevel.error: 3, LogLevel.critical: 2}
+
+
+def say(message: str) -> None:
+    """
+    Write C{memmq: message} as one line on the process's standard error (file
+    descriptor 2, which twistd leaves alone when it sends C{sys.stderr} into
+    its log): what a command tells its user when something stops it.
+    """
+    try:
+        os.write(2, f"memmq: {message}\n".encode("utf-8", "replace"))
+    except OSError:
+        pass
 
 
 class _CurrentStderr:

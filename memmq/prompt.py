@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import os
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from memmq.cli import client_from_options
 from memmq.client import Client
 from memmq.client.http import PublishError, Subscription
 from memmq.errors import MemmqError
+from memmq.logs import say
 
 __all__ = ["Prompt", "run"]
 
@@ -383,7 +383,7 @@ def run(options, reactor) -> int:
         stop_reactor()
 
     def failed(failure: Failure) -> None:
-        os.write(2, f"memmq: {_why(failure)}\n".encode("utf-8", "replace"))
+        say(_why(failure))
         status[0] = 1
         stop_reactor()
 

@@ -13,9 +13,9 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 import memmq
-from memmq.options import MemmqOptions, parse_size
+from memmq.options import GROUPS, MemmqOptions, format_size, parse_size
+from memmq.script import Options
 from memmq.server.listen import AddressError, parse_address
-from memmq.tap import Options
 from memmq.tls import self_signed_certificate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(memmq.__file__)))
@@ -64,24 +64,29 @@ def _write_certificate(directory: str) -> tuple[str, str]:
 
 class ParseSizeTests(SynchronousTestCase):
     """
-    Sizes are a number of bytes with an optional binary unit.
+    Sizes are a number of bytes with an optional unit: K, M, G and KiB,
+    MiB, GiB count in 1024s, KB, MB and GB in 1000s.
     """
 
     def test_sizes(self) -> None:
         """
-        Plain numbers are bytes; K, M and G (with or without B/iB, any case)
-        count in 1024s.
+        Plain numbers are bytes; K, M, G with or without iB count in 1024s,
+        KB, MB, GB in 1000s; any case, spaces allowed around the unit.
         """
         cases = {
-            "0": 0,
+            "1": 1,
             "1048576": 1048576,
             "512KiB": 512 * 1024,
             "8MiB": 8 * 1024 * 1024,
+            "8 MiB": 8 * 1024 * 1024,
             "1G": 1024**3,
             "2k": 2048,
-            "3kb": 3 * 1024,
+            "3kb": 3000,
+            "1kB": 1000,
             "10B": 10,
-            " 4 MB ": 4 * 1024 * 1024,
+            " 4 MB ": 4_000_000,
+            "1MB": 1_000_000,
+            "2GB": 2_000_000_000,
             "1gib": 1024**3,
         }
         for text, size in cases.items():
@@ -92,10 +97,30 @@ class ParseSizeTests(SynchronousTestCase):
         """
         Anything else raises L{ValueError} naming the text.
         """
-        for text in ("", "abc", "KiB", "-1", "1.5M", "1T", "12 MiBs", "1 K B", "0x10"):
+        for text in ("", "abc", "KiB", "-1", "0", "0MiB", "-2KiB", "1.5M", "1T", "12 MiBs", "1 K B", "0x10"):
             with self.subTest(text=text):
                 error = self.assertRaises(ValueError, parse_size, text)
                 self.assertIn(repr(text), str(error))
+
+
+    def test_reasons(self) -> None:
+        """
+        Zero and negative sizes and unknown units each say what is wrong.
+        """
+        self.assertIn("must be more than 0", str(self.assertRaises(ValueError, parse_size, "0")))
+        self.assertIn("must be more than 0", str(self.assertRaises(ValueError, parse_size, "-5")))
+        self.assertIn("unknown unit 'xb'", str(self.assertRaises(ValueError, parse_size, "1xb")))
+
+    def test_format(self) -> None:
+        """
+        L{format_size} writes a size in the largest binary unit that divides
+        it, as the help shows defaults.
+        """
+        cases = {8388608: "8 MiB", 1048576: "1 MiB", 512 * 1024: "512 KiB", 1024**3: "1 GiB", 1000: "1000 B"}
+        for size, text in cases.items():
+            with self.subTest(size=size):
+                self.assertEqual(format_size(size), text)
+                self.assertEqual(parse_size(text), size)
 
 
 class ParseAddressTests(SynchronousTestCase):
@@ -401,7 +426,7 @@ class ClientOptionsTests(SynchronousTestCase):
             (("--proxy", "--servers=a:1", "--resolver=dns", "--resolve_interval=0"), "must be more than 0"),
             (("--client", "--topic=t", "--publish", "--select=some"), "unknown --select 'some': use all or shard"),
             (("--client", "--topic=t", "--publish", "--resolver=mdns"), "unknown --resolver 'mdns': use ip or dns"),
-            (("--client", "--topic=", "--publish"), "--topic: no topic"),
+            (("--client", "--topic=", "--publish"), "--topic is empty: name a topic, as --topic=NAME"),
             (("--client", "--topic=t", "--publish", "--servers=ftp://x"), "is not host:port or an http(s) URL"),
             (("--client", "--topic=t", "--publish", "--retries=-1"), "cannot be negative"),
             (("--client", "--topic=t", "--publish", "--ca_file=/nonexistent.pem"), "/nonexistent.pem"),
@@ -409,3 +434,76 @@ class ClientOptionsTests(SynchronousTestCase):
         for args, reason in cases:
             with self.subTest(args=args):
                 self.assertIn(reason, self._refused(*args))
+
+
+class LightImportTests(SynchronousTestCase):
+    """
+    Parsing options loads nothing heavy: the defaults live in a leaf module.
+    """
+
+    def test_import_loads_no_front_end(self) -> None:
+        """
+        C{import memmq.options}, in a fresh interpreter, loads no twisted.web,
+        autobahn, grpc or prometheus_client module.
+        """
+        heavy = ("twisted.web", "autobahn", "grpc", "prometheus_client")
+        result = subprocess.run(
+            [sys.executable, "-c", "import sys, memmq.options; print('\\n'.join(sorted(sys.modules)))"],
+            check=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+            capture_output=True, timeout=30,
+        )
+        loaded = result.stdout.decode().split()
+        self.assertIn("memmq.options", loaded)
+        self.assertEqual([m for m in loaded if m.split(".")[0] in heavy or m.startswith(heavy)], [])
+
+    def test_port_written_once(self) -> None:
+        """
+        The default port, 8081, is a value in memmq.defaults alone: no other
+        module's code holds it (docstrings and messages may show it).
+        """
+        import ast
+
+        holders = []
+        for directory, _, files in os.walk(os.path.join(REPO, "memmq")):
+            for name in files:
+                if name.endswith(".py"):
+                    path = os.path.join(directory, name)
+                    with open(path, encoding="utf-8") as f:
+                        tree = ast.parse(f.read())
+                    if any(isinstance(node, ast.Constant) and node.value == 8081 for node in ast.walk(tree)):
+                        holders.append(os.path.relpath(path, REPO))
+        self.assertEqual(holders, [os.path.join("memmq", "defaults.py")])
+
+
+class HelpTests(SynchronousTestCase):
+    """
+    C{--help} lists the options group by group, sizes as a person writes
+    them, and says what each size unit means.
+    """
+
+    def test_grouped(self) -> None:
+        """
+        Every option is in exactly one group, and the help shows each group's
+        title followed by its own options.
+        """
+        names = [name for group in GROUPS for name in group.names()]
+        self.assertEqual(sorted(names), sorted(set(MemmqOptions().synonyms.values())))
+        text = MemmqOptions().getUsage(width=100)
+        titles = [text.index(f"\n{group.title}:\n" if i else f"{group.title}:\n") for i, group in enumerate(GROUPS)]
+        self.assertEqual(titles, sorted(titles))
+        for group, start, end in zip(GROUPS, titles, titles[1:] + [len(text)], strict=True):
+            for name in group.names():
+                with self.subTest(option=name):
+                    self.assertIn(f"--{name}", text[start:end])
+
+    def test_sizes_readable(self) -> None:
+        """
+        Size defaults show as 1 MiB and 8 MiB, not in bytes, and the units are
+        explained.
+        """
+        text = " ".join(MemmqOptions().getUsage(width=100).split())
+        self.assertIn("[default: 1 MiB]", text)
+        self.assertIn("[default: 8 MiB]", text)
+        self.assertNotIn("8388608", text)
+        self.assertIn("KiB = 1024", text)
+        self.assertIn("MB = 1000^2", text)

@@ -37,6 +37,8 @@ from memmq.client.reasons import reason_of as _reason
 from memmq.client.resolver import IP, IResolver
 from memmq.client.selector import All, ISelector
 from memmq.client.servers import base_url, endpoint_of, websocket_url
+from memmq.defaults import RESOLVE_INTERVAL as DEFAULT_RESOLVE_INTERVAL
+from memmq.defaults import SERVER as DEFAULT_SERVER
 from memmq.errors import InvalidTopic, MemmqError
 from memmq.hops import TooManyHops
 from memmq.interfaces import IBroker, ISubscriber, ISubscription
@@ -52,8 +54,6 @@ __all__ = [
 
 _log = Logger()
 
-DEFAULT_SERVER = "localhost:8081"
-DEFAULT_RESOLVE_INTERVAL = 30.0
 DEFAULT_MAX_QUEUED = 10_000
 _CONNECT_TIMEOUT = 10
 # Reconnection: the first retry after 0.1 s, doubling to at most 10 s, with

@@ -37,6 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from memmq.defaults import FLUSH_INTERVAL as DEFAULT_FLUSH_INTERVAL
 from memmq.errors import PersistError
 from memmq.persist.files import Files, Outcome
 from memmq.persist.names import file_name
@@ -47,7 +48,6 @@ __all__ = ["Persister", "BATCH_BYTES", "MAX_PENDING_BYTES", "DEFAULT_FLUSH_INTER
 
 _log = Logger()
 
-DEFAULT_FLUSH_INTERVAL = 1.0
 BATCH_BYTES = 1024 * 1024
 MAX_PENDING_BYTES = 64 * 1024 * 1024
 _TOPIC_CACHE = 4096
