@@ -1,9 +1,10 @@
 """
 The command-line options of memmq, shared by C{memmq}, C{python -m memmq}
-and C{twistd memmq} (README: Options, Client options, gRPC transport).
+and C{twistd memmq} (README: Options).
 
 The options come in groups, one per mode (server, persistence, proxy,
-client, gRPC, logging): each group lists its options and checks them, and
+client, gRPC, logging; the client side's in L{memmq.client_options}): each
+group lists its options and checks them, and
 C{--help} shows them group by group. Importing this module loads nothing
 heavy (no twisted.web, autobahn, gRPC or Prometheus): the defaults come
 from L{memmq.defaults}, and what a check needs beyond that is imported when
@@ -17,125 +18,26 @@ from __future__ import annotations
 
 import inspect
 import os
-import re
-import socket
 import textwrap
-from collections.abc import Callable
 
 from twisted.python import usage
 
 from memmq import defaults
-from memmq.broker import check_topic
+from memmq.client_options import (
+    CLIENT,
+    OUTPUT_FORMATS,
+    PROXY,
+    UPSTREAM,
+    check_client,
+    check_proxy,
+    check_proxy_listens,
+    check_upstream,
+)
 from memmq.errors import MemmqError
 from memmq.logs import FORMATS
+from memmq.values import SIZE_HELP, SIZE_UNITS, Group, count, format_size, parse_size, refuse, seconds, size
 
-__all__ = ["MemmqOptions", "SIZE_UNITS", "format_size", "parse_size"]
-
-# Each unit a size may carry (any case), and what it multiplies by.
-SIZE_UNITS = {
-    "": 1, "b": 1,
-    "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2, "g": 1024**3, "gib": 1024**3,
-    "kb": 1000, "mb": 1000**2, "gb": 1000**3,
-}
-SIZE_HELP = (
-    "Sizes are bytes, or carry a unit (any case): K or KiB = 1024, M or MiB = 1024^2, "
-    "G or GiB = 1024^3 bytes; KB = 1000, MB = 1000^2, GB = 1000^3 bytes."
-)
-_SIZE = re.compile(r"(-?[0-9]+)\s*([a-z]*)", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """
-    A size in bytes, more than 0: a number with an optional unit of
-    L{SIZE_UNITS} (C{512KiB}, C{8MiB}, C{1G}; C{1MB} is 1,000,000 bytes).
-
-    @raise ValueError: the text is not such a size; the message names it.
-    """
-    match = _SIZE.fullmatch(str(text).strip())
-    if not match:
-        raise ValueError(f"{text!r} is not a size (for example 1048576, 512KiB or 8MiB)")
-    number, unit = int(match.group(1)), match.group(2)
-    if unit.lower() not in SIZE_UNITS:
-        raise ValueError(f"{text!r}: unknown unit {unit!r} (use B, KiB, MiB, GiB, KB, MB or GB)")
-    if number <= 0:
-        raise ValueError(f"{text!r}: a size must be more than 0")
-    return number * SIZE_UNITS[unit.lower()]
-
-
-def format_size(size: int) -> str:
-    """
-    C{size} bytes as a person writes it: C{8 MiB}, C{512 KiB}, C{1000 B}.
-    """
-    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-        if size >= factor and size % factor == 0:
-            return f"{size // factor} {unit}"
-    return f"{size} B"
-
-
-def _size(name: str):
-    def coerce(text: str) -> int:
-        try:
-            return parse_size(text)
-        except ValueError as e:
-            raise ValueError(f"--{name}: {e}") from None
-    coerce.is_size = True  # --help shows its default as a size
-    return coerce
-
-
-def _count(name: str):
-    def coerce(text: str) -> int:
-        text = str(text).strip()
-        if text.startswith("-") and text[1:].isdigit():
-            raise ValueError(f"--{name}: cannot be negative")
-        if not (text.isascii() and text.isdigit()):
-            raise ValueError(f"--{name}: {text!r} is not a whole number")
-        return int(text)
-    return coerce
-
-
-def _seconds(name: str):
-    def coerce(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise ValueError(f"--{name}: {text!r} is not a number of seconds") from None
-        if not value > 0:
-            raise ValueError(f"--{name}: must be more than 0")
-        return value
-    return coerce
-
-
-def _host_port(name: str):
-    def coerce(text: str) -> tuple[str, int]:
-        host, sep, port = text.rpartition(":")
-        host = host.strip("[]")
-        if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
-            raise ValueError(f"--{name}: {text!r} is not host:port")
-        return host, int(port)
-    return coerce
-
-
-def _refuse(error: MemmqError, prefix: str = "") -> usage.UsageError:
-    return usage.UsageError(f"{prefix}{error}")
-
-
-class _Group:
-    """
-    One mode's options: their flags and parameters (as L{usage.Options}
-    takes them), the C{opt_} methods that belong to it, the title C{--help}
-    shows them under, and the check of the parsed values.
-    """
-
-    def __init__(self, title: str, flags=(), parameters=(), methods=(), check: Callable | None = None) -> None:
-        self.title = title
-        self.flags = list(flags)
-        self.parameters = list(parameters)
-        self.methods = list(methods)
-        self.check = check
-
-    def names(self) -> list[str]:
-        return [entry[0] for entry in self.flags + self.parameters] + self.methods
-
+__all__ = ["MemmqOptions", "OUTPUT_FORMATS", "SIZE_UNITS", "format_size", "parse_size"]
 
 def _mode(options) -> str | None:
     """
@@ -165,7 +67,7 @@ def _check_server(options) -> None:
     try:
         options["listen_address"] = None if options["address"] is None else parse_address(options["address"])
     except MemmqError as e:
-        raise _refuse(e) from None
+        raise refuse(e) from None
     if options["listen"]:
         from twisted.internet import reactor  # parsing needs one; nothing listens yet
 
@@ -173,7 +75,7 @@ def _check_server(options) -> None:
             try:
                 parse_endpoint(reactor, description)
             except EndpointError as e:
-                raise _refuse(e) from None
+                raise refuse(e) from None
             except ListenError:
                 pass  # a socket systemd did not pass: a failure to listen, said at start
     cert_file, key_file = options["cert_file"], options["key_file"]
@@ -186,7 +88,7 @@ def _check_server(options) -> None:
         try:
             options["certificate"] = load_certificate(cert_file, key_file)
         except MemmqError as e:
-            raise _refuse(e) from None
+            raise refuse(e) from None
 
 
 def _opt_listen(self, description: str) -> None:
@@ -199,8 +101,8 @@ def _opt_listen(self, description: str) -> None:
     self["listen"].append(description)
 
 
-SERVER = _Group(
-    "Server",
+SERVER = Group(
+    "Server options",
     flags=[
         ["access_log", None, "Log every HTTP request (off by default: nothing is logged per request)."],
     ],
@@ -214,13 +116,13 @@ SERVER = _Group(
         ["key_file", None, None, "PEM private key of --cert_file (unencrypted)."],
         ["max_message_size", None, defaults.MAX_MESSAGE_SIZE,
          "Largest payload accepted (a size); larger ones get 413, or WebSocket close 1009.",
-         _size("max_message_size")],
+         size("max_message_size")],
         ["max_buffered_messages", None, defaults.MAX_BUFFERED_MESSAGES,
          "Per subscriber: messages held while its connection is full; further ones are "
-         "dropped for that subscriber alone.", _count("max_buffered_messages")],
+         "dropped for that subscriber alone.", count("max_buffered_messages")],
         ["max_buffered_bytes", None, defaults.MAX_BUFFERED_BYTES,
          "Per subscriber: payload bytes held while its connection is full (a size); whichever "
-         "limit is reached first applies.", _size("max_buffered_bytes")],
+         "limit is reached first applies.", size("max_buffered_bytes")],
     ],
     methods=["listen"],
     check=_check_server,
@@ -261,8 +163,8 @@ def _check_persist(options) -> None:
         options["persist_flush_interval"] = defaults.FLUSH_INTERVAL
 
 
-PERSISTENCE = _Group(
-    "Persistence",
+PERSISTENCE = Group(
+    "Persistence options",
     flags=[
         ["persist", None, "Append every message to its topic's file in --persist_dir, one JSON line each "
          "(asim/mq's format: timestamp in Unix ns, topic, base64 payload), written at least every "
@@ -278,200 +180,9 @@ PERSISTENCE = _Group(
          "<topic>.mq, percent-encoded outside [A-Za-z0-9._-] [default: the working directory]."],
         ["persist_flush_interval", None, None,
          "With --persist: at most this many seconds between a message and its write to the file "
-         f"[default: {defaults.FLUSH_INTERVAL:g}].", _seconds("persist_flush_interval")],
+         f"[default: {defaults.FLUSH_INTERVAL:g}].", seconds("persist_flush_interval")],
     ],
     check=_check_persist,
-)
-
-
-# -- a proxy -----------------------------------------------------------------
-
-def _check_proxy(options) -> None:
-    """
-    A proxy needs its servers; --upstream_transport goes with it.
-    """
-    if options["proxy"] and options["servers"] is None:
-        raise usage.UsageError("--proxy needs --servers")
-    upstream = options["upstream_transport"]
-    if upstream is not None and upstream not in ("http", "grpc"):
-        raise usage.UsageError(f"unknown --upstream_transport {upstream!r}: use http or grpc")
-    if upstream is not None and not options["proxy"]:
-        raise usage.UsageError("--upstream_transport goes with --proxy")
-
-
-def refuse_self(address, servers: list[str], resolver: str) -> None:
-    """
-    Refuse a proxy that lists itself among its servers: every message it
-    forwarded would come back to it.
-
-    Only names used as given can be checked here; for the rest (and for
-    cycles through several proxies) the hop limit of L{memmq.hops} holds
-    (README: Proxy mode, Loop guard).
-
-    @raise usage.UsageError: one of C{servers} is C{address}.
-    """
-    if resolver != "ip" or address.port == 0:
-        return
-    from memmq.client.servers import endpoint_of
-
-    own = {address.host, "localhost", "127.0.0.1", "::1", "0.0.0.0", "::", socket.gethostname()}
-    if address.host in ("", "0.0.0.0", "::"):
-        own.update(_local_addresses())
-    for server in servers:
-        _, host, port = endpoint_of(server)
-        if port == address.port and host in own:
-            raise usage.UsageError(
-                f"--servers lists this proxy itself ({server}): a proxy cannot be its own upstream"
-            )
-
-
-def _local_addresses() -> set[str]:
-    try:
-        return {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)}
-    except OSError:
-        return set()
-
-
-def _check_proxy_listens(options) -> None:
-    """
-    Once the addresses are known: a proxy does not list itself.
-    """
-    if options["proxy"]:
-        for own in (options["listen_address"], options["grpc_listen_address"]):
-            if own is not None:
-                refuse_self(own, options["server_list"], options["resolver"])
-
-
-PROXY = _Group(
-    "Proxy",
-    flags=[
-        ["proxy", None, "Run as a proxy: serve the same API in front of --servers (clustered with "
-         "--select=all, sharded with --select=shard)."],
-    ],
-    parameters=[
-        ["upstream_transport", None, None,
-         "Proxy: http or grpc, what it speaks to --servers [default: as --transport]."],
-    ],
-    check=_check_proxy,
-)
-
-
-# -- the command-line client and the prompt ----------------------------------
-
-def _check_client(options) -> None:
-    """
-    --client publishes and/or subscribes on --topic; -i takes --topic too.
-    """
-    client, interactive = options["client"], options["interactive"]
-    if (options["publish"] or options["subscribe"]) and not client:
-        raise usage.UsageError("--publish and --subscribe go with --client")
-    if options["topic"] is not None and not (client or interactive):
-        raise usage.UsageError("--topic goes with --client or -i")
-    if options["since"] is not None and not options["subscribe"]:
-        raise usage.UsageError("--since goes with --client --subscribe")
-    if not (client or interactive):
-        return
-    mode = "--client" if client else "-i"
-    if options["topic"] is None:
-        raise usage.UsageError(f"{mode} needs --topic")
-    if not options["topic"]:
-        raise usage.UsageError("--topic is empty: name a topic, as --topic=NAME")
-    try:
-        check_topic(options["topic"])
-    except MemmqError as e:
-        raise _refuse(e, "--topic: ") from None
-    if client and not (options["publish"] or options["subscribe"]):
-        raise usage.UsageError("--client needs --publish or --subscribe (or both)")
-
-
-CLIENT = _Group(
-    "Command-line client (--client) and prompt (-i)",
-    flags=[
-        ["client", None, "Run the command-line client on --topic, with --publish and/or --subscribe."],
-        ["interactive", "i", "Open an interactive prompt on --topic: typed lines are published, "
-         "messages from others shown."],
-        ["publish", None, "Client: publish each line of standard input (without its newline) to --topic."],
-        ["subscribe", None, "Client: print each message of --topic on its own line until interrupted."],
-    ],
-    parameters=[
-        ["topic", None, None, "Client: the topic to publish or subscribe to."],
-        ["since", None, None, "Client, with --subscribe: first the messages the server persisted (it runs "
-         "with --persist) stamped after this Unix time in nanoseconds (0: all of them), then live ones.",
-         _count("since")],
-    ],
-    check=_check_client,
-)
-
-
-# The options of a client's side: of --client and -i, and of a proxy's
-# upstream side.
-_CLIENT_SIDE = ("servers", "select", "resolver", "retries", "ca_file", "dns_server", "resolve_interval")
-
-
-def _check_upstream(options) -> None:
-    """
-    The options of a client's side (--client, -i, and a proxy's upstream
-    side): refused without one of them; else defaulted and checked.
-    """
-    if not (options["client"] or options["interactive"] or options["proxy"]):
-        for name in _CLIENT_SIDE:
-            if options[name] is not None:
-                raise usage.UsageError(f"--{name} goes with --client, -i or --proxy")
-        return
-    options["select"] = options["select"] or "all"
-    if options["select"] not in ("all", "shard"):
-        raise usage.UsageError(f"unknown --select {options['select']!r}: use all or shard")
-    options["resolver"] = options["resolver"] or "ip"
-    if options["resolver"] not in ("ip", "dns"):
-        raise usage.UsageError(f"unknown --resolver {options['resolver']!r}: use ip or dns")
-    if options["resolver"] != "dns":
-        for name in ("dns_server", "resolve_interval"):
-            if options[name] is not None:
-                raise usage.UsageError(f"--{name} goes with --resolver=dns")
-    options["retries"] = defaults.RETRIES if options["retries"] is None else options["retries"]
-    if options["resolve_interval"] is None:
-        options["resolve_interval"] = defaults.RESOLVE_INTERVAL
-    servers = [s.strip() for s in (options["servers"] or defaults.SERVER).split(",") if s.strip()]
-    if not servers:
-        raise usage.UsageError("--servers is empty")
-    if options["resolver"] == "ip":
-        from memmq.client.servers import base_url
-
-        for server in servers:
-            try:
-                base_url(server)
-            except MemmqError as e:
-                raise _refuse(e) from None
-    options["server_list"] = servers
-    if options["ca_file"] is not None:
-        from memmq.tls import ClientTLS
-
-        try:
-            ClientTLS(options["ca_file"])
-        except MemmqError as e:
-            raise _refuse(e) from None
-
-
-UPSTREAM = _Group(
-    "Servers to talk to (--client, -i, and a proxy's upstream side)",
-    parameters=[
-        ["servers", None, None,
-         "Comma-separated servers (host:port, or http(s) URLs) or names for the resolver "
-         f"[default: {defaults.SERVER}]."],
-        ["select", None, None, "all (every server: cluster) or shard (one server chosen by topic) "
-         "[default: all]."],
-        ["resolver", None, None, "ip (servers as given) or dns (look names up, refresh every "
-         "--resolve_interval) [default: ip]."],
-        ["retries", None, None, f"Extra attempts per server for a publish or subscribe "
-         f"[default: {defaults.RETRIES}].", _count("retries")],
-        ["ca_file", None, None, "Verify servers' certificates against this PEM file "
-         "(default: not verified, as asim/mq)."],
-        ["dns_server", None, None, "With --resolver=dns: ask this DNS server (host:port) instead of the "
-         "system's (e.g. Consul's 127.0.0.1:8600).", _host_port("dns_server")],
-        ["resolve_interval", None, None, "With --resolver=dns: seconds between lookups "
-         f"[default: {defaults.RESOLVE_INTERVAL:g}].", _seconds("resolve_interval")],
-    ],
-    check=_check_upstream,
 )
 
 
@@ -499,11 +210,12 @@ def _check_transport(options) -> None:
         try:
             options["grpc_listen_address"] = parse_address(options["grpc_address"])
         except MemmqError as e:
-            raise _refuse(e, "--grpc_address: ") from None
+            raise refuse(e, "--grpc_address: ") from None
 
 
-GRPC = _Group(
-    "Transport (HTTP/WebSocket or gRPC)",
+GRPC = Group(
+    "Transport options",
+    note="HTTP/WebSocket or gRPC",
     parameters=[
         ["transport", None, "http",
          "http or grpc: what the server serves on --address, and what --client, -i and a proxy's "
@@ -523,34 +235,34 @@ def _check_logging(options) -> None:
         raise usage.UsageError(f"unknown --log_format {options['log_format']!r}: use text or json")
 
 
-LOGGING = _Group(
-    "Logging",
+LOGGING = Group(
+    "Logging options",
     parameters=[
         ["log_format", None, "text",
          "text (human-readable; without timestamps under journald) or json (one object per line: "
-         "twisted.logger's event format). Under twistd use "
+         "time, level, namespace, message, and failure when there is one). Under twistd use "
          "--logger=memmq.logs.json_observer instead."],
     ],
     check=_check_logging,
 )
 
-GENERAL = _Group("General", methods=["help", "version"])
+GENERAL = Group("Other options", methods=["help", "version"])
 
 # In the order --help shows them.
-GROUPS = (SERVER, PERSISTENCE, PROXY, UPSTREAM, CLIENT, GRPC, LOGGING, GENERAL)
+GROUPS = (SERVER, PERSISTENCE, PROXY, CLIENT, UPSTREAM, GRPC, LOGGING, GENERAL)
 
 # In the order they run: which mode; then each mode's own options; then,
 # once the addresses are known, whether a proxy lists itself.
 _CHECKS = (
     _check_logging,
     _mode,
-    _check_client,
-    _check_proxy,
-    _check_upstream,
+    check_client,
+    check_proxy,
+    check_upstream,
     _check_persist,
     _check_transport,
     _check_server,
-    _check_proxy_listens,
+    check_proxy_listens,
 )
 
 
@@ -627,5 +339,6 @@ class MemmqOptions(usage.Options):
                     "default": default,
                     "dispatch": self._dispatch.get(name),
                 })
-            text.append(f"{group.title}:\n" + "".join(usage.docMakeChunks(entries, width)))
+            note = f" ({group.note})" if group.note else ""
+            text.append(f"{group.title}{note}:\n" + "".join(usage.docMakeChunks(entries, width)))
         return "\n" + "\n".join(text) + "\n" + "\n".join(textwrap.wrap(self.longdesc, width)) + "\n"

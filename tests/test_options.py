@@ -342,6 +342,36 @@ class CommandLineTests(SynchronousTestCase):
         self.assertIn("--bogus", lines[0])
         self.assertEqual(result.stdout, b"")
 
+    def test_nonsense_sizes_process(self) -> None:
+        """
+        Every size option refuses 0, a negative size and an unknown unit:
+        one line on stderr saying which option and why, exit status 2.
+        """
+        for name in ("max_message_size", "max_buffered_bytes"):
+            for value, reason in (("0", "a size must be more than 0"), ("-1KiB", "a size must be more than 0"),
+                                  ("1xb", "unknown unit 'xb'")):
+                with self.subTest(option=name, value=value):
+                    result = _memmq(f"--{name}={value}")
+                    self.assertEqual(result.returncode, 2, result.stderr)
+                    self.assertEqual(
+                        result.stderr.decode().splitlines(),
+                        [f"memmq: --{name}: {value!r}: {reason}"
+                         + (" (use B, KiB, MiB, GiB, KB, MB or GB)" if "unit" in reason else "")
+                         + " (see memmq --help)"],
+                    )
+
+    def test_sizes_with_units(self) -> None:
+        """
+        Every size option takes units: 1MB is 1,000,000 bytes, 1kb 1000, 1MiB
+        1,048,576.
+        """
+        options = MemmqOptions()
+        options.parseOptions(["--max_message_size=1MB", "--max_buffered_bytes=1kb"])
+        self.assertEqual((options["max_message_size"], options["max_buffered_bytes"]), (1_000_000, 1000))
+        options = MemmqOptions()
+        options.parseOptions(["--max_message_size=1MiB", "--max_buffered_bytes=2 m"])
+        self.assertEqual((options["max_message_size"], options["max_buffered_bytes"]), (1048576, 2 * 1048576))
+
     def test_version(self) -> None:
         """
         C{memmq --version} prints "memmq VERSION" and exits 0.
@@ -430,6 +460,11 @@ class ClientOptionsTests(SynchronousTestCase):
             (("--client", "--topic=t", "--publish", "--servers=ftp://x"), "is not host:port or an http(s) URL"),
             (("--client", "--topic=t", "--publish", "--retries=-1"), "cannot be negative"),
             (("--client", "--topic=t", "--publish", "--ca_file=/nonexistent.pem"), "/nonexistent.pem"),
+            (("--client", "--topic=t", "--publish", "--output_format=json"),
+             "--output_format goes with --client --subscribe"),
+            (("--client", "--topic=t", "--subscribe", "--output_format=xml"),
+             "unknown --output_format 'xml': use raw, json or line"),
+            (("--upstream_transport=grpc",), "--upstream_transport goes with --proxy"),
         ]
         for args, reason in cases:
             with self.subTest(args=args):
@@ -489,7 +524,8 @@ class HelpTests(SynchronousTestCase):
         names = [name for group in GROUPS for name in group.names()]
         self.assertEqual(sorted(names), sorted(set(MemmqOptions().synonyms.values())))
         text = MemmqOptions().getUsage(width=100)
-        titles = [text.index(f"\n{group.title}:\n" if i else f"{group.title}:\n") for i, group in enumerate(GROUPS)]
+        titles = [text.index(f"\n{group.title}" + (f" ({group.note})" if group.note else "") + ":\n")
+                  for group in GROUPS]
         self.assertEqual(titles, sorted(titles))
         for group, start, end in zip(GROUPS, titles, titles[1:] + [len(text)], strict=True):
             for name in group.names():
@@ -507,3 +543,52 @@ class HelpTests(SynchronousTestCase):
         self.assertNotIn("8388608", text)
         self.assertIn("KiB = 1024", text)
         self.assertIn("MB = 1000^2", text)
+
+
+class DocumentedInStepTests(SynchronousTestCase):
+    """
+    README.rst's Options section and the man page's OPTIONS list the
+    options in the groups --help shows, under the same titles, in the same
+    order.
+    """
+
+    def _sections(self, text: str, heading) -> dict[str, str]:
+        """
+        C{text} cut at each group's heading (found by C{heading(title)}):
+        title -> the text up to the next group's heading.
+        """
+        starts = [text.index(heading(group.title)) for group in GROUPS]
+        self.assertEqual(starts, sorted(starts))
+        ends = starts[1:] + [len(text)]
+        return {group.title: text[start:end] for group, start, end in zip(GROUPS, starts, ends, strict=True)}
+
+    def _read(self, *path: str) -> str:
+        with open(os.path.join(REPO, *path), encoding="utf-8") as f:
+            return f.read()
+
+    def test_readme(self) -> None:
+        """
+        Each option is in README.rst's subsection of Options named after
+        its group.
+        """
+        readme = self._read("README.rst")
+        options = readme[readme.index("Options\n=======\n"):]
+        sections = self._sections(options, lambda title: f"\n{title}\n{'-' * len(title)}\n")
+        for group in GROUPS:
+            for name in group.names():
+                with self.subTest(option=name):
+                    self.assertIn(f"``--{name}", sections[group.title])
+
+    def test_man_page(self) -> None:
+        """
+        Each option is in the man page's .SS subsection of OPTIONS named
+        after its group.
+        """
+        man = self._read("man", "memmq.1")
+        options = man[man.index(".SH OPTIONS\n"):]
+        options = options[:options.index("\n.SH ", 1)]
+        sections = self._sections(options, lambda title: f'.SS "{title}"\n')
+        for group in GROUPS:
+            for name in group.names():
+                with self.subTest(option=name):
+                    self.assertIn(f"\\-\\-{name}", sections[group.title])
