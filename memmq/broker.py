@@ -18,6 +18,8 @@ from collections.abc import Callable
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
+from memmq.defaults import MAX_BUFFERED_BYTES as DEFAULT_MAX_BUFFERED_BYTES
+from memmq.defaults import MAX_BUFFERED_MESSAGES as DEFAULT_MAX_BUFFERED_MESSAGES
 from memmq.errors import InvalidTopic
 from memmq.interfaces import IBroker, IBrokerStats, ISubscriber, ISubscription
 from memmq.stats import Delivery, Stats, TopicStats
@@ -33,8 +35,6 @@ __all__ = [
     "MAX_TOPIC_BYTES",
 ]
 
-DEFAULT_MAX_BUFFERED_MESSAGES = 1000
-DEFAULT_MAX_BUFFERED_BYTES = 8 * 1024 * 1024
 MAX_TOPIC_BYTES = 255
 
 # C0 controls, DEL and C1 controls: nothing a topic name should hold, and

@@ -1,7 +1,9 @@
 """
 The command-line client: C{memmq --client --topic=T --publish} publishes
-each line of standard input; C{--subscribe} prints each message on its own
-line until interrupted; both together do both.
+each line of standard input, and says on stderr how it went (a summary at
+the end, progress meanwhile when stderr is a terminal); C{--subscribe}
+prints each message (in the C{--output_format}) until interrupted; both
+together do both (README: Command-line client).
 
 Failures a user can cause (no server, a refused publish) end the command
 with one line on stderr and a non-zero status, never a traceback.
@@ -9,25 +11,34 @@ with one line on stderr and a non-zero status, never a traceback.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import sys
+import time
 from collections import deque
+from datetime import UTC, datetime
 
 from twisted.internet import stdio
 from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 
 from memmq.client import Client, resolver, selector
 from memmq.client.reasons import reason_of
+from memmq.logs import say
 
-__all__ = ["run", "client_from_options"]
+__all__ = ["run", "client_from_options", "formatter"]
 
 _log = Logger()
 
 # How many lines of standard input may wait for their publish before
 # reading pauses.
 _READ_AHEAD = 256
+
+# Seconds between two progress lines on a terminal.
+_PROGRESS_INTERVAL = 0.5
 
 
 def client_from_options(options, reactor) -> Client:
@@ -57,10 +68,6 @@ def client_from_options(options, reactor) -> Client:
     )
 
 
-def _say(message: str) -> None:
-    os.write(2, f"memmq: {message}\n".encode("utf-8", "replace"))
-
-
 class _LinePublisher(LineReceiver):
     """
     Publishes each line of standard input, in order, one at a time; fires
@@ -79,6 +86,7 @@ class _LinePublisher(LineReceiver):
         self._ended = False
         self._paused = False
         self.published = 0
+        self.failed = 0
         self.done: Deferred[None] = Deferred()
 
     def lineReceived(self, line: bytes) -> None:
@@ -120,14 +128,82 @@ class _LinePublisher(LineReceiver):
 
     def _failed(self, failure) -> None:
         self._busy = False
+        self.failed += 1
         if not self.done.called:
             self.done.errback(failure)
 
 
-def _write_line(payload: bytes) -> None:
-    out = sys.stdout.buffer
-    out.write(payload + b"\n")
-    out.flush()
+def formatter(output_format: str, topic: str, now=time.time):
+    """
+    What C{--subscribe} prints for a payload: C{raw}, the payload as it
+    is; C{line}, C{topic: payload}; C{json}, one object with the topic, the
+    time it was received (ISO 8601, UTC), the payload as text and
+    C{"encoding": "utf-8"}, or in base64 and C{"encoding": "base64"} when
+    it is not UTF-8. Each is followed by a newline.
+    """
+    if output_format == "raw":
+        return lambda payload: payload + b"\n"
+    if output_format == "line":
+        prefix = topic.encode("utf-8") + b": "
+        return lambda payload: prefix + payload + b"\n"
+
+    def as_json(payload: bytes) -> bytes:
+        try:
+            text, encoding = payload.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            text, encoding = base64.b64encode(payload).decode("ascii"), "base64"
+        received = datetime.fromtimestamp(now(), UTC).isoformat(timespec="microseconds")
+        record = {"topic": topic, "time": received, "payload": text, "encoding": encoding}
+        return json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n"
+
+    return as_json
+
+
+def _printer(output_format: str, topic: str):
+    render = formatter(output_format, topic)
+
+    def write(payload: bytes) -> None:
+        out = sys.stdout.buffer
+        out.write(render(payload))
+        out.flush()
+
+    return write
+
+
+class _Report:
+    """
+    How a publish of standard input is going, on stderr: a progress line
+    rewritten in place while stderr is a terminal, and a summary at the end.
+    """
+
+    def __init__(self, publisher: _LinePublisher, topic: str, reactor, terminal: bool) -> None:
+        self._publisher = publisher
+        self._topic = topic
+        self._started = time.monotonic()
+        self._progress = None
+        if terminal:
+            self._progress = LoopingCall(self._show_progress)
+            self._progress.clock = reactor
+            self._progress.start(_PROGRESS_INTERVAL, now=False)
+
+    def _show_progress(self) -> None:
+        published, took = self._publisher.published, time.monotonic() - self._started
+        os.write(2, f"\rmemmq: published {published} ({published / took:.0f}/s)\x1b[K".encode())
+
+    def finish(self) -> None:
+        """
+        Stop the progress line and say the summary: how many were
+        published, in how long, how many failed.
+        """
+        if self._progress is not None:
+            if self._progress.running:
+                self._progress.stop()
+            os.write(2, b"\r\x1b[K")
+        published, failed = self._publisher.published, self._publisher.failed
+        took = time.monotonic() - self._started
+        rate = f", {published / took:.0f}/s" if published and took > 0 else ""
+        noun = "message" if published == 1 else "messages"
+        say(f"published {published} {noun} to {self._topic!r} in {took:.2f} s{rate}; {failed} failed")
 
 
 def run(options, reactor) -> int:
@@ -140,7 +216,7 @@ def run(options, reactor) -> int:
     stopping = [False]
 
     def fail(failure) -> None:
-        _say(reason_of(failure))
+        say(reason_of(failure))
         status[0] = 1
         stop()
 
@@ -155,7 +231,7 @@ def run(options, reactor) -> int:
     def start() -> None:
         waits = []
         if options["subscribe"]:
-            d = client.subscribe(topic, _write_line, since=options["since"])
+            d = client.subscribe(topic, _printer(options["output_format"], topic), since=options["since"])
             d.addCallbacks(subscribed, fail)
             waits.append(d)
         if options["publish"]:
@@ -164,8 +240,10 @@ def run(options, reactor) -> int:
             def read_input(_=None) -> None:
                 if stopping[0]:
                     return
+                report = _Report(publisher, topic, reactor, os.isatty(2))
                 stdio.StandardIO(publisher, stdout=os.open(os.devnull, os.O_WRONLY), reactor=reactor)
                 publisher.done.addCallbacks(published_all, fail)
+                publisher.done.addBoth(lambda _: report.finish())
 
             def published_all(_) -> None:
                 if not options["subscribe"]:

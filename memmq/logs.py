@@ -5,8 +5,10 @@ Where the memmq command's log lines go, and in what form.
   timestamp; under journald (C{$JOURNAL_STREAM} names our stderr) without
   the timestamp, which journald adds itself, and with the C{<N>} syslog
   priority prefix journald reads, so warnings are warnings there.
-- C{json}: one JSON object per line (twisted.logger's event format), for
-  log shippers.
+- C{json}: one JSON object per line, for log shippers: C{time} (ISO 8601,
+  UTC), C{level} (C{debug}, C{info}, C{warn}, C{error}, C{critical}),
+  C{namespace}, C{message} (rendered), and C{failure} (the traceback) when
+  the event carries one.
 
 Under twistd, logging belongs to twistd: C{twistd --logger=memmq.logs.json_observer}
 chooses the JSON form there, and C{--logger=memmq.logs.text_observer} the
@@ -15,8 +17,10 @@ journald-aware text (what the systemd unit uses).
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from datetime import UTC, datetime
 
 from twisted.logger import (
     FileLogObserver,
@@ -25,16 +29,27 @@ from twisted.logger import (
     LogLevel,
     LogLevelFilterPredicate,
     formatEvent,
-    jsonFileLogObserver,
     textFileLogObserver,
 )
 
-__all__ = ["FORMATS", "observer", "json_observer", "text_observer"]
+__all__ = ["FORMATS", "observer", "json_line", "json_observer", "text_observer", "say"]
 
 FORMATS = ("text", "json")
 
 # journald's priorities (syslog's): https://www.freedesktop.org/software/systemd/man/sd-daemon.html
 _PRIORITY = {LogLevel.debug: 7, LogLevel.info: 6, LogLevel.warn: 4, LogLevel.error: 3, LogLevel.critical: 2}
+
+
+def say(message: str) -> None:
+    """
+    Write C{memmq: message} as one line on the process's standard error (file
+    descriptor 2, which twistd leaves alone when it sends C{sys.stderr} into
+    its log): what a command tells its user when something stops it.
+    """
+    try:
+        os.write(2, f"memmq: {message}\n".encode("utf-8", "replace"))
+    except OSError:
+        pass
 
 
 class _CurrentStderr:
@@ -73,13 +88,35 @@ def _journald_line(event) -> str | None:
     return "".join(f"<{priority}>[{namespace}] {line}\n" for line in lines)
 
 
+def json_line(event) -> str:
+    """
+    One log event as one line of JSON: time, level, namespace, the
+    rendered message, and the failure's traceback when there is one.
+    """
+    level = event.get("log_level")
+    record = {
+        "time": datetime.fromtimestamp(event.get("log_time", 0), UTC).isoformat(timespec="microseconds"),
+        "level": level.name if level is not None else "info",
+        "namespace": event.get("log_namespace", "-"),
+        "message": formatEvent(event),
+    }
+    failure = event.get("log_failure")
+    if failure is not None:
+        try:
+            record["failure"] = failure.getTraceback()
+        except Exception:
+            record["failure"] = repr(failure)
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
 def json_observer(stream=None) -> ILogObserver:
     """
-    One JSON object per line to C{stream}; without one, to standard output
-    as it is now, which makes this twistd's C{--logger} factory (twistd
-    calls it before it sends standard output and error to the log).
+    One JSON object per line (L{json_line}) to C{stream}; without one, to
+    standard output as it is now, which makes this twistd's C{--logger}
+    factory (twistd calls it before it sends standard output and error to
+    the log).
     """
-    return jsonFileLogObserver(stream if stream is not None else sys.stdout, recordSeparator="")
+    return FileLogObserver(stream if stream is not None else sys.stdout, json_line)
 
 
 def text_observer(stream=None, environ=os.environ) -> ILogObserver:

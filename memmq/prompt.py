@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import os
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -39,6 +38,7 @@ from memmq.client import Client
 from memmq.client.core import Subscription
 from memmq.client.reasons import reason_of
 from memmq.errors import PublishError
+from memmq.logs import say
 
 __all__ = ["Prompt", "run"]
 
@@ -382,7 +382,7 @@ def run(options, reactor) -> int:
         stop_reactor()
 
     def failed(failure: Failure) -> None:
-        os.write(2, f"memmq: {_why(failure)}\n".encode("utf-8", "replace"))
+        say(_why(failure))
         status[0] = 1
         stop_reactor()
 

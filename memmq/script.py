@@ -1,19 +1,115 @@
 """
-The C{memmq} command (and C{python -m memmq}): run the server in the
-foreground, logging to stderr, until SIGINT or SIGTERM; or, with
-C{--client} or C{-i}, the command-line client or the interactive prompt.
+The commands around the service tree of L{memmq.tap}:
+
+- C{memmq} (and C{python -m memmq}): L{main} runs the server in the
+  foreground, logging to stderr, until SIGINT or SIGTERM; or, with
+  C{--client} or C{-i}, the command-line client or the interactive prompt.
+- C{twistd memmq}: L{TwistdOptions}, and the tree's L{ProcessRoot}, which
+  L{memmq.tap} (the plugin's module) builds under.
+
+What belongs to a process rather than to a service tree is here: a bad
+option or a failure to start is one line on stderr and exit status 2 (not
+a usage dump or a traceback), signals are handled from the moment the
+server listens, and a server stopped by SIGTERM or SIGINT exits 0 under
+twistd as under C{memmq} (README: Options, Delivery).
 """
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 
+from twisted.application.service import MultiService
 from twisted.logger import LogLevel, globalLogBeginner
+from twisted.python import usage
 
-from memmq.logs import observer
-from memmq.tap import Options, makeService
+from memmq.errors import MemmqError
+from memmq.internals.twisted_private import clear_exit_signal
+from memmq.logs import observer, say
+from memmq.options import MemmqOptions
 
-__all__ = ["main"]
+__all__ = ["Options", "TwistdOptions", "ProcessRoot", "main"]
+
+
+def _exit(message: str) -> SystemExit:
+    """
+    Say C{message} on stderr; return the exit with status 2 to raise.
+    """
+    say(message)
+    return SystemExit(2)
+
+
+class Options(MemmqOptions):
+    """
+    The command-line face of L{MemmqOptions}: a bad option is one line on
+    stderr and exit status 2, not a usage dump or a traceback.
+    """
+
+    def parseOptions(self, options=None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            # Twisted prefixes a failed coercion; the reason after it is ours.
+            reason = str(e).removeprefix("Parameter type enforcement failed: ")
+            raise _exit(f"{reason} (see memmq --help)") from None
+
+
+class TwistdOptions(Options):
+    """
+    The options of C{twistd memmq}: the client and the prompt are the memmq
+    command's, and logging is twistd's.
+    """
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        if self["client"] or self["interactive"]:
+            raise usage.UsageError("--client and -i are for the memmq command; twistd memmq runs the server")
+        if self["log_format"] != "text":
+            raise usage.UsageError(
+                "--log_format is for the memmq command; under twistd use --logger=memmq.logs.json_observer"
+            )
+
+
+class ProcessRoot(MultiService):
+    """
+    The root of a service tree run as a process: a failure to start that a
+    user can cause (the port is in use) ends it with one line and status 2;
+    SIGTERM and SIGINT stop it cleanly from the moment it listens; and it
+    exits 0 once stopped by them.
+
+    @ivar broker: the broker every front-end serves.
+    """
+
+    def __init__(self, broker, reactor) -> None:
+        super().__init__()
+        self.broker = broker
+        self._reactor = reactor
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except MemmqError as e:
+            raise _exit(str(e)) from None
+
+    def startService(self) -> None:
+        super().startService()
+        # Between here (listening, READY=1 sent) and reactor.run(), which
+        # installs Twisted's own handlers, SIGTERM would kill the process
+        # outright; ask for the same clean stop instead.
+        if not self._reactor.running and threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, self._stop_once_running)
+
+    def _stop_once_running(self, signum, frame) -> None:
+        self._reactor.callFromThread(self._reactor.stop)
+
+    def stopService(self):
+        # twistd ends a process stopped by SIGTERM or SIGINT by killing it
+        # again with that signal once the reactor stops; a broker that
+        # shut down cleanly because it was asked to exits 0.
+        clear_exit_signal(self._reactor)
+        return super().stopService()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         from memmq.prompt import run
 
         return run(options, reactor)
-    service = makeService(options, reactor, own_logging=True)
+    from memmq.tap import makeService
+
+    service = makeService(options, reactor, root=ProcessRoot)
     service.privilegedStartService()
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)

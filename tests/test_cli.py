@@ -5,10 +5,16 @@ against a real server.
 
 from __future__ import annotations
 
+import json
+import os
+import select
+import sys
+
+from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from tests.support import RunningServer, bounded, dead_port, spawn_memmq, until
+from tests.support import REPO, Child, RunningServer, bounded, child_env, dead_port, spawn_memmq, until
 
 
 class PublishTests(TestCase):
@@ -53,6 +59,62 @@ class PublishTests(TestCase):
         self.assertEqual(messages, [b"line %d" % i for i in range(3000)])
 
     @inlineCallbacks
+    def test_summary(self) -> None:
+        """
+        When its input is published, the command says on stderr how many
+        messages it published, in how long, and how many failed; with stderr
+        not a terminal, that is all it says there.
+        """
+        server = RunningServer(self)
+        child = spawn_memmq(self, "--client", "--topic=sum", "--publish", f"--servers={server.url}")
+        child.transport.write(b"".join(b"%d\n" % i for i in range(500)))
+        child.transport.closeStdin()
+        self.assertEqual((yield bounded(child.ended)), 0, child.stderr)
+        lines = child.stderr.decode().splitlines()
+        self.assertEqual(len(lines), 1, lines)
+        self.assertRegex(lines[0], r"^memmq: published 500 messages to 'sum' in \d+\.\d\d s, \d+/s; 0 failed$")
+        self.assertNotIn("\r", child.stderr.decode())
+
+    @inlineCallbacks
+    def test_progress_on_a_terminal(self) -> None:
+        """
+        With stderr a terminal, a progress line is rewritten in place while
+        publishing, and cleared before the summary.
+        """
+        server = RunningServer(self)
+        master, slave = os.openpty()
+        self.addCleanup(os.close, master)
+        seen = bytearray()
+
+        def read_terminal() -> bytes:
+            while select.select([master], [], [], 0)[0]:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:
+                    break
+                if not data:
+                    break
+                seen.extend(data)
+            return bytes(seen)
+
+        child = Child()
+        argv = [sys.executable, "-m", "memmq", "--client", "--topic=tty", "--publish", f"--servers={server.url}"]
+        process = reactor.spawnProcess(child, argv[0], argv, env=child_env(), path=REPO,
+                                       childFDs={0: "w", 1: "r", 2: slave})
+        os.close(slave)
+        # Cleanups run last first: kill it if it is still running, then wait.
+        self.addCleanup(lambda: child.status is None and bounded(child.ended).addErrback(lambda f: None))
+        self.addCleanup(lambda: child.status is None and process.signalProcess("KILL"))
+        child.transport.write(b"first\nsecond\n")
+        yield until(lambda: b"\rmemmq: published 2 (" in read_terminal())
+        child.transport.closeStdin()
+        self.assertEqual((yield bounded(child.ended)), 0, bytes(seen))
+        yield until(lambda: b"published 2 messages to 'tty'" in read_terminal())
+        text = bytes(seen).decode()
+        self.assertIn("\r\x1b[K", text)
+        self.assertRegex(text, r"\r\x1b\[Kmemmq: published 2 messages to 'tty' in \d+\.\d\d s, \d+/s; 0 failed")
+
+    @inlineCallbacks
     def test_server_down(self) -> None:
         """
         With no server, the publish fails: one line on stderr naming the
@@ -65,7 +127,9 @@ class PublishTests(TestCase):
         status = yield bounded(child.ended)
         self.assertEqual(status, 1)
         errors = [line for line in child.stderr.decode().splitlines() if line.startswith("memmq: ")]
-        self.assertEqual(errors, [f"memmq: publish to 't' failed on https://{dead}: connection refused"])
+        self.assertEqual(errors[0], f"memmq: publish to 't' failed on https://{dead}: connection refused")
+        self.assertRegex(errors[1], r"^memmq: published 0 messages to 't' in \d+\.\d\d s; 1 failed$")
+        self.assertEqual(len(errors), 2, errors)
         self.assertNotIn(b"Traceback", child.stderr)
 
     @inlineCallbacks
@@ -104,6 +168,43 @@ class SubscribeTests(TestCase):
         child.transport.signalProcess("TERM")
         self.assertEqual((yield bounded(child.ended)), 0, child.stderr)
         yield until(lambda: server.broker.topic("out") is None)
+
+    @inlineCallbacks
+    def _formatted(self, output_format: str, payloads: list[bytes]) -> bytes:
+        server = RunningServer(self)
+        child = spawn_memmq(self, "--client", "--topic=fmt", "--subscribe", f"--output_format={output_format}",
+                       f"--servers={server.url}")
+        yield until(lambda: server.broker.topic("fmt") is not None)
+        for payload in payloads:
+            yield server.client.publish(server.url, "fmt", payload)
+        yield until(lambda: child.stdout.count(b"\n") >= len(payloads))
+        child.transport.signalProcess("TERM")
+        self.assertEqual((yield bounded(child.ended)), 0, child.stderr)
+        return child.stdout
+
+    @inlineCallbacks
+    def test_json_format(self) -> None:
+        """
+        --output_format=json: one JSON object per line with the topic, the
+        time received, the payload as text (a multi-line one stays one line),
+        and base64 with "encoding": "base64" for a payload not in UTF-8.
+        """
+        out = yield self._formatted("json", [b"two\nlines", "ü".encode(), b"\xff\x00", b""])
+        records = [json.loads(line) for line in out.decode().splitlines()]
+        self.assertEqual(
+            [(r["topic"], r["payload"], r["encoding"]) for r in records],
+            [("fmt", "two\nlines", "utf-8"), ("fmt", "ü", "utf-8"), ("fmt", "/wA=", "base64"), ("fmt", "", "utf-8")],
+        )
+        for record in records:
+            self.assertRegex(record["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00$")
+
+    @inlineCallbacks
+    def test_line_format(self) -> None:
+        """
+        --output_format=line: each payload after its topic and ": ".
+        """
+        out = yield self._formatted("line", [b"one", b""])
+        self.assertEqual(out, b"fmt: one\nfmt: \n")
 
     @inlineCallbacks
     def test_publish_and_subscribe(self) -> None:

@@ -58,18 +58,21 @@ class LogFormatTests(SynchronousTestCase):
 
     def test_json(self) -> None:
         """
-        --log_format=json: every line is one JSON object; the listening
-        event keeps its fields.
+        --log_format=json: every line is one JSON object with the time (ISO
+        8601, UTC), the level as a string, the namespace and the rendered
+        message.
         """
         lines = _run_briefly(self, "--log_format=json").splitlines()
         events = [json.loads(line) for line in lines]
-        listening = [e for e in events if e.get("log_format", "").startswith("memmq listening on")]
+        for event in events:
+            self.assertEqual(sorted(event), ["level", "message", "namespace", "time"], event)
+        listening = [e for e in events if e["message"].startswith("memmq listening on https://127.0.0.1:")]
         self.assertEqual(len(listening), 1, events)
-        stopping = [e for e in events if e.get("log_format", "").startswith("memmq stopping")]
+        self.assertIn("(certificate generated)", listening[0]["message"])
+        stopping = [e for e in events if e["message"].startswith("memmq stopping")]
         self.assertEqual(len(stopping), 1, events)
-        self.assertEqual(listening[0]["origin"], "generated")
-        self.assertTrue(listening[0]["address"].startswith("127.0.0.1:"))
-        self.assertEqual(listening[0]["log_level"]["name"], "info")
+        self.assertEqual((listening[0]["level"], listening[0]["namespace"]), ("info", "memmq.server.service"))
+        self.assertRegex(listening[0]["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00$")
 
     def test_journald(self) -> None:
         """
@@ -93,12 +96,41 @@ class LogFormatTests(SynchronousTestCase):
             listening="memmq.server.service",
         )
         events = [json.loads(line) for line in output.splitlines()]
-        self.assertEqual(len([e for e in events if e.get("log_format", "").startswith("memmq listening")]), 1, events)
+        self.assertEqual(len([e for e in events if e["message"].startswith("memmq listening")]), 1, events)
         refused = subprocess.run(
             [*twistd, "memmq", "--log_format=json"], capture_output=True, env=child_env(), cwd=REPO, timeout=60
         )
         self.assertEqual(refused.returncode, 2)
         self.assertIn(b"memmq: --log_format is for the memmq command", refused.stderr)
+
+
+class JSONLineTests(SynchronousTestCase):
+    def test_failure(self) -> None:
+        """
+        An event with a failure gets its traceback as C{failure}; the
+        message is rendered from the format and the event's fields.
+        """
+        from twisted.logger import LogLevel
+        from twisted.python.failure import Failure
+
+        from memmq.logs import json_line
+
+        try:
+            raise ZeroDivisionError("nothing")
+        except ZeroDivisionError:
+            failure = Failure()
+        line = json_line({
+            "log_format": "broke {what}", "what": "here", "log_level": LogLevel.error,
+            "log_namespace": "memmq.test", "log_time": 0.0, "log_failure": failure,
+        })
+        self.assertTrue(line.endswith("\n"))
+        self.assertEqual(line.count("\n"), 1)
+        record = json.loads(line)
+        self.assertEqual(
+            (record["message"], record["level"], record["namespace"], record["time"]),
+            ("broke here", "error", "memmq.test", "1970-01-01T00:00:00.000000+00:00"),
+        )
+        self.assertIn("ZeroDivisionError", record["failure"])
 
 
 class RateLimitedTests(SynchronousTestCase):

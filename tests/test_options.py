@@ -6,16 +6,18 @@ options and their defaults, and what the memmq command does with a bad one.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 import memmq
-from memmq.options import MemmqOptions, parse_size
+from memmq.options import GROUPS, MemmqOptions, format_size, parse_size
+from memmq.script import Options
 from memmq.server.listen import AddressError, parse_address
-from memmq.tap import Options
 from memmq.tls import self_signed_certificate
-from tests.support import run_memmq
+from tests.support import REPO, run_memmq
 
 OPTIONS = (
     "--address",
@@ -45,24 +47,29 @@ def _write_certificate(directory: str) -> tuple[str, str]:
 
 class ParseSizeTests(SynchronousTestCase):
     """
-    Sizes are a number of bytes with an optional binary unit.
+    Sizes are a number of bytes with an optional unit: K, M, G and KiB,
+    MiB, GiB count in 1024s, KB, MB and GB in 1000s.
     """
 
     def test_sizes(self) -> None:
         """
-        Plain numbers are bytes; K, M and G (with or without B/iB, any case)
-        count in 1024s.
+        Plain numbers are bytes; K, M, G with or without iB count in 1024s,
+        KB, MB, GB in 1000s; any case, spaces allowed around the unit.
         """
         cases = {
-            "0": 0,
+            "1": 1,
             "1048576": 1048576,
             "512KiB": 512 * 1024,
             "8MiB": 8 * 1024 * 1024,
+            "8 MiB": 8 * 1024 * 1024,
             "1G": 1024**3,
             "2k": 2048,
-            "3kb": 3 * 1024,
+            "3kb": 3000,
+            "1kB": 1000,
             "10B": 10,
-            " 4 MB ": 4 * 1024 * 1024,
+            " 4 MB ": 4_000_000,
+            "1MB": 1_000_000,
+            "2GB": 2_000_000_000,
             "1gib": 1024**3,
         }
         for text, size in cases.items():
@@ -73,10 +80,30 @@ class ParseSizeTests(SynchronousTestCase):
         """
         Anything else raises L{ValueError} naming the text.
         """
-        for text in ("", "abc", "KiB", "-1", "1.5M", "1T", "12 MiBs", "1 K B", "0x10"):
+        for text in ("", "abc", "KiB", "-1", "0", "0MiB", "-2KiB", "1.5M", "1T", "12 MiBs", "1 K B", "0x10"):
             with self.subTest(text=text):
                 error = self.assertRaises(ValueError, parse_size, text)
                 self.assertIn(repr(text), str(error))
+
+
+    def test_reasons(self) -> None:
+        """
+        Zero and negative sizes and unknown units each say what is wrong.
+        """
+        self.assertIn("must be more than 0", str(self.assertRaises(ValueError, parse_size, "0")))
+        self.assertIn("must be more than 0", str(self.assertRaises(ValueError, parse_size, "-5")))
+        self.assertIn("unknown unit 'xb'", str(self.assertRaises(ValueError, parse_size, "1xb")))
+
+    def test_format(self) -> None:
+        """
+        L{format_size} writes a size in the largest binary unit that divides
+        it, as the help shows defaults.
+        """
+        cases = {8388608: "8 MiB", 1048576: "1 MiB", 512 * 1024: "512 KiB", 1024**3: "1 GiB", 1000: "1000 B"}
+        for size, text in cases.items():
+            with self.subTest(size=size):
+                self.assertEqual(format_size(size), text)
+                self.assertEqual(parse_size(text), size)
 
 
 class ParseAddressTests(SynchronousTestCase):
@@ -298,6 +325,36 @@ class CommandLineTests(SynchronousTestCase):
         self.assertIn("--bogus", lines[0])
         self.assertEqual(result.stdout, b"")
 
+    def test_nonsense_sizes_process(self) -> None:
+        """
+        Every size option refuses 0, a negative size and an unknown unit:
+        one line on stderr saying which option and why, exit status 2.
+        """
+        for name in ("max_message_size", "max_buffered_bytes"):
+            for value, reason in (("0", "a size must be more than 0"), ("-1KiB", "a size must be more than 0"),
+                                  ("1xb", "unknown unit 'xb'")):
+                with self.subTest(option=name, value=value):
+                    result = run_memmq(f"--{name}={value}")
+                    self.assertEqual(result.returncode, 2, result.stderr)
+                    self.assertEqual(
+                        result.stderr.decode().splitlines(),
+                        [f"memmq: --{name}: {value!r}: {reason}"
+                         + (" (use B, KiB, MiB, GiB, KB, MB or GB)" if "unit" in reason else "")
+                         + " (see memmq --help)"],
+                    )
+
+    def test_sizes_with_units(self) -> None:
+        """
+        Every size option takes units: 1MB is 1,000,000 bytes, 1kb 1000, 1MiB
+        1,048,576.
+        """
+        options = MemmqOptions()
+        options.parseOptions(["--max_message_size=1MB", "--max_buffered_bytes=1kb"])
+        self.assertEqual((options["max_message_size"], options["max_buffered_bytes"]), (1_000_000, 1000))
+        options = MemmqOptions()
+        options.parseOptions(["--max_message_size=1MiB", "--max_buffered_bytes=2 m"])
+        self.assertEqual((options["max_message_size"], options["max_buffered_bytes"]), (1048576, 2 * 1048576))
+
     def test_version(self) -> None:
         """
         C{memmq --version} prints "memmq VERSION" and exits 0.
@@ -382,11 +439,139 @@ class ClientOptionsTests(SynchronousTestCase):
             (("--proxy", "--servers=a:1", "--resolver=dns", "--resolve_interval=0"), "must be more than 0"),
             (("--client", "--topic=t", "--publish", "--select=some"), "unknown --select 'some': use all or shard"),
             (("--client", "--topic=t", "--publish", "--resolver=mdns"), "unknown --resolver 'mdns': use ip or dns"),
-            (("--client", "--topic=", "--publish"), "--topic: no topic"),
+            (("--client", "--topic=", "--publish"), "--topic is empty: name a topic, as --topic=NAME"),
             (("--client", "--topic=t", "--publish", "--servers=ftp://x"), "is not host:port or an http(s) URL"),
             (("--client", "--topic=t", "--publish", "--retries=-1"), "cannot be negative"),
             (("--client", "--topic=t", "--publish", "--ca_file=/nonexistent.pem"), "/nonexistent.pem"),
+            (("--client", "--topic=t", "--publish", "--output_format=json"),
+             "--output_format goes with --client --subscribe"),
+            (("--client", "--topic=t", "--subscribe", "--output_format=xml"),
+             "unknown --output_format 'xml': use raw, json or line"),
+            (("--upstream_transport=grpc",), "--upstream_transport goes with --proxy"),
         ]
         for args, reason in cases:
             with self.subTest(args=args):
                 self.assertIn(reason, self._refused(*args))
+
+
+class LightImportTests(SynchronousTestCase):
+    """
+    Parsing options loads nothing heavy: the defaults live in a leaf module.
+    """
+
+    def test_import_loads_no_front_end(self) -> None:
+        """
+        C{import memmq.options}, in a fresh interpreter, loads no twisted.web,
+        autobahn, grpc or prometheus_client module.
+        """
+        heavy = ("twisted.web", "autobahn", "grpc", "prometheus_client")
+        result = subprocess.run(
+            [sys.executable, "-c", "import sys, memmq.options; print('\\n'.join(sorted(sys.modules)))"],
+            check=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+            capture_output=True, timeout=30,
+        )
+        loaded = result.stdout.decode().split()
+        self.assertIn("memmq.options", loaded)
+        self.assertEqual([m for m in loaded if m.split(".")[0] in heavy or m.startswith(heavy)], [])
+
+    def test_port_written_once(self) -> None:
+        """
+        The default port, 8081, is a value in memmq.defaults alone: no other
+        module's code holds it (docstrings and messages may show it).
+        """
+        import ast
+
+        holders = []
+        for directory, _, files in os.walk(os.path.join(REPO, "memmq")):
+            for name in files:
+                if name.endswith(".py"):
+                    path = os.path.join(directory, name)
+                    with open(path, encoding="utf-8") as f:
+                        tree = ast.parse(f.read())
+                    if any(isinstance(node, ast.Constant) and node.value == 8081 for node in ast.walk(tree)):
+                        holders.append(os.path.relpath(path, REPO))
+        self.assertEqual(holders, [os.path.join("memmq", "defaults.py")])
+
+
+class HelpTests(SynchronousTestCase):
+    """
+    C{--help} lists the options group by group, sizes as a person writes
+    them, and says what each size unit means.
+    """
+
+    def test_grouped(self) -> None:
+        """
+        Every option is in exactly one group, and the help shows each group's
+        title followed by its own options.
+        """
+        names = [name for group in GROUPS for name in group.names()]
+        self.assertEqual(sorted(names), sorted(set(MemmqOptions().synonyms.values())))
+        text = MemmqOptions().getUsage(width=100)
+        titles = [text.index(f"\n{group.title}" + (f" ({group.note})" if group.note else "") + ":\n")
+                  for group in GROUPS]
+        self.assertEqual(titles, sorted(titles))
+        for group, start, end in zip(GROUPS, titles, titles[1:] + [len(text)], strict=True):
+            for name in group.names():
+                with self.subTest(option=name):
+                    self.assertIn(f"--{name}", text[start:end])
+
+    def test_sizes_readable(self) -> None:
+        """
+        Size defaults show as 1 MiB and 8 MiB, not in bytes, and the units are
+        explained.
+        """
+        text = " ".join(MemmqOptions().getUsage(width=100).split())
+        self.assertIn("[default: 1 MiB]", text)
+        self.assertIn("[default: 8 MiB]", text)
+        self.assertNotIn("8388608", text)
+        self.assertIn("KiB = 1024", text)
+        self.assertIn("MB = 1000^2", text)
+
+
+class DocumentedInStepTests(SynchronousTestCase):
+    """
+    README.rst's Options section and the man page's OPTIONS list the
+    options in the groups --help shows, under the same titles, in the same
+    order.
+    """
+
+    def _sections(self, text: str, heading) -> dict[str, str]:
+        """
+        C{text} cut at each group's heading (found by C{heading(title)}):
+        title -> the text up to the next group's heading.
+        """
+        starts = [text.index(heading(group.title)) for group in GROUPS]
+        self.assertEqual(starts, sorted(starts))
+        ends = starts[1:] + [len(text)]
+        return {group.title: text[start:end] for group, start, end in zip(GROUPS, starts, ends, strict=True)}
+
+    def _read(self, *path: str) -> str:
+        with open(os.path.join(REPO, *path), encoding="utf-8") as f:
+            return f.read()
+
+    def test_readme(self) -> None:
+        """
+        Each option is in README.rst's subsection of Options named after
+        its group.
+        """
+        readme = self._read("README.rst")
+        options = readme[readme.index("Options\n=======\n"):]
+        sections = self._sections(options, lambda title: f"\n{title}\n{'-' * len(title)}\n")
+        for group in GROUPS:
+            for name in group.names():
+                with self.subTest(option=name):
+                    self.assertIn(f"``--{name}", sections[group.title])
+
+    def test_man_page(self) -> None:
+        """
+        Each option is in the man page's .SS subsection of OPTIONS named
+        after its group.
+        """
+        man = self._read("man", "memmq.1")
+        options = man[man.index(".SH OPTIONS\n"):]
+        options = options[:options.index("\n.SH ", 1)]
+        sections = self._sections(options, lambda title: f'.SS "{title}"\n')
+        for group in GROUPS:
+            for name in group.names():
+                with self.subTest(option=name):
+                    self.assertIn(f"\\-\\-{name}", sections[group.title])

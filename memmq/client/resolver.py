@@ -24,11 +24,11 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from memmq.client.reasons import reason_of
+from memmq.defaults import PORT as DEFAULT_PORT
 from memmq.errors import MemmqError
 
 __all__ = ["IResolver", "IP", "DNS", "ResolveError", "DEFAULT_PORT"]
 
-DEFAULT_PORT = 8081
 
 _log = Logger()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from urllib.parse import quote, urlsplit
 
+from memmq.defaults import PORT
 from memmq.errors import MemmqError
 
 __all__ = ["BadServer", "base_url", "endpoint_of", "publish_url", "websocket_url"]
@@ -40,7 +41,7 @@ def endpoint_of(server: str) -> tuple[bool, str, int]:
     (whether TLS is used, host, port) of C{server}; the port defaults to 8081.
     """
     parts = urlsplit(base_url(server))
-    return parts.scheme == "https", parts.hostname or "", parts.port or 8081
+    return parts.scheme == "https", parts.hostname or "", parts.port or PORT
 
 
 def _query(topic: str) -> str:

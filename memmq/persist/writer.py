@@ -38,6 +38,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from memmq.defaults import FLUSH_INTERVAL as DEFAULT_FLUSH_INTERVAL
 from memmq.errors import PersistError
 from memmq.interfaces import IReplaySource
 from memmq.persist.files import Files, Outcome
@@ -49,7 +50,6 @@ __all__ = ["Persister", "BATCH_BYTES", "MAX_PENDING_BYTES", "DEFAULT_FLUSH_INTER
 
 _log = Logger()
 
-DEFAULT_FLUSH_INTERVAL = 1.0
 BATCH_BYTES = 1024 * 1024
 MAX_PENDING_BYTES = 64 * 1024 * 1024
 _TOPIC_CACHE = 4096

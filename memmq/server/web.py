@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 
+from memmq.defaults import MAX_MESSAGE_SIZE as DEFAULT_MAX_MESSAGE_SIZE
 from memmq.errors import BadQuery, InvalidTopic, PersistError
 from memmq.hops import HOPS_HEADER, BadHops, TooManyHops, check_hops
 from memmq.interfaces import IBroker, IReplaySource
@@ -40,7 +41,6 @@ __all__ = ["MemmqSite", "DEFAULT_MAX_MESSAGE_SIZE"]
 
 _access_log = Logger(namespace="memmq.access")
 
-DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 
 # How much of a refused body is read and thrown away before hanging up, so
 # that the client is reading our 413 rather than a reset when we close.
