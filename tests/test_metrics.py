@@ -140,7 +140,7 @@ class _Upstream:
     servers = ["a:1", "b:2"]
     upstream_errors = 4
 
-    def subscribe(self, topic, subscriber):
+    def attach(self, topic, subscriber):
         return object()
 
 
