@@ -7,6 +7,7 @@ plugin names it), and twistd is a command too.
 
     MemmqService (MultiService)
       ├─ Persister: writes every message to its topic's file (--persist only)
+      ├─ AccessService: says at start whether access control is on
       ├─ UpstreamService: a proxy's upstream connections (--proxy only)
       ├─ HTTPService: the HTTP/WebSocket front-end over the broker, on
       │    --address and every --listen endpoint
@@ -22,11 +23,13 @@ from __future__ import annotations
 
 from twisted.application.service import MultiService, Service
 
+from memmq.auth import OFF
 from memmq.broker import Broker
 from memmq.cli import client_from_options
 from memmq.persist import Persister, PersistingBroker
 from memmq.proxy import ProxyBroker
 from memmq.script import ProcessRoot, TwistdOptions
+from memmq.server.access import Access, AccessService
 from memmq.server.drops import drop_reporter
 from memmq.server.rpc import GRPCService
 from memmq.server.service import SHUTDOWN_GRACE, HTTPService
@@ -86,6 +89,8 @@ def makeService(options, reactor=None, root=ProcessRoot) -> MultiService:
         from twisted.internet import reactor
     address = options["listen_address"]
     certificate = options["certificate"] or self_signed_certificate(address.host if address else "")
+    certificate.client_authorities = options.get("client_authorities")
+    access = Access(options.get("authority") or OFF, options.get("origin_list"), clock=reactor)
     broker = Broker(
         max_buffered_messages=options["max_buffered_messages"],
         max_buffered_bytes=options["max_buffered_bytes"],
@@ -101,6 +106,9 @@ def makeService(options, reactor=None, root=ProcessRoot) -> MultiService:
         )
         broker = PersistingBroker(broker, persister)
     root = root(broker, reactor)
+    # What SIGHUP reloads (memmq.script.ProcessRoot).
+    root.access = access
+    AccessService(access).setServiceParent(root)
     if persister is not None:
         # First to start, last to stop; it also writes whatever is
         # published while the front-end closes, so the order is not what
@@ -112,7 +120,7 @@ def makeService(options, reactor=None, root=ProcessRoot) -> MultiService:
         UpstreamService(broker, reactor).setServiceParent(root)
     site = MemmqSite(
         broker, max_message_size=options["max_message_size"], access_log=options["access_log"], clock=reactor,
-        replay=persister,
+        replay=persister, access=access,
     )
     serves_grpc = options["transport"] == "grpc"
     if not serves_grpc or options["listen"]:
@@ -121,7 +129,9 @@ def makeService(options, reactor=None, root=ProcessRoot) -> MultiService:
         HTTPService(site, http_address, certificate, reactor, options["listen"]).setServiceParent(root)
     grpc_address = address if serves_grpc else options["grpc_listen_address"]
     if grpc_address is not None:
-        GRPCService(broker, grpc_address, certificate, reactor, options["max_message_size"]).setServiceParent(root)
+        GRPCService(
+            broker, grpc_address, certificate, reactor, options["max_message_size"], access
+        ).setServiceParent(root)
     # Last to start (after the front-end listens), first to stop.
     NotifyService(reactor).setServiceParent(root)
     return root

@@ -20,22 +20,23 @@ from __future__ import annotations
 import io
 from time import perf_counter
 
-from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 
+from memmq.auth import AuthError, Unauthenticated
 from memmq.defaults import MAX_MESSAGE_SIZE as DEFAULT_MAX_MESSAGE_SIZE
 from memmq.errors import BadQuery, InvalidTopic, PersistError
 from memmq.hops import HOPS_HEADER, BadHops, TooManyHops, check_hops
 from memmq.interfaces import IBroker, IReplaySource
+from memmq.server.access import Access, redact_tokens
 from memmq.server.combine import Combiner
 from memmq.server.connections import Connections
 from memmq.server.metrics import STATS_LIMIT, Metrics
 from memmq.server.query import NO_REPLAY, since_from_query, topic_from_query
 from memmq.server.stream import StreamingSubscriber
-from memmq.server.websocket import PublisherProtocol, SubscriberProtocol, WebSocketFactory
+from memmq.server.websocket import PublisherProtocol, SubscriberProtocol, UpgradeResource, WebSocketFactory
 
 __all__ = ["MemmqSite", "DEFAULT_MAX_MESSAGE_SIZE"]
 
@@ -137,6 +138,8 @@ class MemmqSite(server.Site):
         C{/metrics} and C{/stats} show.
     @param replay: where a subscriber's C{?since=N} is read from (a server
         run with C{--persist}); without it, C{since} is refused.
+    @param access: who may do what (L{memmq.server.access}); by default
+        access control is off.
     @ivar connections: the open WebSocket connections and streaming
         responses, closed by the server when it stops.
     """
@@ -152,33 +155,37 @@ class MemmqSite(server.Site):
         access_log: bool = False,
         clock: IReactorTime | None = None,
         replay: IReplaySource | None = None,
+        access: Access | None = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
+        self.access = access = access or Access(clock=clock)
         self.broker = broker
         self.combiner = Combiner(clock)
         self.max_message_size = max_message_size
         self.connections = Connections()
         self.metrics = Metrics(broker)
+        self.metrics.registry.register(access)
         self.replay = replay
         root = _Root()
         root.putChild(
             b"pub",
-            PublishResource(broker, WebSocketResource(
-                WebSocketFactory(PublisherProtocol, broker, self.connections, max_message_size)
-            ), self.metrics),
+            PublishResource(broker, UpgradeResource(
+                WebSocketFactory(PublisherProtocol, broker, self.connections, max_message_size, access=access)
+            ), self.metrics, access),
         )
         root.putChild(
             b"sub",
-            SubscribeResource(broker, self.connections, WebSocketResource(
+            SubscribeResource(broker, self.connections, UpgradeResource(
                 WebSocketFactory(
-                    SubscriberProtocol, broker, self.connections, max_message_size, self.combiner, replay
+                    SubscriberProtocol, broker, self.connections, max_message_size, self.combiner, replay,
+                    access=access,
                 )
-            ), replay),
+            ), replay, access),
         )
         root.putChild(b"health", HealthResource(self))
-        root.putChild(b"metrics", MetricsResource(self.metrics))
-        root.putChild(b"stats", StatsResource(self.metrics))
+        root.putChild(b"metrics", MetricsResource(self.metrics, access))
+        root.putChild(b"stats", StatsResource(self.metrics, access))
         super().__init__(root)
         self.access_log = access_log
         self.stopping = False
@@ -186,11 +193,12 @@ class MemmqSite(server.Site):
     def log(self, request) -> None:
         """
         One combined-log-format line per request, through twisted.logger,
-        when the access log is on; nothing otherwise.
+        when the access log is on; nothing otherwise.  A C{token=} in the
+        query string is logged as C{token=REDACTED}.
         """
         if self.access_log:
             stamp = http.datetimeToLogString(self.reactor.seconds())
-            _access_log.info("{line}", line=http.combinedLogFormatter(stamp, request))
+            _access_log.info("{line}", line=redact_tokens(http.combinedLogFormatter(stamp, request)))
 
 
 class _Resource(resource.Resource):
@@ -214,6 +222,8 @@ class _Resource(resource.Resource):
             return handler(request)
         except _HTTPError as e:
             return _error(request, e.code, e.reason, e.headers)
+        except AuthError as e:
+            return _refusal(request, e)
         except _REFUSALS as e:
             return _error(request, _status_of(e), str(e))
 
@@ -238,6 +248,21 @@ def _error(request, code: int, reason: str, headers: dict[bytes, bytes] | None =
     for name, value in (headers or {}).items():
         request.setHeader(name, value)
     return reason.encode("utf-8") + b"\n"
+
+
+def _refusal(request, error: AuthError) -> bytes:
+    """
+    Access control's refusal: 401 (with C{WWW-Authenticate: Bearer}) or
+    403, and the one-line reason; a WebSocket handshake gets the reason as
+    the status line's phrase too, the part a WebSocket client shows.
+    """
+    unauthenticated = isinstance(error, Unauthenticated)
+    code = 401 if unauthenticated else 403
+    reason = str(error)
+    body = _error(request, code, reason, {b"www-authenticate": b"Bearer"} if unauthenticated else None)
+    if _is_websocket_upgrade(request):
+        request.setResponseCode(code, reason.encode("latin-1", "replace")[:200])
+    return body
 
 
 def _is_websocket_upgrade(request) -> bool:
@@ -284,11 +309,13 @@ class MetricsResource(_Resource):
 
     allowedMethods = (b"GET",)
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, access: Access) -> None:
         super().__init__()
         self._metrics = metrics
+        self._access = access
 
     def render_GET(self, request):
+        self._access.check_read_stats(request)
         body, content_type = self._metrics.exposition()
         request.setHeader(b"content-type", content_type.encode("ascii"))
         return body
@@ -301,11 +328,13 @@ class StatsResource(_Resource):
 
     allowedMethods = (b"GET",)
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, access: Access) -> None:
         super().__init__()
         self._metrics = metrics
+        self._access = access
 
     def render_GET(self, request):
+        self._access.check_read_stats(request)
         numbers = {}
         for name, default in ((b"offset", 0), (b"limit", STATS_LIMIT)):
             value = request.args.get(name, [b"%d" % default])[0]
@@ -328,14 +357,16 @@ class PublishResource(_Resource):
 
     allowedMethods = (b"POST", b"PUT")
 
-    def __init__(self, broker: IBroker, websocket: WebSocketResource, metrics: Metrics) -> None:
+    def __init__(self, broker: IBroker, websocket: UpgradeResource, metrics: Metrics, access: Access) -> None:
         super().__init__()
         self._broker = broker
         self._websocket = websocket
         self._observe = metrics.publish_seconds.observe
+        self._access = access
 
     def render_POST(self, request):
         topic = topic_from_query(request.args)
+        self._access.check_publish(request, topic)
         hops = check_hops(request.getHeader(HOPS_HEADER))
         started = perf_counter()
         published = self._broker.publish(topic, request.content.read(), hops)
@@ -360,9 +391,12 @@ class PublishResource(_Resource):
                 405, "GET /pub needs a WebSocket upgrade; publish with POST or PUT",
                 {b"allow": b"POST, PUT"},
             )
-        topic_from_query(request.args)
+        topic = topic_from_query(request.args)
         check_hops(request.getHeader(HOPS_HEADER))
-        return self._websocket.render(request)
+        self._access.check_origin(request)
+        # Checked once, for the connection's topic.
+        identity = self._access.check_publish(request, topic)
+        return self._websocket.upgrade(request, identity)
 
     def _answer(self, outcome, request, started: float) -> bytes:
         """
@@ -394,21 +428,32 @@ class SubscribeResource(_Resource):
     allowedMethods = (b"GET",)
 
     def __init__(
-        self, broker: IBroker, connections: Connections, websocket: WebSocketResource,
+        self, broker: IBroker, connections: Connections, websocket: UpgradeResource,
         replay: IReplaySource | None = None,
+        access: Access | None = None,
     ) -> None:
         super().__init__()
         self._broker = broker
         self._connections = connections
         self._websocket = websocket
         self._replay = replay
+        self._access = access or Access()
 
     def render_GET(self, request):
         topic = topic_from_query(request.args)
         since = since_from_query(request.args)
         if since is not None and self._replay is None:
             raise _HTTPError(400, NO_REPLAY)
-        if _is_websocket_upgrade(request):
-            return self._websocket.render(request)
-        StreamingSubscriber(self._broker, self._connections, topic, request, since, self._replay)
+        upgrade = _is_websocket_upgrade(request)
+        if upgrade:
+            self._access.check_origin(request)
+        identity = self._access.check_subscribe(request, topic)
+        if upgrade:
+            return self._websocket.upgrade(request, identity)
+        streaming = StreamingSubscriber(self._broker, self._connections, topic, request, since, self._replay)
+        # A JWT that expires ends the response.
+        expiry = self._access.at_expiry(identity, streaming.close_going_away)
+        if expiry is not None:
+            request.notifyFinish().addBoth(lambda _: expiry.active() and expiry.cancel())
         return server.NOT_DONE_YET
+
