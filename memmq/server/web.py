@@ -441,13 +441,13 @@ class SubscribeResource(_Resource):
 
     def render_GET(self, request):
         topic = topic_from_query(request.args)
-        since = since_from_query(request.args)
-        if since is not None and self._replay is None:
-            raise _HTTPError(400, NO_REPLAY)
         upgrade = _is_websocket_upgrade(request)
         if upgrade:
             self._access.check_origin(request)
         identity = self._access.check_subscribe(request, topic)
+        since = since_from_query(request.args)
+        if since is not None and self._replay is None:
+            raise _HTTPError(400, NO_REPLAY)
         if upgrade:
             return self._websocket.upgrade(request, identity)
         streaming = StreamingSubscriber(self._broker, self._connections, topic, request, since, self._replay)

@@ -129,14 +129,14 @@ class SubscriberProtocol(_ServerProtocol):
     _frames: list[bytes] | None = None
 
     def onConnect(self, request):
-        super().onConnect(request)
+        subprotocol = super().onConnect(request)
         try:
             self.since = since_from_query(request.params)
         except MemmqError as e:
             raise ConnectionDeny(400, str(e)) from None
         if self.since is not None and self.factory.replay is None:
             raise ConnectionDeny(400, NO_REPLAY)
-        return None
+        return subprotocol
 
     def onOpen(self) -> None:
         super().onOpen()
