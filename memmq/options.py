@@ -336,7 +336,8 @@ class MemmqOptions(usage.Options):
         "Usage: memmq [server options]\n"
         "       memmq --proxy --servers=LIST [server options] [options of the servers to talk to]\n"
         "       memmq --client --topic=T (--publish | --subscribe) [client options]\n"
-        "       memmq -i --topic=T [client options]"
+        "       memmq -i --topic=T [client options]\n"
+        "       memmq auth token | hash < FILE | check FILE   (tokens for --auth_file)"
     )
     longdesc = (
         "memmq is an in-memory publish/subscribe message broker, wire-compatible with "

@@ -861,3 +861,75 @@ class _PortServer:
                 return options
 
         self.client = _Client()
+
+
+class OptionTests(SynchronousTestCase):
+    """
+    The options of access control, checked at start: one line and exit 2
+    for what cannot be used.
+    """
+
+    def setUp(self) -> None:
+        self.credentials = Credentials(self)
+
+    def _parse(self, *args: str):
+        from memmq.options import MemmqOptions
+
+        options = MemmqOptions()
+        options.parseOptions(["--address=127.0.0.1:0", *args])
+        return options
+
+    def _refused(self, *args: str) -> str:
+        from twisted.python import usage
+
+        return str(self.assertRaises(usage.UsageError, self._parse, *args))
+
+    def test_off_by_default(self) -> None:
+        """
+        No access-control option: OFF, which says so.
+        """
+        from memmq.auth import OFF
+
+        self.assertIs(self._parse()["authority"], OFF)
+
+    def test_on(self) -> None:
+        c = self.credentials
+        options = self._parse(f"--auth_file={c.auth_file}", f"--jwt_key={c.jwt_key}",
+                              "--allowed_origins=https://a.example, https://b.example:8443")
+        self.assertTrue(options["authority"].enabled)
+        self.assertEqual(options["origin_list"], ["https://a.example", "https://b.example:8443"])
+
+    def test_refused(self) -> None:
+        c = self.credentials
+        c.write_auth_file(mode=0o644)
+        self.assertIn("accessible by group or others (mode 0644); run chmod 600", self._refused(
+            f"--auth_file={c.auth_file}"))
+        self.assertIn("cannot read the JWT key", self._refused("--jwt_key=/nonexistent"))
+        self.assertIn("not an origin", self._refused("--allowed_origins=chat.example.com"))
+        self.assertIn("goes with --auth_file", self._refused(f"--client_ca_file={c.jwt_key}"))
+        self.assertIn("is for a server or proxy", self._refused(
+            "--client", "--topic=t", "--publish", f"--auth_file={c.auth_file}"))
+
+    def test_client_token(self) -> None:
+        """
+        --token_file's first line, else $MEMMQ_TOKEN; a missing file is
+        refused.
+        """
+        path = _write_private(os.path.join(self.credentials.base, "t"), b"Bearer abc\nignored\n")
+        options = self._parse("--client", "--topic=t", "--publish", f"--token_file={path}")
+        self.assertEqual(options["token"], "abc")
+        self.patch(os, "environ", dict(os.environ, MEMMQ_TOKEN="from-env"))
+        self.assertEqual(self._parse("--client", "--topic=t", "--publish")["token"], "from-env")
+        self.assertIn("cannot read", self._refused("--client", "--topic=t", "--publish", "--token_file=/nonexistent"))
+        self.assertIn("goes with --client, -i or --proxy", self._refused(f"--token_file={path}"))
+
+    def test_auth_command(self) -> None:
+        """
+        memmq auth token prints a token and its hash.
+        """
+        from tests.support import run_memmq
+
+        result = run_memmq("auth", "token")
+        self.assertEqual(result.returncode, 0)
+        token, digest = result.stdout.decode().split()
+        self.assertEqual(hash_token(token), digest)
