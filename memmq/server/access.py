@@ -23,7 +23,7 @@ from prometheus_client.core import CounterMetricFamily
 from twisted.application.service import Service
 from twisted.logger import Logger
 
-from memmq.auth import OFF, AuthError, Forbidden, IAuthority, Identity
+from memmq.auth import OFF, AuthError, Forbidden, IAuthority, Identity, Unauthenticated
 from memmq.logs import RateLimited
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "bearer_token",
     "certificate_names",
     "redact_tokens",
+    "refusal",
     "select_subprotocol",
     "subprotocol_token",
 ]
@@ -121,12 +122,40 @@ class _Credentials:
     that the next request on it with the same token costs a comparison.
     """
 
-    __slots__ = ("token", "identity", "generation")
+    __slots__ = ("kind", "token", "identity", "generation", "published")
 
-    def __init__(self, token: bytes | None, identity: Identity | None, generation: int) -> None:
+    def __init__(self, kind: int, token: bytes | None, identity: Identity | None, generation: int) -> None:
+        self.kind = kind
         self.token = token
         self.identity = identity
         self.generation = generation
+        # The topic this connection was last allowed to publish to, when
+        # that cannot change (no JWT expiry): a publisher sending to one
+        # topic is checked once per connection.
+        self.published: str | None = None
+
+
+# Where a request's credentials are: what _presented returns.
+_NONE, _HEADER, _QUERY, _SUBPROTOCOL = range(4)
+
+
+def _presented(request) -> tuple[int, bytes | None]:
+    """
+    Where C{request}'s credentials are, and their bytes as sent: the
+    C{Authorization} header, else C{?token=}, else the WebSocket
+    subprotocols offered; else none (a client certificate, or anonymous).
+    """
+    headers = request.requestHeaders
+    values = headers.getRawHeaders(b"authorization")
+    if values:
+        return _HEADER, values[0]
+    values = request.args.get(b"token")
+    if values:
+        return _QUERY, values[0]
+    values = headers.getRawHeaders(b"sec-websocket-protocol")
+    if values and TOKEN_SUBPROTOCOL.encode() in values[0]:
+        return _SUBPROTOCOL, b",".join(values)
+    return _NONE, None
 
 
 class Access:
@@ -224,30 +253,28 @@ class Access:
     def identify_request(self, request) -> Identity | None:
         """
         Who made the twisted.web C{request}: found once per connection (and
-        again when the connection presents another token, or after a
-        reload).
+        again when the connection presents other credentials, or after a
+        reload); later requests compare what they present with what the
+        first presented, and nothing more.
 
         @raise Unauthenticated: the credentials name no one.
         """
-        token = bearer_token(request.getHeader(b"authorization"))
-        if token is None:
-            values = request.args.get(b"token")
-            if values:
-                token = values[0].decode("utf-8", "surrogateescape") or None
-        if token is None:
-            offered = request.getHeader(b"sec-websocket-protocol")
-            if offered:
-                token = subprotocol_token(p.strip() for p in offered.decode("latin-1").split(","))
-        raw = None if token is None else token.encode("utf-8", "surrogateescape")
+        kind, presented = _presented(request)
         channel = request.channel
         cache = getattr(channel, "memmq_credentials", None)
-        if cache is not None and cache.generation == self._generation:
-            if raw is None and cache.token is None:
+        if cache is not None and cache.generation == self._generation and cache.kind == kind:
+            if presented is None or hmac.compare_digest(presented, cache.token):
                 return cache.identity
-            if raw is not None and cache.token is not None and hmac.compare_digest(raw, cache.token):
-                return cache.identity
+        if kind == _HEADER:
+            token = bearer_token(presented)
+        elif kind == _QUERY:
+            token = presented.decode("utf-8", "surrogateescape") or None
+        elif kind == _SUBPROTOCOL:
+            token = subprotocol_token(p.strip() for p in presented.decode("latin-1").split(","))
+        else:
+            token = None
         identity = self.identify(token, lambda: _peer_certificate(channel))
-        channel.memmq_credentials = _Credentials(raw, identity, self._generation)
+        channel.memmq_credentials = _Credentials(kind, presented, identity, self._generation)
         return identity
 
     # -- the questions a request asks ---------------------------------------------
@@ -269,7 +296,16 @@ class Access:
         """
         if not self.enabled:
             return None
-        return self._check(request, "publish", lambda identity: self.authority.check_publish(identity, topic))
+        try:
+            identity = self.identify_request(request)
+            credentials = request.channel.memmq_credentials
+            if credentials.published != topic:
+                self.authority.check_publish(identity, topic)
+                if identity is None or identity.expires is None:
+                    credentials.published = topic
+        except AuthError as e:
+            raise self.refused(e, "publish", _peer(request)) from None
+        return identity
 
     def check_subscribe(self, request, wanted) -> Identity | None:
         """
@@ -339,6 +375,27 @@ class Access:
         except AuthError as e:
             raise self.refused(e, f"gRPC {action}") from None
         return identity
+
+
+def refusal(request, error: AuthError) -> bytes:
+    """
+    Answer C{request} with access control's refusal C{error}: 401 (with
+    C{WWW-Authenticate: Bearer}) or 403, and the one-line reason as the
+    body; a WebSocket handshake gets the reason as the status line's
+    phrase too, the part a WebSocket client shows.
+    """
+    unauthenticated = isinstance(error, Unauthenticated)
+    code = 401 if unauthenticated else 403
+    reason = str(error)
+    phrase = None
+    upgrade = request.getHeader(b"upgrade")
+    if upgrade is not None and b"websocket" in upgrade.lower():
+        phrase = reason.encode("latin-1", "replace")[:200]
+    request.setResponseCode(code, phrase)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    if unauthenticated:
+        request.setHeader(b"www-authenticate", b"Bearer")
+    return reason.encode("utf-8") + b"\n"
 
 
 def _peer_certificate(channel):

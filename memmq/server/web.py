@@ -25,12 +25,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 
-from memmq.auth import AuthError, Unauthenticated
+from memmq.auth import AuthError
 from memmq.defaults import MAX_MESSAGE_SIZE as DEFAULT_MAX_MESSAGE_SIZE
 from memmq.errors import BadQuery, InvalidTopic, PersistError
 from memmq.hops import HOPS_HEADER, BadHops, TooManyHops, check_hops
 from memmq.interfaces import IBroker, IReplaySource
-from memmq.server.access import Access, redact_tokens
+from memmq.server.access import Access, redact_tokens, refusal
 from memmq.server.combine import Combiner
 from memmq.server.connections import Connections
 from memmq.server.metrics import STATS_LIMIT, Metrics
@@ -223,7 +223,7 @@ class _Resource(resource.Resource):
         except _HTTPError as e:
             return _error(request, e.code, e.reason, e.headers)
         except AuthError as e:
-            return _refusal(request, e)
+            return refusal(request, e)
         except _REFUSALS as e:
             return _error(request, _status_of(e), str(e))
 
@@ -248,21 +248,6 @@ def _error(request, code: int, reason: str, headers: dict[bytes, bytes] | None =
     for name, value in (headers or {}).items():
         request.setHeader(name, value)
     return reason.encode("utf-8") + b"\n"
-
-
-def _refusal(request, error: AuthError) -> bytes:
-    """
-    Access control's refusal: 401 (with C{WWW-Authenticate: Bearer}) or
-    403, and the one-line reason; a WebSocket handshake gets the reason as
-    the status line's phrase too, the part a WebSocket client shows.
-    """
-    unauthenticated = isinstance(error, Unauthenticated)
-    code = 401 if unauthenticated else 403
-    reason = str(error)
-    body = _error(request, code, reason, {b"www-authenticate": b"Bearer"} if unauthenticated else None)
-    if _is_websocket_upgrade(request):
-        request.setResponseCode(code, reason.encode("latin-1", "replace")[:200])
-    return body
 
 
 def _is_websocket_upgrade(request) -> bool:
