@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import sys
 from collections.abc import Callable, Iterable
@@ -34,7 +35,7 @@ PROBE_INTERVAL = 0.5
 
 # Where a memmq server says it listens: HTTP (https://HOST:PORT) and gRPC
 # (HOST:PORT) alike, whatever the rest of the line says.
-_LISTENING = re.compile(rb"listening\b[^\n]*? on (?:https://)?(\S+):(\d+)\b")
+LISTENING = re.compile(rb"listening\b[^\n]*? on (?:https://)?(\S+):(\d+)\b")
 
 
 def reference_binary() -> str:
@@ -130,6 +131,7 @@ class Child(Watched, ProcessProtocol):
         self.status: int | None = None
         self.finished = False
         self._gone: list[Deferred] = []
+        self.session = False
 
     def lines(self) -> list[bytes]:
         return self.stdout.split(b"\n")[:-1]
@@ -191,26 +193,50 @@ class Child(Watched, ProcessProtocol):
 
     def terminate(self) -> Deferred:
         """
-        SIGTERM; fire with the exit status.
+        SIGTERM (to its process group, if it leads one); fire with the exit
+        status.
         """
-        self.transport.signalProcess("TERM")
+        self._signal(signal.SIGTERM)
         return self.wait_ended()
+
+    def _signal(self, number: int) -> None:
+        if self.session:
+            try:
+                os.killpg(self.transport.pid, number)
+                return
+            except ProcessLookupError:
+                pass  # not yet its own group
+        self.transport.signalProcess(number)
 
     def _kill(self) -> Deferred | None:
         if self.finished:
             return None
         d: Deferred = Deferred()
         self._gone.append(d)
-        self.transport.signalProcess("KILL")
+        self._signal(signal.SIGKILL)
         return bounded(d)
 
 
-def start(testcase, name: str, argv: list[str], path: str) -> Child:
+# Runs argv[1:] as the leader of a new session (and process group), so that
+# a shell and what it started are signalled together.
+_SETSID = "import os, sys; os.setsid(); os.execvp(sys.argv[1], sys.argv[1:])"
+
+
+def start(testcase, name: str, argv: list[str], path: str, env: dict[str, str] | None = None,
+          session: bool = False) -> Child:
     """
     Run C{argv} in directory C{path}, killed at cleanup if still running.
+
+    @param env: its environment (default: one that imports what this
+        process does).
+    @param session: run it in a process group of its own, signalled as a
+        whole (for a shell command that starts a server).
     """
     child = Child(name)
-    reactor.spawnProcess(child, argv[0], argv, env=child_env(), path=path)
+    child.session = session
+    if session:
+        argv = [sys.executable, "-c", _SETSID, *argv]
+    reactor.spawnProcess(child, argv[0], argv, env=child_env() if env is None else env, path=path)
     testcase.addCleanup(child._kill)
     return child
 
@@ -271,8 +297,8 @@ def memmq_server(testcase, name: str, args: Iterable[str] = (), path: str = ".")
     """
     argv = [sys.executable, "-m", "memmq", "--address=127.0.0.1:0", *args]
     child = start(testcase, name, argv, path)
-    yield child.until(lambda c: _LISTENING.search(c.output), f"{name} to say where it listens")
-    return "127.0.0.1:" + _LISTENING.search(child.output).group(2).decode(), child
+    yield child.until(lambda c: LISTENING.search(c.output), f"{name} to say where it listens")
+    return "127.0.0.1:" + LISTENING.search(child.output).group(2).decode(), child
 
 
 def go_client(testcase, name: str, server: str, topic: str, mode: str, transport: str, path: str) -> Child:
