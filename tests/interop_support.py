@@ -375,7 +375,9 @@ def deliver(publisher, subscribers: list[Watched], messages: list[bytes], server
 
 @inlineCallbacks
 def _deliver(publisher, subscribers: list[Watched], messages: list[bytes]):
-    deadline = reactor.seconds() + WAIT
+    # The subscribers were just started: a busy machine takes seconds to
+    # start a Python process.
+    deadline = reactor.seconds() + 2 * WAIT
     probe = 0
     while True:
         publisher.send(b"probe %d" % probe)
