@@ -933,3 +933,31 @@ class OptionTests(SynchronousTestCase):
         self.assertEqual(result.returncode, 0)
         token, digest = result.stdout.decode().split()
         self.assertEqual(hash_token(token), digest)
+
+    def test_systemd_drop_in(self) -> None:
+        """
+        contrib/systemd/access-control.conf's memmq arguments are taken,
+        with its credentials' files in place.
+        """
+        import configparser
+        import shlex
+
+        from tests.support import REPO, CertificateFiles
+
+        parser = configparser.ConfigParser(strict=False, interpolation=None)
+        with open(os.path.join(REPO, "contrib", "systemd", "access-control.conf"), encoding="utf-8") as f:
+            parser.read_file(f)
+        argv = shlex.split(parser["Service"]["ExecStart"])
+        args = argv[argv.index("memmq") + 1:]
+        c = self.credentials
+        certificate = CertificateFiles(self)
+        files = {"memmq.crt": certificate.cert_file, "memmq.key": certificate.key_file,
+                 "auth.toml": c.auth_file, "jwt.secret": c.jwt_key}
+        for name, path in files.items():
+            args = [a.replace(f"%d/{name}", path) for a in args]
+        from memmq.options import MemmqOptions
+
+        options = MemmqOptions()
+        options.parseOptions(args)
+        self.assertTrue(options["authority"].enabled)
+        self.assertEqual(options["origin_list"], ["https://chat.example.com"])

@@ -351,7 +351,7 @@ class Access:
 
     # -- gRPC ------------------------------------------------------------------
 
-    def check_call(self, metadata, action: str, topic: str) -> Identity | None:
+    def check_call(self, metadata, action: str, topic: str, peer: str = "") -> Identity | None:
         """
         May the gRPC call with C{metadata} (its invocation metadata)
         C{action} (C{"publish"} or C{"subscribe"}) C{topic}?  On the reactor.
@@ -373,7 +373,7 @@ class Access:
             else:
                 self.authority.check_subscribe(identity, topic)
         except AuthError as e:
-            raise self.refused(e, f"gRPC {action}") from None
+            raise self.refused(e, f"gRPC {action}", peer) from None
         return identity
 
 

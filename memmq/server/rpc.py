@@ -142,9 +142,9 @@ class _Stream:
 
     # -- on the reactor ----------------------------------------------------
 
-    def subscribe(self, topic: str, metadata=()) -> None:
+    def subscribe(self, topic: str, metadata=(), peer: str = "") -> None:
         access = self._service.access
-        identity = access.check_call(metadata, "subscribe", topic)
+        identity = access.check_call(metadata, "subscribe", topic, peer)
         self.subscription = self._service.broker.subscribe(topic, self)
         self._service.streams.add(self)
         self._expiry = access.at_expiry(identity, self._expire)
@@ -237,16 +237,19 @@ class _MQ:
             hops = _hops(context)
             if self._service.stopping:
                 raise MemmqError("server shutting down")
-            await self._thread.in_reactor(self._publish, context.invocation_metadata(), topic, payload, hops)
+            await self._thread.in_reactor(
+                self._publish, (context.invocation_metadata(), context.peer()), topic, payload, hops
+            )
         except Exception as e:  # the one boundary: every error becomes a status
             code, details = status_of(e)
         else:
             return _PUB_RESPONSE
         await context.abort(code, details)
 
-    def _publish(self, metadata, topic: str, payload: bytes, hops: int):
-        # On the reactor: access control, then the broker.
-        self._service.access.check_call(metadata, "publish", topic)
+    def _publish(self, caller, topic: str, payload: bytes, hops: int):
+        # On the reactor: access control (with the call's metadata and
+        # peer), then the broker.
+        self._service.access.check_call(caller[0], "publish", topic, caller[1])
         return self._service.broker.publish(topic, payload, hops)
 
     async def Sub(self, request, context):
@@ -255,7 +258,7 @@ class _MQ:
             topic = check_topic(request.topic)
             if self._service.stopping:
                 raise MemmqError("server shutting down")
-            await self._thread.in_reactor(stream.subscribe, topic, context.invocation_metadata())
+            await self._thread.in_reactor(stream.subscribe, topic, context.invocation_metadata(), context.peer())
         except Exception as e:
             code, details = status_of(e)
         else:
