@@ -104,7 +104,8 @@ class _SubscriberClient(WebSocketClientProtocol):
         opened = self.factory.opened
         if not opened.called:
             if _refused(self):
-                self.factory.ask_why().addCallback(lambda said: opened.called or opened.errback(MemmqError(said or why)))
+                said = self.factory.ask_why()
+                said.addCallback(lambda told: opened.called or opened.errback(MemmqError(told or why)))
             else:
                 opened.errback(MemmqError(why))
         else:
