@@ -27,7 +27,7 @@ from memmq.auth import OFF
 from memmq.broker import Broker
 from memmq.cli import client_from_options
 from memmq.persist import Persister, PersistingBroker
-from memmq.proxy import ProxyBroker
+from memmq.proxy import ProxyBroker, role
 from memmq.script import ProcessRoot, TwistdOptions
 from memmq.server.access import Access, AccessService
 from memmq.server.drops import drop_reporter
@@ -118,19 +118,20 @@ def makeService(options, reactor=None, root=ProcessRoot) -> MultiService:
         # Started first, so stopped last: upstream connections close once
         # the front-end has said goodbye to its own subscribers.
         UpstreamService(broker, reactor).setServiceParent(root)
+    proxy_role = role(options) if options["proxy"] else ""
     site = MemmqSite(
         broker, max_message_size=options["max_message_size"], access_log=options["access_log"], clock=reactor,
-        replay=persister, access=access,
+        replay=persister, upstreams=broker.upstream_health if options["proxy"] else None, access=access,
     )
     serves_grpc = options["transport"] == "grpc"
     if not serves_grpc or options["listen"]:
         # --listen endpoints are HTTP whatever the transport (for /metrics).
         http_address = None if serves_grpc else address
-        HTTPService(site, http_address, certificate, reactor, options["listen"]).setServiceParent(root)
+        HTTPService(site, http_address, certificate, reactor, options["listen"], proxy_role).setServiceParent(root)
     grpc_address = address if serves_grpc else options["grpc_listen_address"]
     if grpc_address is not None:
         GRPCService(
-            broker, grpc_address, certificate, reactor, options["max_message_size"], access
+            broker, grpc_address, certificate, reactor, options["max_message_size"], proxy_role, access
         ).setServiceParent(root)
     # Last to start (after the front-end listens), first to stop.
     NotifyService(reactor).setServiceParent(root)

@@ -231,7 +231,7 @@ class AccessServer:
             testcase, certificate=certificate, broker=self.broker, access=self.access, access_log=access_log
         )
         self.grpc = GRPCService(
-            self.broker, parse_address("127.0.0.1:0"), self.http.certificate, reactor, 1 << 20, self.access
+            self.broker, parse_address("127.0.0.1:0"), self.http.certificate, reactor, 1 << 20, access=self.access
         )
         self.grpc.startService()
         testcase.addCleanup(lambda: self.grpc.running and bounded(self.grpc.stopService()))

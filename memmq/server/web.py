@@ -6,7 +6,8 @@ The HTTP front-end: one twisted.web L{Site} serving asim/mq's API.
     GET /sub?topic=T           (WebSocket upgrade) one binary frame per message
     GET /sub?topic=T           (no upgrade) a chunked stream of the payloads
     GET /sub?topic=T&since=N   either, persisted messages after N first (--persist)
-    GET /health                200 while serving, 503 while shutting down
+    GET /health                200 while serving, 503 while shutting down (a
+                               proxy's says how each upstream is)
     GET /metrics, /stats       Prometheus metrics; JSON figures (memmq.server.metrics)
 
 Errors are plain text, one line, with a status that says what is wrong
@@ -138,6 +139,8 @@ class MemmqSite(server.Site):
         C{/metrics} and C{/stats} show.
     @param replay: where a subscriber's C{?since=N} is read from (a server
         run with C{--persist}); without it, C{since} is refused.
+    @param upstreams: for a proxy, fires with a line per upstream server
+        for C{/health} (L{memmq.proxy.ProxyBroker.upstream_health}).
     @param access: who may do what (L{memmq.server.access}); by default
         access control is off.
     @ivar connections: the open WebSocket connections and streaming
@@ -155,12 +158,14 @@ class MemmqSite(server.Site):
         access_log: bool = False,
         clock: IReactorTime | None = None,
         replay: IReplaySource | None = None,
+        upstreams=None,
         access: Access | None = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
         self.access = access = access or Access(clock=clock)
         self.broker = broker
+        self.upstreams = upstreams
         self.combiner = Combiner(clock)
         self.max_message_size = max_message_size
         self.connections = Connections()
@@ -282,7 +287,20 @@ class HealthResource(_Resource):
             return _error(request, 503, "shutting down")
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
-        return b"ok\n"
+        if self._site.upstreams is None:
+            return b"ok\n"
+        # A proxy serves while its upstreams are down (README: Proxy mode):
+        # still 200, with each upstream's state in the body.
+        gone = []
+        request.notifyFinish().addErrback(gone.append)
+
+        def answer(lines: list[str]) -> None:
+            if not gone:
+                request.write("".join(f"{line}\n" for line in ["ok", *lines]).encode("utf-8"))
+                request.finish()
+
+        self._site.upstreams().addCallback(answer)
+        return server.NOT_DONE_YET
 
     render_HEAD = render_GET
 
