@@ -518,12 +518,25 @@ class _Link:
     async def _reader(self) -> None:
         prefix = len(self.target.prefix.encode("utf-8"))
         deliver = self._owner._received
+        pubsub = self._pubsub
+        if self.cluster:
+            # One connection per shard, read in turn: a short wait on each.
+            def subscribed():
+                return bool(pubsub.node_pubsub_mapping)
+
+            async def get():
+                return await pubsub.get_sharded_message(ignore_subscribe_messages=True, timeout=0.01)
+        else:
+            def subscribed():
+                return pubsub.subscribed
+
+            async def get():
+                return await pubsub.get_message(ignore_subscribe_messages=True, timeout=_PING_INTERVAL)
         while True:
-            pubsub = self._pubsub
-            if not pubsub.subscribed:
+            if not subscribed():
                 await asyncio.sleep(0.05)
                 continue
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=_PING_INTERVAL)
+            message = await get()
             if message is None:
                 continue
             channel = message["channel"]
