@@ -154,3 +154,72 @@ class Nodes:
         Start C{count} nodes at once; fire with the list of them.
         """
         return gatherResults([self.start(*extra) for _ in range(count)], consumeErrors=True)
+
+
+PROBE = b"probe"
+
+
+@inlineCallbacks
+def reaches(client, node, subscribers, topic: str = "news", tries: int = 100):
+    """
+    Publish probes on C{node} until every one of C{subscribers} (Collectors
+    on other nodes) has had one: from then on, C{node} knows they follow
+    C{topic} (README: Redis backplane, a subscription is cluster-wide a
+    moment after it opens). Compare what they receive with L{real}.
+    """
+    for _ in range(tries):
+        yield client.publish(node.url, topic, PROBE)
+        try:
+            yield until(lambda: all(PROBE in sub.messages for sub in subscribers), 0.1)
+        except Exception:
+            continue
+        return
+    raise AssertionError("the probes never reached every subscriber")
+
+
+def real(messages: list[bytes]) -> list[bytes]:
+    """
+    C{messages} without the probes of L{reaches}.
+    """
+    return [m for m in messages if m != PROBE]
+
+
+@inlineCallbacks
+def wait_real(sub, count: int):
+    """
+    Fire with the messages C{sub} received other than probes, once there
+    are C{count}.
+    """
+    yield until(lambda: len(real(sub.messages)) >= count)
+    return real(sub.messages)
+
+
+class RedisListener(ProcessProtocol):
+    """
+    C{redis-cli SUBSCRIBE CHANNELS}: what a plain Redis subscriber hears.
+    """
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.subscribed: Deferred = Deferred()
+        self._channels = 0
+
+    @classmethod
+    def start(cls, testcase, redis: RedisServer, *channels: str) -> RedisListener:
+        listener = cls()
+        listener._channels = len(channels)
+        argv = [REDIS_CLI, "-h", "127.0.0.1", "-p", str(redis.port), "SUBSCRIBE", *channels]
+        from tests.support import spawn
+
+        listener.ended = Deferred()
+        spawn(testcase, listener, argv, env=dict(os.environ))
+        bounded(listener.subscribed)
+        return listener
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        if self.output.count(b"subscribe\n") >= self._channels and not self.subscribed.called:
+            self.subscribed.callback(self)
+
+    def processEnded(self, reason) -> None:
+        self.ended.callback(None)

@@ -11,12 +11,13 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.python import usage
 from twisted.trial.unittest import TestCase
 
+from memmq.backplane.interest import EXPIRY, RemoteInterest, announcement, parse_announcement
 from memmq.backplane.redis import decode, encode, parse_redis_url, redis_glob
 from memmq.errors import MemmqError
 from memmq.options import MemmqOptions
 from memmq.patterns import parse_pattern
-from tests.redis_support import Nodes, RedisServer, need_redis, numsub, until_numsub
-from tests.support import bounded, dead_port, run_memmq, short_directory, spawn_memmq, until
+from tests.redis_support import Nodes, RedisListener, RedisServer, need_redis, numsub, reaches, until_numsub, wait_real
+from tests.support import bounded, dead_port, run_memmq, short_directory, sleep, spawn_memmq, until
 
 CHANNEL = "memmq:news"
 
@@ -101,6 +102,47 @@ class EncodingTests(TestCase):
         self.assertEqual(redis_glob(parse_pattern("a?[b].>"), "p*"), r"p\*a\?\[b\].*")
 
 
+class RemoteInterestTests(TestCase):
+    def test_add_remove(self):
+        """
+        A channel is wanted while some other node has announced it, by
+        name or by glob.
+        """
+        remote = RemoteInterest()
+        self.assertFalse(remote.wants("memmq:a"))
+        remote.apply(b"n1", "add", ["memmq:a"], [], 0)
+        remote.apply(b"n2", "add", ["memmq:a"], [r"memmq:b.*"], 0)
+        self.assertTrue(remote.wants("memmq:a"))
+        self.assertTrue(remote.wants("memmq:b.x"))
+        remote.apply(b"n1", "remove", ["memmq:a"], [], 1)
+        self.assertTrue(remote.wants("memmq:a"))
+        remote.apply(b"n2", "bye", [], [], 1)
+        self.assertFalse(remote.wants("memmq:a"))
+        self.assertFalse(remote.wants("memmq:b.x"))
+
+    def test_state_replaces_and_silence_expires(self):
+        """
+        A node's state replaces what it said before; a node not heard from
+        for EXPIRY seconds is forgotten.
+        """
+        remote = RemoteInterest()
+        remote.apply(b"n1", "hello", ["memmq:a"], [], 0)
+        remote.apply(b"n1", "state", ["memmq:b"], [], 1)
+        self.assertEqual((remote.wants("memmq:a"), remote.wants("memmq:b")), (False, True))
+        remote.apply(b"n2", "state", [], [], EXPIRY + 2)
+        self.assertFalse(remote.wants("memmq:b"))
+        self.assertEqual(remote.nodes, 1)
+
+    def test_announcement_round_trip(self):
+        """
+        Announcements parse back; anything else is not one.
+        """
+        data = announcement(b"abc", "add", ["memmq:a"], ["memmq:*"])
+        self.assertEqual(parse_announcement(data), (b"abc", "add", ["memmq:a"], ["memmq:*"]))
+        for junk in (b"", b"{}", b"[1]", b'{"node":"x","op":"nuke"}', b'{"node":1,"op":"add"}'):
+            self.assertIsNone(parse_announcement(junk))
+
+
 class NodesTests(TestCase):
     """
     Real memmq nodes (python -m memmq) on one real redis-server.
@@ -132,15 +174,17 @@ class NodesTests(TestCase):
         for node in (a, b, b, c):
             subs.append((yield nodes.client.subscribe(node.url, "news")))
         yield until_numsub(self.redis, CHANNEL, 3)
+        yield reaches(nodes.client, a, subs[1:])
         payloads = [b"m%d" % i for i in range(200)]
         codes = yield self.publish_all(nodes.client, a, "news", payloads)
         self.assertEqual(set(codes), {200})
         for sub in subs:
-            self.assertEqual((yield sub.wait_for(len(payloads))), payloads)
+            self.assertEqual((yield wait_real(sub, len(payloads))), payloads)
         # Nothing more comes (A's own echo from Redis is dropped).
+        yield reaches(nodes.client, c, subs[:3])
         yield nodes.client.publish(c.url, "news", b"last")
         for sub in subs:
-            self.assertEqual((yield sub.wait_for(len(payloads) + 1))[len(payloads):], [b"last"])
+            self.assertEqual((yield wait_real(sub, len(payloads) + 1))[len(payloads):], [b"last"])
 
     @inlineCallbacks
     def test_interest_follows_subscribers(self):
@@ -159,8 +203,7 @@ class NodesTests(TestCase):
         first.transport.abortConnection()
         yield first.wait_closed()
         # A still has a subscriber: still 2.
-        yield nodes.client.publish(a.url, "news", b"still")
-        yield other.wait_for(1)
+        yield reaches(nodes.client, a, [other])
         self.assertEqual((yield numsub(self.redis, CHANNEL)), 2)
         for sub in (second, other):
             sub.transport.abortConnection()
@@ -178,12 +221,13 @@ class NodesTests(TestCase):
         a, b = yield nodes.start_all(2)
         sub = yield nodes.client.subscribe(b.url, "news")
         yield until_numsub(self.redis, CHANNEL, 1)
+        yield reaches(nodes.client, a, [sub])
         accepted = []
         for i in range(50):
             code, _ = yield nodes.client.publish(a.url, "news", b"before%d" % i)
             self.assertEqual(code, 200)
             accepted.append(b"before%d" % i)
-        yield sub.wait_for(len(accepted))
+        yield wait_real(sub, len(accepted))
         yield self.redis.stop()
         health = []
 
@@ -208,13 +252,39 @@ class NodesTests(TestCase):
             return response.code == 200
 
         yield _until_true(up)
+        yield reaches(nodes.client, a, [sub])
         for i in range(50):
             code, _ = yield nodes.client.publish(a.url, "news", b"after%d" % i)
             self.assertEqual(code, 200)
             accepted.append(b"after%d" % i)
-        self.assertEqual((yield sub.wait_for(len(accepted))), accepted)
+        self.assertEqual((yield wait_real(sub, len(accepted))), accepted)
         self.assertIn(b"lost", a.output)
         self.assertIn(b"subscribed again", b.output)
+
+    @inlineCallbacks
+    def test_no_traffic_without_remote_interest(self):
+        """
+        A publish to a topic no other node follows goes no further than
+        the node's own subscribers: Redis sees none of it (a plain Redis
+        subscriber on the channel hears nothing), while a topic another
+        node follows is published.
+        """
+        nodes = Nodes(self, self.redis.url)
+        a, b = yield nodes.start_all(2)
+        local = yield nodes.client.subscribe(a.url, "quiet")
+        remote = yield nodes.client.subscribe(b.url, "news")
+        yield reaches(nodes.client, a, [remote])
+        # Past the warm-up after connecting, when a node sends everything.
+        yield sleep(2.5)
+        listener = RedisListener.start(self, self.redis, "memmq:quiet", CHANNEL)
+        yield listener.subscribed
+        for i in range(20):
+            yield nodes.client.publish(a.url, "quiet", b"q%d" % i)
+        yield nodes.client.publish(a.url, "news", b"heard")
+        yield wait_real(remote, 1)
+        yield until(lambda: b"heard" in listener.output)
+        self.assertEqual((yield local.wait_for(20))[-1], b"q19")
+        self.assertNotIn(b"message\nmemmq:quiet", listener.output)
 
     @inlineCallbacks
     def test_node_killed(self):
@@ -230,9 +300,10 @@ class NodesTests(TestCase):
         c.transport.signalProcess("KILL")
         yield bounded(c.ended)
         yield until_numsub(self.redis, CHANNEL, 1)
+        yield reaches(nodes.client, a, [on_b])
         codes = yield self.publish_all(nodes.client, a, "news", [b"1", b"2"])
         self.assertEqual(codes, [200, 200])
-        self.assertEqual((yield on_b.wait_for(2)), [b"1", b"2"])
+        self.assertEqual((yield wait_real(on_b, 2)), [b"1", b"2"])
 
     @inlineCallbacks
     def test_persistence_per_node(self):
@@ -247,9 +318,10 @@ class NodesTests(TestCase):
         b = yield nodes.start("--persist", "--persist_dir", dirs[1], "--persist_sync")
         sub = yield nodes.client.subscribe(b.url, "news")
         yield until_numsub(self.redis, CHANNEL, 1)
+        yield reaches(nodes.client, a, [sub])
         code, _ = yield nodes.client.publish(a.url, "news", b"kept by A")
         self.assertEqual(code, 200)
-        yield sub.wait_for(1)
+        yield wait_real(sub, 1)
         self.assertTrue(os.path.exists(os.path.join(dirs[0], "news.mq")))
         self.assertFalse(os.path.exists(os.path.join(dirs[1], "news.mq")))
 
@@ -328,9 +400,10 @@ class SecuredRedisTests(TestCase):
         sub = yield nodes.client.subscribe(b.url, "news")
         cli = {"tls": ("--tls", "--cacert", files.cert_file), "password": "s3cret"}
         yield until_numsub(redis, CHANNEL, 1, **cli)
+        yield reaches(nodes.client, a, [sub])
         code, _ = yield nodes.client.publish(a.url, "news", b"secret")
         self.assertEqual(code, 200)
-        self.assertEqual((yield sub.wait_for(1)), [b"secret"])
+        self.assertEqual((yield wait_real(sub, 1)), [b"secret"])
         # Without the password: refused at start.
         child = spawn_memmq(self, "--address", "127.0.0.1:0", "--backplane", redis.url,
                             "--backplane_ca_file", files.cert_file)
@@ -362,10 +435,11 @@ class ClusterTests(TestCase):
         sub = yield nodes.client.subscribe(b.url, "news")
         yield until_numsub(redis, CHANNEL, 1, command="SHARDNUMSUB")
         self.assertEqual((yield numsub(redis, CHANNEL)), 0)
+        yield reaches(nodes.client, a, [sub])
         payloads = [b"s%d" % i for i in range(20)]
         codes = yield NodesTests.publish_all(self, nodes.client, a, "news", payloads)
         self.assertEqual(set(codes), {200})
-        self.assertEqual((yield sub.wait_for(len(payloads))), payloads)
+        self.assertEqual((yield wait_real(sub, len(payloads))), payloads)
 
 
 @inlineCallbacks
