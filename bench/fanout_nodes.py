@@ -7,7 +7,8 @@ mqbench's fanout scenario talks to one URL; here that URL is an nginx on
 loopback that sends every WebSocket /sub to the subscriber nodes in turn
 and every /pub to the publisher node, so its subscribers are split over
 those nodes and its publisher is on another. The baseline sends everything
-through the same nginx to one node without a backplane. Each run starts
+through the same nginx to one node without a backplane, and the reference
+is mqbench straight to one node without a backplane. Each run starts
 fresh servers, alternating the two set-ups, and prints the medians of
 deliveries/s, their ratio, and what mqbench saw lost or out of order.
 
@@ -101,7 +102,7 @@ class Setup:
     One set-up's processes: Redis (if any), the memmq nodes, nginx.
     """
 
-    def __init__(self, directory: str, nodes: int, backplane: bool) -> None:
+    def __init__(self, directory: str, nodes: int, backplane: bool, nginx: bool = True) -> None:
         self.directory = directory
         self.processes: list[subprocess.Popen] = []
         deadline = time.monotonic() + 30
@@ -121,6 +122,10 @@ class Setup:
                         f"--cert_file={directory}/cert.pem", f"--key_file={directory}/key.pem", *extra], env)
         for port in ports:
             wait_port(port, True, deadline)
+        self.node_pids = [p.pid for p in self.processes if p.args[0] == sys.executable]
+        if not nginx:
+            self.port = ports[0]
+            return
         # Subscribers on every node but the last; the publisher on the last
         # (one node: all on it).
         sub_ports = ports[:-1] or ports
@@ -133,7 +138,6 @@ class Setup:
             ))
         self.spawn(["nginx", "-p", directory, "-c", os.path.join(directory, "nginx.conf")])
         wait_port(self.port, True, deadline)
-        self.node_pids = [p.pid for p in self.processes if p.args[0] == sys.executable]
 
     def spawn(self, argv: list[str], env: dict | None = None) -> None:
         self.processes.append(subprocess.Popen(
@@ -151,7 +155,7 @@ class Setup:
                 process.wait(5)
 
 
-def run(args, nodes: int, backplane: bool) -> dict:
+def run(args, nodes: int, backplane: bool, nginx: bool) -> dict:
     directory = tempfile.mkdtemp(prefix="memmq-fanout-")
     try:
         from memmq.tls import self_signed_certificate
@@ -161,7 +165,7 @@ def run(args, nodes: int, backplane: bool) -> dict:
             f.write(certificate.chain_pem())
         with open(os.path.join(directory, "key.pem"), "wb") as f:
             f.write(certificate.key_pem())
-        setup = Setup(directory, nodes, backplane)
+        setup = Setup(directory, nodes, backplane, nginx)
         try:
             out = subprocess.run(
                 [args.mqbench, "-q", "-timeout", f"{args.timeout}s", "-url", f"https://127.0.0.1:{setup.port}",
@@ -187,22 +191,25 @@ def main() -> None:
     for tool in ("redis-server", "nginx"):
         if shutil.which(tool) is None:
             raise SystemExit(f"fanout_nodes: {tool} is needed (apt-get install redis-server nginx-light)")
-    variants = (("one node", 1, False), ("3 nodes+redis", 3, True))
-    results: dict[str, list[dict]] = {name: [] for name, _, _ in variants}
+    # The first is the reference: mqbench straight to one node.
+    variants = (
+        ("one node", 1, False, False), ("nginx+one node", 1, False, True), ("nginx+3 nodes+redis", 3, True, True),
+    )
+    results: dict[str, list[dict]] = {name: [] for name, *_ in variants}
     for i in range(args.runs):
-        for name, nodes, backplane in (variants if i % 2 == 0 else variants[::-1]):
-            result = run(args, nodes, backplane)
+        for name, nodes, backplane, nginx in (variants if i % 2 == 0 else variants[::-1]):
+            result = run(args, nodes, backplane, nginx)
             results[name].append(result)
-            print(f"run {i + 1} {name:>14}: deliveries/s {result.get('deliveries_per_s')} lost {result.get('lost')} "
+            print(f"run {i + 1} {name:>20}: deliveries/s {result.get('deliveries_per_s')} lost {result.get('lost')} "
                   f"out_of_order {result.get('out_of_order')} duplicates {result.get('duplicates')}"
                   + (f" error {result['error']}" if "error" in result else ""), file=sys.stderr)
     base = None
-    for name, _, _ in variants:
+    for name, *_ in variants:
         figures = [r["deliveries_per_s"] for r in results[name] if "deliveries_per_s" in r]
         median = statistics.median(figures) if figures else 0.0
         base = base or median
         trouble = {k: sum(r.get(k) or 0 for r in results[name]) for k in ("lost", "out_of_order", "duplicates")}
-        print(f"{name:>14}: {median:>12,.0f} deliveries/s  x{median / base if base else 0:.2f}  "
+        print(f"{name:>20}: {median:>12,.0f} deliveries/s  x{median / base if base else 0:.2f}  "
               f"({len(figures)} runs) lost={trouble['lost']} out_of_order={trouble['out_of_order']} "
               f"duplicates={trouble['duplicates']}")
 

@@ -59,7 +59,7 @@ _HEADER = len(_MAGIC) + _NODE_LENGTH + 1
 
 # After each (re)connection, publishes go to Redis whatever the others'
 # interest, until their announcements have had time to arrive.
-_WARM_UP = 2.0
+_WARM_UP = 1.0
 # At most one warning per this many seconds about the link.
 _WARN_INTERVAL = 10.0
 
