@@ -129,7 +129,10 @@ def makeService(options, reactor=None, root=ProcessRoot) -> MultiService:
         replay=persister,
     )
     if backplane is not None:
+        from memmq.backplane.metrics import BackplaneCollector
+
         site.health_checks.append(backplane.problem)
+        site.metrics.registry.register(BackplaneCollector(backplane))
     serves_grpc = options["transport"] == "grpc"
     if not serves_grpc or options["listen"]:
         # --listen endpoints are HTTP whatever the transport (for /metrics).

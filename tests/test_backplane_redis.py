@@ -260,6 +260,11 @@ class NodesTests(TestCase):
         self.assertEqual((yield wait_real(sub, len(accepted))), accepted)
         self.assertIn(b"lost", a.output)
         self.assertIn(b"subscribed again", b.output)
+        response = yield nodes.client.http.get(a.url + "/metrics")
+        metrics = yield response.content()
+        self.assertIn(b"memmq_backplane_up 1.0", metrics)
+        self.assertIn(b"memmq_backplane_losses_total 1.0", metrics)
+        self.assertIn(b"memmq_backplane_nodes 1.0", metrics)
 
     @inlineCallbacks
     def test_no_traffic_without_remote_interest(self):
