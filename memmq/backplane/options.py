@@ -33,8 +33,6 @@ def check_backplane(options) -> None:
     --backplane goes with a server; its companions go with it. The URL is
     parsed now (options["backplane_target"]) and the password read now.
     """
-    from memmq.backplane.redis import PASSWORD_ENVIRONMENT, parse_redis_url
-
     options["backplane_target"] = None
     url = options["backplane"]
     if url is None:
@@ -46,6 +44,8 @@ def check_backplane(options) -> None:
         return
     if options["client"] or options["interactive"] or options["proxy"]:
         raise usage.UsageError("--backplane is for a server, not for --client, -i or --proxy")
+    from memmq.backplane.redis import PASSWORD_ENVIRONMENT, parse_redis_url
+
     if options["backplane_password_file"]:
         password = _read_password(options["backplane_password_file"])
     else:
