@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 
 from memmq.defaults import MAX_MESSAGE_SIZE as DEFAULT_MAX_MESSAGE_SIZE
-from memmq.errors import BadQuery, InvalidTopic, PersistError
+from memmq.errors import BackplaneUnavailable, BadQuery, InvalidTopic, PersistError
 from memmq.hops import HOPS_HEADER, BadHops, TooManyHops, check_hops
 from memmq.interfaces import IBroker, IReplaySource
 from memmq.server.combine import Combiner
@@ -187,6 +187,9 @@ class MemmqSite(server.Site):
         super().__init__(root)
         self.access_log = access_log
         self.stopping = False
+        # Callables answering None while all is well, else (status, one
+        # line): what /health says (a backplane, README: Redis backplane).
+        self.health_checks: list = []
 
     def log(self, request) -> None:
         """
@@ -226,7 +229,10 @@ class _Resource(resource.Resource):
 # memmq's errors and the status that says each: the one table.  The first
 # four refuse a request before the broker is asked; what else a publish
 # fails with (a proxy's upstream did not take it) is a 502.
-_STATUSES = ((InvalidTopic, 400), (BadHops, 400), (BadQuery, 400), (TooManyHops, 508), (PersistError, 507))
+_STATUSES = (
+    (InvalidTopic, 400), (BadHops, 400), (BadQuery, 400), (TooManyHops, 508), (PersistError, 507),
+    (BackplaneUnavailable, 503),
+)
 _REFUSALS = (InvalidTopic, BadHops, BadQuery, TooManyHops)
 
 
@@ -275,6 +281,8 @@ class HealthResource(_Resource):
     def render_GET(self, request):
         if self._site.stopping:
             return _error(request, 503, "shutting down")
+        for problem in filter(None, (check() for check in self._site.health_checks)):
+            return _error(request, *problem)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
         if self._site.upstreams is None:
