@@ -106,7 +106,8 @@
     for (const p of history) max = Math.max(max, p[1], p[2], p[3]);
     max = niceCeiling(max);
     const now = history.length ? history[history.length - 1][0] : 0;
-    const span = 600;
+    // The last ten minutes at most, one at least: a young chart fills the width.
+    const span = history.length ? Math.min(600, Math.max(60, now - history[0][0])) : 60;
     const x = (t) => right - (now - t) / span * (right - left);
     const y = (v) => bottom - v / max * (bottom - top);
     g.font = "11px system-ui, sans-serif";
@@ -118,8 +119,10 @@
       g.beginPath(); g.moveTo(left, yy); g.lineTo(right, yy); g.stroke();
       g.fillText(number.format(v), 4, yy + 4);
     }
-    for (let m = 0; m <= 10; m += 2) {
-      g.fillText(m ? "-" + m + " min" : "now", x(now - m * 60) - (m ? 18 : 20), height - 4);
+    const tick = [10, 15, 30, 60, 120].find((t) => span / t <= 6) || 120;
+    for (let t = 0; t <= span; t += tick) {
+      const label = t === 0 ? "now" : t % 60 === 0 ? "-" + t / 60 + " min" : "-" + t + " s";
+      g.fillText(label, Math.max(left, x(now - t) - (t ? 18 : 20)), height - 4);
     }
     const colours = ["#2f6fdf", "#1b9e63", "#d9472b"];
     for (let k = 1; k <= 3; k++) {
