@@ -16,7 +16,6 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from memmq.interfaces import ISubscriber
-
 from tests.support import Browser, RunningServer, bounded, curl_publish, until
 
 PLAIN = "plain:tcp:0:interface=127.0.0.1"

@@ -18,7 +18,6 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from memmq.broker import Broker
 from memmq.server.listen import is_plain
 from memmq.server.web import MemmqSite
-
 from tests.support import ServerProcess, exchange, run_memmq
 
 
@@ -62,7 +61,9 @@ class CORSTests(SynchronousTestCase):
         """
         A request without Origin (curl, a server) is answered as before.
         """
-        answer, _ = exchange(MemmqSite(self.broker), b"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        answer, _ = exchange(
+            MemmqSite(self.broker), b"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+        )
         self.assertNotIn(b"Access-Control", answer)
 
     def test_origin_not_allowed(self) -> None:

@@ -13,7 +13,6 @@ from twisted.web.test.requesthelper import DummyRequest
 from memmq.broker import Broker
 from memmq.server.forwarded import NO_PROXIES, TrustedProxiesError, client_address, parse_trusted_proxies
 from memmq.server.web import MemmqSite
-
 from tests.support import exchange
 
 
