@@ -153,12 +153,11 @@ def alternate(runs: int, variants: dict, key: str) -> dict[str, list[dict]]:
         values = [float(r[key]) for r in results[name] if key in r]
         median = statistics.median(values) if values else float("nan")
         base = median if base is None else base
-        trouble = " ".join(
-            f"{bad}={r[bad]}" for r in results[name] for bad in ("lost", "out_of_order", "errors", "error", "duplicates")
-            if r.get(bad)
-        )
+        bad_fields = ("lost", "out_of_order", "errors", "error", "duplicates")
+        trouble = " ".join(f"{bad}={r[bad]}" for r in results[name] for bad in bad_fields if r.get(bad))
         runs_text = " / ".join(f"{v:,.0f}" for v in values)
-        print(f"  {name:>10}: {median:>12,.0f}  x{median / base if base else float('nan'):.2f}  ({runs_text}) {trouble}")
+        ratio = median / base if base else float("nan")
+        print(f"  {name:>10}: {median:>12,.0f}  x{ratio:.2f}  ({runs_text}) {trouble}")
     return results
 
 
