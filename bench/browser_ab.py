@@ -11,8 +11,8 @@ from one run of this script mean anything).
     dashboard  publish requests/s (mqbench pub) with the dashboard open in
                headless chromium (Selenium + chromium-driver) against closed.
 
-    python3 bench/browser_ab.py --mqbench /tmp/mqbench/mqbench sse --runs 3
-    python3 bench/browser_ab.py --mqbench /tmp/mqbench/mqbench dashboard --runs 3
+    python3 bench/browser_ab.py --mqbench /tmp/mqbench/mqbench --runs 3 sse
+    python3 bench/browser_ab.py --mqbench /tmp/mqbench/mqbench --runs 3 dashboard
 
 Loopback only; every run is bounded (--timeout per mqbench run).
 """

@@ -38,7 +38,7 @@ from memmq.server.combine import Combiner
 from memmq.server.connections import Connections
 from memmq.server.cors import Origins
 from memmq.server.dashboard import DashboardFiles
-from memmq.server.forwarded import NO_PROXIES, TrustedProxies, client_address
+from memmq.server.forwarded import NO_PROXIES, ClientAddress, TrustedProxies, client_address
 from memmq.server.metrics import STATS_LIMIT, STATS_SORTS, Metrics
 from memmq.server.query import NO_REPLAY, since_from_query, topic_from_query
 from memmq.server.sse import EventStreamSubscriber, last_event_id, wants_event_stream
@@ -204,6 +204,13 @@ class MemmqSite(server.Site):
         super().__init__(root)
         self.access_log = access_log
         self.stopping = False
+
+    def client_of(self, request) -> ClientAddress:
+        """
+        Where C{request} comes from, believing the trusted proxies'
+        forwarding headers (L{client_address}): for access control.
+        """
+        return client_address(request, self.trusted_proxies)
 
     def log(self, request) -> None:
         """
