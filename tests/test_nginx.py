@@ -81,7 +81,7 @@ class NginxTests(TestCase):
         self.addCleanup(shutil.rmtree, prefix, True)
         site = readme_configuration()
         for old, new in (
-            ("server 127.0.0.1:8080;", f"server 127.0.0.1:{plain};"),
+            ("server 127.0.0.1:8082;", f"server 127.0.0.1:{plain};"),
             ("listen 443 ssl;", f"listen 127.0.0.1:{self.port} ssl;"),
             ("/etc/ssl/certs/memmq.example.com.pem", self.certificates.cert_file),
             ("/etc/ssl/private/memmq.example.com.key", self.certificates.key_file),
