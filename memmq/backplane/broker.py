@@ -83,7 +83,7 @@ class BackplaneBroker:
         self.sent += 1
         return backplane.publish(topic, payload, hops)
 
-    def publish_now(self, topic: str, payload: bytes) -> int:
+    def publish_now(self, topic: str, payload: bytes, stamp: int | None = None) -> int:
         """
         Publish at once, as the in-memory broker's C{publish_now} does, for
         persistence to wrap (each node persists what is published through
@@ -91,7 +91,7 @@ class BackplaneBroker:
         """
         if not self.backplane.healthy:
             raise BackplaneUnavailable("the server's other processes cannot be reached; not published")
-        delivered = self.local.publish_now(topic, payload)
+        delivered = self.local.publish_now(topic, payload, stamp)
         self.sent += 1
         self.backplane.publish(topic, payload).addErrback(lambda f: f.trap(BackplaneUnavailable))
         return delivered
