@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 
 from memmq.defaults import MAX_MESSAGE_SIZE as DEFAULT_MAX_MESSAGE_SIZE
-from memmq.errors import BadQuery, InvalidTopic, PersistError
+from memmq.errors import BackplaneUnavailable, BadQuery, InvalidTopic, PersistError
 from memmq.hops import HOPS_HEADER, BadHops, TooManyHops, check_hops
 from memmq.interfaces import IBroker, IReplaySource
 from memmq.server.combine import Combiner
@@ -221,7 +221,7 @@ class _Resource(resource.Resource):
 # memmq's errors and the status that says each: the one table.  The first
 # four refuse a request before the broker is asked; what else a publish
 # fails with (a proxy's upstream did not take it) is a 502.
-_STATUSES = ((InvalidTopic, 400), (BadHops, 400), (BadQuery, 400), (TooManyHops, 508), (PersistError, 507))
+_STATUSES = ((InvalidTopic, 400), (BadHops, 400), (BadQuery, 400), (TooManyHops, 508), (PersistError, 507), (BackplaneUnavailable, 503))
 _REFUSALS = (InvalidTopic, BadHops, BadQuery, TooManyHops)
 
 
