@@ -221,7 +221,10 @@ class _Resource(resource.Resource):
 # memmq's errors and the status that says each: the one table.  The first
 # four refuse a request before the broker is asked; what else a publish
 # fails with (a proxy's upstream did not take it) is a 502.
-_STATUSES = ((InvalidTopic, 400), (BadHops, 400), (BadQuery, 400), (TooManyHops, 508), (PersistError, 507), (BackplaneUnavailable, 503))
+_STATUSES = (
+    (InvalidTopic, 400), (BadHops, 400), (BadQuery, 400), (TooManyHops, 508), (PersistError, 507),
+    (BackplaneUnavailable, 503),
+)
 _REFUSALS = (InvalidTopic, BadHops, BadQuery, TooManyHops)
 
 
@@ -289,6 +292,9 @@ class MetricsResource(_Resource):
         self._metrics = metrics
 
     def render_GET(self, request):
+        return _when_gathered(self._metrics, request, self._render)
+
+    def _render(self, request) -> bytes:
         body, content_type = self._metrics.exposition()
         request.setHeader(b"content-type", content_type.encode("ascii"))
         return body
@@ -313,7 +319,25 @@ class StatsResource(_Resource):
                 raise _HTTPError(400, f"{name.decode()} must be a whole number")
             numbers[name.decode()] = int(value)
         request.setHeader(b"content-type", b"application/json")
-        return self._metrics.stats(**numbers)
+        return _when_gathered(self._metrics, request, lambda request: self._metrics.stats(**numbers))
+
+
+def _when_gathered(metrics: Metrics, request, render):
+    """
+    C{render(request)} once the figures are gathered: at once, or (a worker
+    of a server run with C{--workers}, asking the others) later.
+    """
+    gathered = metrics.gathered()
+    if gathered.called:
+        return render(request)
+
+    def write(_):
+        if not request._disconnected:
+            request.write(render(request))
+            request.finish()
+
+    gathered.addCallback(write)
+    return server.NOT_DONE_YET
 
 
 class PublishResource(_Resource):

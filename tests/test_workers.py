@@ -1,0 +1,254 @@
+"""
+End-to-end tests of C{--workers} (README: Workers): a real parent process
+and its real workers on loopback; the tests publish and subscribe as any
+client would, and find which worker a connection landed on from C{/stats}
+(its per-worker figures).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+
+import treq
+from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.trial.unittest import TestCase
+
+from tests.support import WAIT, CertificateFiles, ServerProcess, TLSClient, bounded, sleep, until
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+class _Server:
+    """
+    A server run with C{--workers}, and a client that trusts it.
+    """
+
+    def __init__(self, testcase, workers: int = 2, *extra: str) -> None:
+        self.files = CertificateFiles(testcase)
+        self.process = ServerProcess.spawn(testcase, [
+            "-m", "memmq", "--address=127.0.0.1:0", f"--workers={workers}",
+            f"--cert_file={self.files.cert_file}", f"--key_file={self.files.key_file}", *extra,
+        ])
+        self.client = TLSClient(testcase, self.files.certificate)
+        self.count = workers
+
+    @inlineCallbacks
+    def start(self):
+        port = yield self.process.wait_listening()
+        self.url = f"https://127.0.0.1:{port}"
+
+    @inlineCallbacks
+    def stats(self):
+        response = yield bounded(self.client.http.get(self.url + "/stats"))
+        body = yield bounded(treq.content(response))
+        return json.loads(body)
+
+    @inlineCallbacks
+    def subscribers_on(self, total: int):
+        """
+        Once the server has C{total} subscribers: each worker's count.
+        """
+        for _ in range(int(WAIT / 0.05)):
+            stats = yield self.stats()
+            if stats["subscribers"] == total and len(stats["workers"]) == self.count:
+                return [w["subscribers"] for w in stats["workers"]]
+            yield sleep(0.05)
+        raise AssertionError(f"never {total} subscribers: {stats}")
+
+    @inlineCallbacks
+    def spread(self, topic: str, limit: int = 24):
+        """
+        Open subscribers of C{topic} until every worker has one more than
+        before; fire with them.
+        """
+        stats = yield self.stats()
+        before = stats["subscribers"]
+        base = [w["subscribers"] for w in stats["workers"]]
+        subscribers = []
+        for _ in range(limit):
+            subscribers.append((yield self.client.subscribe(self.url, topic)))
+            counts = yield self.subscribers_on(before + len(subscribers))
+            if all(now > then for now, then in zip(counts, base, strict=True)):
+                return subscribers
+        raise AssertionError(f"{limit} subscribers all landed on some workers only: {counts}")
+
+
+class DeliveryTests(TestCase):
+    """
+    One server seen from outside: a message published on any worker reaches
+    every subscriber on every worker, once, in order.
+    """
+
+    timeout = 120
+
+    @inlineCallbacks
+    def test_across_workers_in_order(self):
+        """
+        Subscribers on both workers get every message of several concurrent
+        publishers once, each publisher's in its order; the messages went
+        between the workers (counted).
+        """
+        server = _Server(self)
+        yield server.start()
+        subscribers = yield server.spread("t")
+        publishers = yield gatherResults([server.client.connect(server.url, "/pub", "t") for _ in range(4)])
+        # Until each subscriber has had a probe of each publisher, the
+        # workers may not all know the others' interest yet.
+        for p, publisher in enumerate(publishers):
+            while not all(any(m.startswith(b"probe %d " % p) for m in s.messages) for s in subscribers):
+                publisher.sendMessage(b"probe %d " % p, isBinary=True)
+                yield sleep(0.02)
+        count = 200
+        for i in range(count):
+            for p, publisher in enumerate(publishers):
+                publisher.sendMessage(b"%d:%d" % (p, i), isBinary=True)
+        for subscriber in subscribers:
+            yield until(lambda s=subscriber: len([m for m in s.messages if not m.startswith(b"probe")]) >= 4 * count)
+        yield sleep(0.2)
+        for subscriber in subscribers:
+            real = [m for m in subscriber.messages if not m.startswith(b"probe")]
+            self.assertEqual(len(real), 4 * count)
+            for p in range(4):
+                self.assertEqual(
+                    [m for m in real if m.startswith(b"%d:" % p)], [b"%d:%d" % (p, i) for i in range(count)]
+                )
+        stats = yield server.stats()
+        self.assertGreater(stats["cross_worker_messages"], 0)
+
+    @inlineCallbacks
+    def test_no_interest_no_traffic(self):
+        """
+        Publishing to topics nobody follows, or followed on one worker only
+        and published there, sends nothing between workers.
+        """
+        server = _Server(self)
+        yield server.start()
+        before = (yield server.stats())["cross_worker_messages"]
+        for i in range(50):
+            code, _ = yield server.client.publish(server.url, f"nobody-{i % 5}", b"x")
+            self.assertEqual(code, 200)
+        stats = yield server.stats()
+        self.assertEqual(stats["cross_worker_messages"], before)
+        self.assertEqual(stats["published"], 50)
+
+    @inlineCallbacks
+    def test_stats_add_up(self):
+        """
+        C{/stats} from any worker shows the whole server: its totals are
+        the sums of the per-worker figures, its topics merged.
+        """
+        server = _Server(self)
+        yield server.start()
+        yield server.spread("s")
+        for _ in range(10):
+            yield server.client.publish(server.url, "s", b"x")
+        stats = yield server.stats()
+        workers = stats["workers"]
+        self.assertEqual(stats["published"], 10)
+        self.assertEqual(sum(w["published"] for w in workers), stats["published"])
+        self.assertEqual(sum(w["subscribers"] for w in workers), stats["subscribers"])
+        self.assertEqual(stats["topic_count"], 1)
+        self.assertEqual(stats["topics"][0]["subscribers"], stats["subscribers"])
+        self.assertEqual(stats["topics"][0]["published"], 10)
+        response = yield bounded(server.client.http.get(server.url + "/metrics"))
+        metrics = (yield bounded(treq.content(response))).decode()
+        self.assertIn("memmq_messages_published_total 10.0", metrics)
+        self.assertIn('memmq_worker_rss_bytes{worker="1"}', metrics)
+
+
+class FaultTests(TestCase):
+    """
+    A worker that dies is restarted and the others serve on; the parent
+    stops its workers gracefully, and takes them with it when it dies.
+    """
+
+    timeout = 120
+
+    @inlineCallbacks
+    def test_worker_killed(self):
+        """
+        kill -9 of a worker: the other worker's subscribers keep getting
+        messages, the parent restarts it (logged), and new subscribers on
+        it are served.
+        """
+        server = _Server(self)
+        yield server.start()
+        subscribers = yield server.spread("k")
+        stats = yield server.stats()
+        victim = stats["workers"][0]
+        os.kill(victim["pid"], signal.SIGKILL)
+        yield until(lambda: b"worker 0 (pid %d) died" % victim["pid"] in server.process.output)
+        yield until(lambda: b"worker 0 (pid" in server.process.output.split(b"died", 1)[1]
+                    and b"serving again" in server.process.output)
+        closed = [s for s in subscribers if s.close_code is not None]
+        alive = [s for s in subscribers if s.close_code is None]
+        self.assertTrue(closed)
+        self.assertTrue(alive)
+        for i in range(5):
+            code, _ = yield server.client.publish(server.url, "k", b"after %d" % i)
+            self.assertEqual(code, 200)
+        for subscriber in alive:
+            yield subscriber.wait_for(5)
+        stats = yield server.stats()
+        self.assertNotEqual(stats["workers"][0]["pid"], victim["pid"])
+        yield server.spread("k2")
+
+    @inlineCallbacks
+    def test_sigterm(self):
+        """
+        SIGTERM to the parent: every worker's WebSocket subscribers are
+        told 1001, and the parent exits 0 within a few seconds.
+        """
+        server = _Server(self)
+        yield server.start()
+        subscribers = yield server.spread("z")
+        pids = [w["pid"] for w in (yield server.stats())["workers"]]
+        status = yield server.process.terminate()
+        self.assertEqual(status, 0)
+        codes = yield gatherResults([s.wait_closed() for s in subscribers])
+        self.assertEqual(set(codes), {1001})
+        self.assertFalse([pid for pid in pids if _alive(pid)])
+
+    @inlineCallbacks
+    def test_no_orphans(self):
+        """
+        A parent killed outright takes its workers with it.
+        """
+        server = _Server(self)
+        yield server.start()
+        pids = [w["pid"] for w in (yield server.stats())["workers"]]
+        server.process.transport.signalProcess("KILL")
+        yield bounded(server.process.ended)
+        yield until(lambda: not [pid for pid in pids if _alive(pid)])
+
+
+class OptionTests(TestCase):
+    """
+    What does not yet work with several workers is refused with one line.
+    """
+
+    def test_refused(self):
+        """
+        --persist, gRPC and --proxy with --workers=2: one line, status 2.
+        """
+        import subprocess
+
+        from tests.support import child_env
+
+        for extra in (["--persist"], ["--transport=grpc"], ["--proxy", "--servers=127.0.0.1:1"]):
+            result = subprocess.run(
+                [sys.executable, "-m", "memmq", "--workers=2", *extra], capture_output=True, env=child_env(),
+                timeout=30, check=False,
+            )
+            self.assertEqual(result.returncode, 2, result.stderr)
+            self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
+            self.assertIn(b"--workers", result.stderr)
