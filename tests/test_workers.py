@@ -252,3 +252,81 @@ class OptionTests(TestCase):
             self.assertEqual(result.returncode, 2, result.stderr)
             self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
             self.assertIn(b"--workers", result.stderr)
+
+
+_ACTIVATE = (
+    "import os, sys; os.environ['LISTEN_PID'] = str(os.getpid()); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
+
+
+class SystemdTests(TestCase):
+    """
+    twistd with workers under systemd socket activation: the parent adopts
+    systemd's socket, the workers serve on it, READY=1 once they all do.
+    """
+
+    timeout = 120
+
+    @inlineCallbacks
+    def test_twistd_socket_activation(self):
+        """
+        C{twistd -n memmq --workers=2 --listen=systemd:...} with a socket
+        passed as systemd does and a notify socket: READY=1 after both
+        workers serve, messages flow over the passed socket, SIGTERM exits
+        0 after STOPPING=1.
+        """
+        import socket as sockets
+
+        from twisted.internet import reactor
+
+        from tests.support import TWISTD, child_env, short_directory
+
+        listening = sockets.socket(sockets.AF_INET, sockets.SOCK_STREAM)
+        self.addCleanup(listening.close)
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(50)
+        notify = sockets.socket(sockets.AF_UNIX, sockets.SOCK_DGRAM)
+        self.addCleanup(notify.close)
+        address = os.path.join(short_directory(self), "notify")
+        notify.bind(address)
+        notify.setblocking(False)
+        received: list[str] = []
+
+        def read():
+            while True:
+                try:
+                    received.append(notify.recv(4096).decode())
+                except BlockingIOError:
+                    return received
+
+        files = CertificateFiles(self)
+        env = dict(child_env(), LISTEN_FDS="1", LISTEN_FDNAMES="memmq", NOTIFY_SOCKET=address)
+        process = ServerProcess()
+        argv = [
+            sys.executable, "-c", _ACTIVATE, *TWISTD, "memmq", "--workers=2",
+            "--listen=systemd:domain=INET:name=memmq",
+            f"--cert_file={files.cert_file}", f"--key_file={files.key_file}",
+        ]
+        reactor.spawnProcess(
+            process, sys.executable, argv, env=env, childFDs={0: "w", 1: "r", 2: "r", 3: listening.fileno()},
+        )
+        self.addCleanup(lambda: process.ended.called or process.transport.signalProcess("KILL"))
+        port = yield process.wait_listening()
+        self.assertEqual(port, listening.getsockname()[1])
+        yield until(lambda: any(m.startswith("READY=1") for m in read()))
+        self.assertIn("2 workers", "".join(received))
+        client = TLSClient(self, files.certificate)
+        url = f"https://127.0.0.1:{port}"
+        subscriber = yield client.subscribe(url, "sd")
+        for _ in range(int(WAIT / 0.05)):
+            code, _body = yield client.publish(url, "sd", b"hi")
+            self.assertEqual(code, 200)
+            if subscriber.messages:
+                break
+            yield sleep(0.05)
+        self.assertEqual(subscriber.messages[0], b"hi")
+        process.transport.signalProcess("TERM")
+        status = yield bounded(process.ended)
+        self.assertEqual(status, 0)
+        self.assertIn("STOPPING=1", read())
