@@ -107,12 +107,14 @@ class DeliveryTests(TestCase):
             while not all(any(m.startswith(b"probe %d " % p) for m in s.messages) for s in subscribers):
                 publisher.sendMessage(b"probe %d " % p, isBinary=True)
                 yield sleep(0.02)
-        count = 200
+        count = 100
         for i in range(count):
             for p, publisher in enumerate(publishers):
                 publisher.sendMessage(b"%d:%d" % (p, i), isBinary=True)
         for subscriber in subscribers:
-            yield until(lambda s=subscriber: len([m for m in s.messages if not m.startswith(b"probe")]) >= 4 * count)
+            yield until(
+                lambda s=subscriber: len([m for m in s.messages if not m.startswith(b"probe")]) >= 4 * count, 90
+            )
         yield sleep(0.2)
         for subscriber in subscribers:
             real = [m for m in subscriber.messages if not m.startswith(b"probe")]

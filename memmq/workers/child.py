@@ -22,9 +22,12 @@ import signal
 import sys
 
 from twisted.application.service import Service
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IReadDescriptor
 from twisted.internet.task import LoopingCall
 from twisted.logger import LogLevel, globalLogBeginner
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
 
 from memmq.backplane.mesh import MeshBackplane
 from memmq.eager import adopt_eager_tls
@@ -82,6 +85,43 @@ class _Status(Service):
             self._beats.stop()
 
 
+@implementer(IReadDescriptor)
+class _Parent:
+    """
+    The worker's standard input, a pipe from the parent: "listen" when the
+    --address socket starts listening; its end when the parent is gone
+    (on Linux the parent's death kills the worker first anyway).
+    """
+
+    def __init__(self, worker: Worker, reactor) -> None:
+        self._worker = worker
+        self._reactor = reactor
+
+    def fileno(self) -> int:
+        return 0
+
+    def logPrefix(self) -> str:
+        return "parent"
+
+    def doRead(self):
+        try:
+            data = os.read(0, 4096)
+        except BlockingIOError:
+            return None
+        except OSError:
+            data = b""
+        if not data:
+            return ConnectionDone()
+        if b"listen" in data:
+            self._worker.listen()
+        return None
+
+    def connectionLost(self, reason) -> None:
+        self._reactor.removeReader(self)
+        if self._reactor.running:
+            self._reactor.stop()
+
+
 class _Mesh(Service):
     """
     Joins the mesh first and leaves it last.
@@ -116,6 +156,17 @@ class Worker:
         self._reactor = reactor
         self.broker: WorkerBroker | None = None
         self.site = None
+        self._waiting: list = []
+        os.set_blocking(0, False)
+        reactor.addReader(_Parent(self, reactor))
+
+    def listen(self) -> None:
+        """
+        The parent's socket listens now: accept on it.
+        """
+        waiting, self._waiting = self._waiting, []
+        for port in waiting:
+            port.startReading()
 
     def wrap(self, local):
         """
@@ -143,6 +194,11 @@ class Worker:
             fd, family = entry["fd"], entry["family"]
             if entry["description"] is None:
                 port = adopt_eager_tls(self._reactor, fd, family, tls, site)
+                if not self.spec["listening"]:
+                    # Not listening yet: a socket in that state reads as
+                    # hung up, which would close the port.
+                    port.stopReading()
+                    self._waiting.append(port)
             else:
                 port = self._reactor.adoptStreamPort(fd, family, TLSMemoryBIOFactory(tls, False, site))
             os.close(fd)

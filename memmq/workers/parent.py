@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -36,7 +37,8 @@ from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from memmq.server.listen import describe_port, listen_endpoint, listen_tls
+from memmq.eager import adopt_eager_tls
+from memmq.server.listen import bind, describe_port, listen_endpoint
 from memmq.systemd import notify
 
 __all__ = ["WorkersService", "HANG_LIMIT", "MAX_BACKOFF"]
@@ -54,6 +56,9 @@ HANG_LIMIT = 10.0
 BEAT = 0.5
 # How long a stopping worker has before it is killed.
 STOP_LIMIT = 3.0
+
+# The --address socket's backlog (Twisted's default).
+BACKLOG = 50
 
 # The first file descriptor the sockets are passed on (after stdin, stdout,
 # stderr and the worker's status pipe).
@@ -141,6 +146,7 @@ class WorkersService(Service):
         self._watchdog: LoopingCall | None = None
         self._hangs: LoopingCall | None = None
         self._exit_signal_handlers: dict = {}
+        self._address: socket.socket | None = None
 
     # Start: sockets, then workers.
 
@@ -156,13 +162,17 @@ class WorkersService(Service):
         factory.noisy = False
         try:
             if address is not None:
-                self._held(listen_tls(self._reactor, address, tls, factory), None)
+                # Bound, listening only once every worker serves.
+                sock = self._address = bind(address)
+                self._held(adopt_eager_tls(self._reactor, sock.fileno(), sock.family, tls, factory), None)
             for description in self.options["listen"]:
                 self._held(listen_endpoint(self._reactor, description, tls, factory), description)
         except Exception:
             for port, _ in self.ports:
                 port.stopListening()
             self.ports = []
+            if self._address is not None:
+                self._address.close()
             raise
         self._directory = tempfile.mkdtemp(prefix="memmq-workers-")
         os.chmod(self._directory, 0o700)
@@ -224,6 +234,9 @@ class WorkersService(Service):
             "mesh_fd": mesh_fd,
             "status_fd": _STATUS_FD,
             "beat": BEAT,
+            # Whether the --address socket listens yet; if not, the parent
+            # says "listen" on the worker's standard input once it does.
+            "listening": self._announced,
         }
         env = {
             name: value for name, value in os.environ.items()
@@ -247,6 +260,11 @@ class WorkersService(Service):
             self._announce()
 
     def _announce(self) -> None:
+        if self._address is not None:
+            # Only now: a client that connects finds every worker serving.
+            self._address.listen(BACKLOG)
+            for worker in self.workers.values():
+                worker.transport.writeToChild(0, b"listen\n")
         for port, description in self.ports:
             scheme, address = describe_port(port, description)
             _log.info(
@@ -352,6 +370,8 @@ class WorkersService(Service):
             for port, _path in self._mesh:
                 port.stopListening()
             self.ports, self._mesh = [], []
+            if self._address is not None:
+                self._address.close()
             if self._directory is not None:
                 shutil.rmtree(self._directory, ignore_errors=True)
                 self._directory = None
