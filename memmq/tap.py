@@ -136,7 +136,9 @@ def makeService(options, reactor=None, root=ProcessRoot, worker=None) -> MultiSe
         http.setServiceParent(root)
     grpc_address = address if serves_grpc else options["grpc_listen_address"]
     if grpc_address is not None:
-        GRPCService(broker, grpc_address, certificate, reactor, options["max_message_size"]).setServiceParent(root)
+        grpc = GRPCService(broker, grpc_address, certificate, reactor, options["max_message_size"])
+        grpc.reuse_port = worker is not None
+        grpc.setServiceParent(root)
     # Last to start (after the front-end listens), first to stop.
     (NotifyService(reactor) if worker is None else worker.notifier()).setServiceParent(root)
     return root

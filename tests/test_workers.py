@@ -233,6 +233,59 @@ class FaultTests(TestCase):
         yield until(lambda: not [pid for pid in pids if _alive(pid)])
 
 
+class GRPCTests(TestCase):
+    """
+    gRPC with workers: every worker's gRPC server shares the port
+    (SO_REUSEPORT), and a message published on any reaches every
+    subscriber.
+    """
+
+    timeout = 120
+
+    @inlineCallbacks
+    def test_grpc_across_workers(self):
+        """
+        Several gRPC subscribers (the kernel spreads their connections over
+        the workers) each get a publisher's messages once, in order; SIGTERM
+        exits 0.
+        """
+        from twisted.internet import reactor
+
+        from memmq.client.rpc import GRPCClient
+        from tests.grpc_support import GRPCServerProcess
+
+        files = CertificateFiles(self)
+        server = GRPCServerProcess.spawn(self, [
+            "-m", "memmq", "--transport=grpc", "--address=127.0.0.1:0", "--workers=2",
+            f"--cert_file={files.cert_file}", f"--key_file={files.key_file}",
+        ])
+        port = yield server.wait_listening()
+        clients = [GRPCClient([f"127.0.0.1:{port}"], reactor=reactor) for _ in range(5)]
+        for client in clients:
+            self.addCleanup(lambda c=client: bounded(c.close()))
+        subscriptions = yield gatherResults([bounded(c.subscribe("g")) for c in clients[1:]])
+        received = [[] for _ in subscriptions]
+
+        @inlineCallbacks
+        def drain(subscription, into):
+            while True:
+                into.append((yield subscription.get()))
+
+        for subscription, into in zip(subscriptions, received, strict=True):
+            drain(subscription, into).addErrback(lambda f: None)
+        publisher = clients[0]
+        while not all(any(m == b"probe" for m in into) for into in received):
+            yield bounded(publisher.publish("g", b"probe"))
+            yield sleep(0.05)
+        for i in range(50):
+            yield bounded(publisher.publish("g", b"%d" % i))
+        yield until(lambda: all(len([m for m in into if m != b"probe"]) >= 50 for into in received), 60)
+        for into in received:
+            self.assertEqual([m for m in into if m != b"probe"], [b"%d" % i for i in range(50)])
+        status = yield server.terminate()
+        self.assertEqual(status, 0, server.output)
+
+
 class OptionTests(TestCase):
     """
     What does not yet work with several workers is refused with one line.
@@ -240,13 +293,13 @@ class OptionTests(TestCase):
 
     def test_refused(self):
         """
-        --persist, gRPC and --proxy with --workers=2: one line, status 2.
+        --persist and --proxy with --workers=2: one line, status 2.
         """
         import subprocess
 
         from tests.support import child_env
 
-        for extra in (["--persist"], ["--transport=grpc"], ["--proxy", "--servers=127.0.0.1:1"]):
+        for extra in (["--persist"], ["--proxy", "--servers=127.0.0.1:1"]):
             result = subprocess.run(
                 [sys.executable, "-m", "memmq", "--workers=2", *extra], capture_output=True, env=child_env(),
                 timeout=30, check=False,

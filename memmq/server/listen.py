@@ -140,13 +140,16 @@ def listen_tls(reactor, address: Address, options, factory) -> IListeningPort:
     raise AssertionError("unreachable")
 
 
-def bind(address: Address) -> socket.socket:
+def bind(address: Address, reuse_port: bool = False) -> socket.socket:
     """
     A TCP socket bound to C{address} as L{listen_tls} would bind it (every
     interface, IPv4 and IPv6, for an empty host), not yet listening: for a
     parent process (C{--workers}) to pass to its workers and to start
     listening on once they all serve.  Raise L{ListenError} with a
     one-line reason if that cannot be done.
+
+    @param reuse_port: bind with C{SO_REUSEPORT}, never to listen here:
+        to hold a port that the workers' gRPC servers bind too.
     """
     attempts = ["::", "0.0.0.0"] if address.host == "" else [_interface(address.host)]
     for i, interface in enumerate(attempts):
@@ -159,6 +162,8 @@ def bind(address: Address) -> socket.socket:
             raise ListenError(f"cannot listen on {address}: {e.strerror}") from None
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((interface, address.port))
         except OSError as e:
             sock.close()

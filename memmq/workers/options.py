@@ -52,8 +52,6 @@ def check_workers(options) -> None:
         raise usage.UsageError(
             "--workers does not go with --persist yet: each topic's file must be written by one process"
         )
-    if options["transport"] == "grpc" or options["grpc_address"] is not None:
-        raise usage.UsageError("--workers serves HTTP/WebSocket only yet: gRPC needs --workers=1")
 
 
 WORKERS = Group(

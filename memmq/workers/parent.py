@@ -38,7 +38,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from memmq.eager import adopt_eager_tls
-from memmq.server.listen import bind, describe_port, listen_endpoint
+from memmq.server.listen import Address, bind, describe_port, listen_endpoint
 from memmq.systemd import notify
 
 __all__ = ["WorkersService", "HANG_LIMIT", "MAX_BACKOFF"]
@@ -147,6 +147,8 @@ class WorkersService(Service):
         self._hangs: LoopingCall | None = None
         self._exit_signal_handlers: dict = {}
         self._address: socket.socket | None = None
+        self._grpc: socket.socket | None = None
+        self._grpc_address: Address | None = None
 
     # Start: sockets, then workers.
 
@@ -156,7 +158,14 @@ class WorkersService(Service):
         super().privilegedStartService()
 
     def _listen(self) -> None:
-        address = self.options["listen_address"]
+        serves_grpc = self.options["transport"] == "grpc"
+        address = None if serves_grpc else self.options["listen_address"]
+        grpc_address = self.options["listen_address"] if serves_grpc else self.options["grpc_listen_address"]
+        if grpc_address is not None:
+            # gRPC cannot take a listening socket: the workers' servers
+            # bind the port together (SO_REUSEPORT), held meanwhile here.
+            self._grpc = bind(grpc_address, reuse_port=True)
+            self._grpc_address = Address(grpc_address.host, self._grpc.getsockname()[1])
         tls = self.certificate.options()
         factory = Factory.forProtocol(_Refuse)
         factory.noisy = False
@@ -171,8 +180,9 @@ class WorkersService(Service):
             for port, _ in self.ports:
                 port.stopListening()
             self.ports = []
-            if self._address is not None:
-                self._address.close()
+            for sock in (self._address, self._grpc):
+                if sock is not None:
+                    sock.close()
             raise
         self._directory = tempfile.mkdtemp(prefix="memmq-workers-")
         os.chmod(self._directory, 0o700)
@@ -228,8 +238,10 @@ class WorkersService(Service):
                 *self.argv,
                 f"--cert_file={os.path.join(self._directory, 'cert.pem')}",
                 f"--key_file={os.path.join(self._directory, 'key.pem')}",
+                *self._grpc_argv(),
             ],
             "ports": ports,
+            "grpc": None if self._grpc_address is None else str(self._grpc_address),
             "mesh": [path for _, path in self._mesh],
             "mesh_fd": mesh_fd,
             "status_fd": _STATUS_FD,
@@ -248,6 +260,12 @@ class WorkersService(Service):
         )
         self.workers[index] = worker
         worker.started = worker.beat = self._reactor.seconds()
+
+    def _grpc_argv(self) -> list[str]:
+        if self._grpc_address is None:
+            return []
+        name = "address" if self.options["transport"] == "grpc" else "grpc_address"
+        return [f"--{name}={self._grpc_address}"]
 
     # News from the workers.
 
@@ -270,6 +288,14 @@ class WorkersService(Service):
             _log.info(
                 "memmq listening on {scheme}{address} (certificate {origin})",
                 scheme=scheme, address=address, origin=self.certificate.origin, endpoint=description,
+            )
+        if self._grpc_address is not None:
+            from memmq.server.rpc import grpc_target
+
+            _log.info(
+                "memmq listening for gRPC on {address} (certificate {origin})",
+                address=grpc_target(Address(self._grpc_address.host or "::", self._grpc_address.port)),
+                origin=self.certificate.origin,
             )
         _log.info(
             "memmq serving with {count} workers (pids {pids})",
@@ -370,8 +396,9 @@ class WorkersService(Service):
             for port, _path in self._mesh:
                 port.stopListening()
             self.ports, self._mesh = [], []
-            if self._address is not None:
-                self._address.close()
+            for sock in (self._address, self._grpc):
+                if sock is not None:
+                    sock.close()
             if self._directory is not None:
                 shutil.rmtree(self._directory, ignore_errors=True)
                 self._directory = None
