@@ -221,6 +221,20 @@ class FaultTests(TestCase):
         self.assertFalse([pid for pid in pids if _alive(pid)])
 
     @inlineCallbacks
+    def test_sighup_passed_on(self):
+        """
+        SIGHUP to the parent is passed on to every worker, which serve on.
+        """
+        server = _Server(self)
+        yield server.start()
+        pids = [w["pid"] for w in (yield server.stats())["workers"]]
+        server.process.transport.signalProcess("HUP")
+        yield until(lambda: b"passing SIGHUP on to 2 workers" in server.process.output)
+        yield sleep(0.5)
+        self.assertEqual([w["pid"] for w in (yield server.stats())["workers"]], pids)
+        self.assertNotIn(b"died", server.process.output)
+
+    @inlineCallbacks
     def test_no_orphans(self):
         """
         A parent killed outright takes its workers with it.

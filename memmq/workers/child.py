@@ -223,6 +223,10 @@ def main() -> int:
 
     from memmq.tap import makeService
 
+    # The parent passes SIGHUP on; a feature that reloads on it installs
+    # its own handler while the tree is built, over this one.
+    signal.signal(signal.SIGHUP, lambda signum, frame: None)
+
     service = makeService(options, reactor, root=ProcessRoot, worker=Worker(spec, reactor))
     service.privilegedStartService()
     service.startService()
