@@ -325,7 +325,9 @@ class WorkersService(Service):
     def _check_hangs(self) -> None:
         now = self._reactor.seconds()
         for worker in list(self.workers.values()):
-            if now - worker.beat > HANG_LIMIT:
+            # Beats start once it serves: a start-up on a busy machine can
+            # take longer than the limit.
+            if worker.ready and now - worker.beat > HANG_LIMIT:
                 _log.warn(
                     "memmq worker {index} (pid {pid}) silent for {seconds:.0f} s: killing it",
                     index=worker.index, pid=worker.pid, seconds=now - worker.beat,
