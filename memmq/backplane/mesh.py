@@ -23,9 +23,9 @@ What goes over a stream, as frames of one type byte and a 4-byte length:
                         enter)
 
 A message goes to a peer only if that peer said it follows the topic, so a
-publish to a topic nobody elsewhere follows costs nothing here.  Writes are
-Twisted's, buffered until the reactor's next turn: a burst of messages to
-a peer leaves in one system call.
+publish to a topic nobody elsewhere follows costs nothing here.  Frames to a
+peer are gathered during a turn of the reactor and written together: a
+burst of messages to a peer leaves in one write.
 """
 
 from __future__ import annotations
@@ -151,6 +151,25 @@ class _Link(ClientFactory):
         self.path = path
         self.transport = None
         self.connects = 0
+        # Frames written in this reactor turn, sent together at its end.
+        self._pending: list[bytes] = []
+
+    def send(self, frame: bytes) -> None:
+        """
+        Queue C{frame} for this turn's write to the peer (dropped if the
+        peer is not connected).
+        """
+        if self.transport is None:
+            return
+        pending = self._pending
+        if not pending:
+            self.mesh._reactor.callLater(0, self._flush)
+        pending.append(frame)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending and self.transport is not None:
+            self.transport.write(b"".join(pending))
 
     def buildProtocol(self, addr):
         return _Outbound(self)
@@ -161,13 +180,13 @@ class _Link(ClientFactory):
     def _connected(self, protocol: _Outbound) -> None:
         self.transport = protocol.transport
         self.connects += 1
-        write = self.transport.write
-        write(_frame(_HELLO, b"%d" % self.mesh.index))
+        self.send(_frame(_HELLO, b"%d" % self.mesh.index))
         for subject in self.mesh._interest:
-            write(_frame(_ON, subject.encode("utf-8")))
+            self.send(_frame(_ON, subject.encode("utf-8")))
 
     def _lost(self, protocol: _Outbound) -> None:
         self.transport = None
+        self._pending = []
         self._again()
 
     def clientConnectionFailed(self, connector, reason) -> None:
@@ -231,6 +250,7 @@ class MeshBackplane:
         self.running = False
         for link in self._links.values():
             if link.transport is not None:
+                link._flush()
                 link.transport.loseConnection()
         if self._port is not None:
             self._port.stopListening()
@@ -246,8 +266,7 @@ class MeshBackplane:
             self._interest.discard(subject)
         frame = _frame(_ON if on else _OFF, subject.encode("utf-8"))
         for link in self._links.values():
-            if link.transport is not None:
-                link.transport.write(frame)
+            link.send(frame)
 
     def publish(self, topic: str, payload: bytes, hops: int = 0) -> Deferred[None]:
         frame = None
@@ -261,7 +280,7 @@ class MeshBackplane:
                         _HEADER.pack(_MESSAGE, 2 + len(encoded) + len(payload)),
                         _TOPIC.pack(len(encoded)), encoded, payload,
                     ))
-                link.transport.write(frame)
+                link.send(frame)
                 self.sent += 1
         return succeed(None)
 
@@ -287,7 +306,7 @@ class MeshBackplane:
         self._asked[ident] = (d, answers, asking)
         frame = _frame(_ASK, _ID.pack(ident))
         for peer in asking:
-            self._links[peer].transport.write(frame)
+            self._links[peer].send(frame)
 
         def late():
             if ident in self._asked:
@@ -301,7 +320,7 @@ class MeshBackplane:
     def _answer(self, peer: int | None, body: bytes) -> None:
         link = self._links.get(peer) if peer is not None else None
         if link is not None and link.transport is not None:
-            link.transport.write(_frame(_ANSWER, body + pickle.dumps(self.figures(), pickle.HIGHEST_PROTOCOL)))
+            link.send(_frame(_ANSWER, body + pickle.dumps(self.figures(), pickle.HIGHEST_PROTOCOL)))
 
     def _answered(self, peer: int | None, ident: int, figures) -> None:
         asked = self._asked.get(ident)
