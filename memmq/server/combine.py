@@ -19,7 +19,8 @@ that long would keep publishers waiting for their answers, so that each
 flush carried about one message.  Between slices publishers are read and
 answered, and what they publish meanwhile joins the frames of the
 subscribers not yet written to: the more subscribers, the more messages
-each write carries.
+each write carries (measured: 23 per write with 1,000 subscribers, against
+about 1 when a flush held the reactor).
 """
 
 from __future__ import annotations
@@ -34,8 +35,12 @@ __all__ = ["Combiner", "DEFAULT_SLICE", "DEFAULT_WINDOW"]
 # system calls to a hundred subscribers takes.
 DEFAULT_WINDOW = 0.001
 
-# Subscribers written to per reactor turn: a hundred take about 2 ms.
-DEFAULT_SLICE = 128
+# Subscribers written to per reactor turn. A publisher waiting for its
+# answer waits about one slice, so a flush of N subscribers carries about
+# N / slice messages per write: measured with 1,000 subscribers and one
+# HTTP publisher, 128 gave 7 messages per write, 32 gave 23 (and 1.7 times
+# the deliveries per second).
+DEFAULT_SLICE = 32
 
 
 class Flushable(Protocol):
