@@ -83,6 +83,19 @@ class BackplaneBroker:
         self.sent += 1
         return backplane.publish(topic, payload, hops)
 
+    def publish_now(self, topic: str, payload: bytes) -> int:
+        """
+        Publish at once, as the in-memory broker's C{publish_now} does, for
+        persistence to wrap (each node persists what is published through
+        it). @raise BackplaneUnavailable: the backplane is down.
+        """
+        if not self.backplane.healthy:
+            raise BackplaneUnavailable("the server's other processes cannot be reached; not published")
+        delivered = self.local.publish_now(topic, payload)
+        self.sent += 1
+        self.backplane.publish(topic, payload).addErrback(lambda f: f.trap(BackplaneUnavailable))
+        return delivered
+
     def subscribe(self, topic: str, subscriber: ISubscriber) -> Subscription:
         subscription = self.local.subscribe(topic, subscriber)
         self._more(topic, None)

@@ -6,7 +6,8 @@ The HTTP front-end: one twisted.web L{Site} serving asim/mq's API.
     GET /sub?topic=T           (WebSocket upgrade) one binary frame per message
     GET /sub?topic=T           (no upgrade) a chunked stream of the payloads
     GET /sub?topic=T&since=N   either, persisted messages after N first (--persist)
-    GET /health                200 while serving, 503 while shutting down
+    GET /health                200 while serving, 503 while shutting down (a
+                               proxy's says how each upstream is)
     GET /metrics, /stats       Prometheus metrics; JSON figures (memmq.server.metrics)
 
 Errors are plain text, one line, with a status that says what is wrong
@@ -137,6 +138,8 @@ class MemmqSite(server.Site):
         C{/metrics} and C{/stats} show.
     @param replay: where a subscriber's C{?since=N} is read from (a server
         run with C{--persist}); without it, C{since} is refused.
+    @param upstreams: for a proxy, fires with a line per upstream server
+        for C{/health} (L{memmq.proxy.ProxyBroker.upstream_health}).
     @ivar connections: the open WebSocket connections and streaming
         responses, closed by the server when it stops.
     """
@@ -152,10 +155,12 @@ class MemmqSite(server.Site):
         access_log: bool = False,
         clock: IReactorTime | None = None,
         replay: IReplaySource | None = None,
+        upstreams=None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
         self.broker = broker
+        self.upstreams = upstreams
         self.combiner = Combiner(clock)
         self.max_message_size = max_message_size
         self.connections = Connections()
@@ -182,6 +187,9 @@ class MemmqSite(server.Site):
         super().__init__(root)
         self.access_log = access_log
         self.stopping = False
+        # Callables answering None while all is well, else (status, one
+        # line): what /health says (a backplane, README: Redis backplane).
+        self.health_checks: list = []
 
     def log(self, request) -> None:
         """
@@ -273,9 +281,24 @@ class HealthResource(_Resource):
     def render_GET(self, request):
         if self._site.stopping:
             return _error(request, 503, "shutting down")
+        for problem in filter(None, (check() for check in self._site.health_checks)):
+            return _error(request, *problem)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
-        return b"ok\n"
+        if self._site.upstreams is None:
+            return b"ok\n"
+        # A proxy serves while its upstreams are down (README: Proxy mode):
+        # still 200, with each upstream's state in the body.
+        gone = []
+        request.notifyFinish().addErrback(gone.append)
+
+        def answer(lines: list[str]) -> None:
+            if not gone:
+                request.write("".join(f"{line}\n" for line in ["ok", *lines]).encode("utf-8"))
+                request.finish()
+
+        self._site.upstreams().addCallback(answer)
+        return server.NOT_DONE_YET
 
     render_HEAD = render_GET
 
