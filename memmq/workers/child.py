@@ -202,7 +202,7 @@ class Worker:
             else:
                 port = self._reactor.adoptStreamPort(fd, family, TLSMemoryBIOFactory(tls, False, site))
             os.close(fd)
-            http.ports.append(port)
+            http.adopt(port, entry["description"])
 
     def notifier(self) -> Service:
         """
