@@ -35,7 +35,7 @@ import socket
 import struct
 
 from twisted.internet import error as internet_error
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -252,9 +252,10 @@ class MeshBackplane:
             if link.transport is not None:
                 link._flush()
                 link.transport.loseConnection()
-        if self._port is not None:
-            self._port.stopListening()
-        return succeed(None)
+        port, self._port = self._port, None
+        if port is None:
+            return succeed(None)
+        return maybeDeferred(port.stopListening)
 
     def interest(self, subject, on: bool, group: str | None = None) -> None:
         if not isinstance(subject, str) or group is not None:
