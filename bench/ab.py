@@ -87,7 +87,7 @@ def run_one(args, variant: dict, scenario: str) -> dict:
     port = free_port()
     server = start(variant, port)
     try:
-        wait_listening(port, time.monotonic() + 20)
+        wait_listening(port, time.monotonic() + args.start_wait)
         command = [args.mqbench, "-q", "-url", f"https://127.0.0.1:{port}", "-pid", str(server.pid)]
         for header in variant["headers"]:
             command += ["-H", header]
@@ -120,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--header", action="append", default=[], help='NAME="Header: value"')
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=180)
+    parser.add_argument(
+        "--start_wait", type=float, default=20, help="seconds a server may take to answer after it starts"
+    )
     parser.add_argument("--json", help="also write every result to this file, one per line")
     args = parser.parse_args(argv)
     headers: dict[str, list[str]] = {}

@@ -27,9 +27,9 @@ from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
-from memmq.internals.twisted_private import EagerWrites
+from memmq.internals.twisted_private import EagerWrites, port_from_descriptor
 
-__all__ = ["EagerTLSServerEndpoint", "ImmediateTLSFactory", "make_eager"]
+__all__ = ["EagerTLSServerEndpoint", "ImmediateTLSFactory", "adopt_eager_tls", "make_eager"]
 
 class _EagerServer(EagerWrites, tcp.Server):
     """
@@ -98,3 +98,16 @@ class EagerTLSServerEndpoint:
             return port
 
         return defer.execute(start)
+
+
+def adopt_eager_tls(reactor, fd: int, family: int, options, protocolFactory):
+    """
+    Accept, with eager connections and immediate TLS writes, on the
+    listening socket C{fd} (of address family C{family}) that another
+    process opened and passed down (a worker of C{--workers}); the socket
+    is duplicated, C{fd} left to the caller.
+    """
+    factory = ImmediateTLSFactory(options, False, protocolFactory, reactor)
+    port = port_from_descriptor(_EagerPort, reactor, fd, family, factory)
+    port.startListening()
+    return port

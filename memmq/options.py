@@ -37,6 +37,7 @@ from memmq.client_options import (
 from memmq.errors import MemmqError
 from memmq.logs import FORMATS
 from memmq.values import SIZE_HELP, SIZE_UNITS, Group, count, format_size, parse_size, refuse, seconds, size
+from memmq.workers.options import WORKERS, check_workers
 
 __all__ = ["MemmqOptions", "OUTPUT_FORMATS", "SIZE_UNITS", "format_size", "parse_size"]
 
@@ -320,7 +321,7 @@ LOGGING = Group(
 GENERAL = Group("Other options", methods=["help", "version"])
 
 # In the order --help shows them.
-GROUPS = (SERVER, PERSISTENCE, BACKPLANE, PROXY, CLIENT, UPSTREAM, GRPC, LOGGING, GENERAL)
+GROUPS = (SERVER, WORKERS, PERSISTENCE, BACKPLANE, PROXY, CLIENT, UPSTREAM, GRPC, LOGGING, GENERAL)
 
 # In the order they run: which mode; then each mode's own options; then,
 # once the addresses are known, whether a proxy lists itself.
@@ -336,6 +337,7 @@ _CHECKS = (
     _check_server,
     _check_access,
     check_proxy_listens,
+    check_workers,
 )
 
 

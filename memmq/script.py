@@ -46,7 +46,11 @@ class Options(MemmqOptions):
     stderr and exit status 2, not a usage dump or a traceback.
     """
 
+    #: the arguments parsed, for the workers of C{--workers} to parse again
+    argv: list[str] = []
+
     def parseOptions(self, options=None) -> None:
+        self.argv = list(sys.argv[1:] if options is None else options)
         try:
             super().parseOptions(options)
         except usage.UsageError as e:

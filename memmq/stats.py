@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Delivery", "Persistence", "Stats", "TopicStats", "Upstream"]
+__all__ = ["Delivery", "Persistence", "Stats", "TopicStats", "Upstream", "Worker"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,28 @@ class Upstream:
 
 
 @dataclass(frozen=True)
+class Worker:
+    """
+    One worker process of a server run with C{--workers}.
+
+    @ivar connections: its open WebSocket and streaming connections.
+    @ivar rss: its resident memory, in bytes.
+    @ivar sent: messages it sent to other workers (one per message per
+        worker that follows the topic).
+    @ivar received: messages it received from other workers.
+    """
+
+    index: int
+    pid: int
+    rss: int
+    connections: int
+    subscribers: int
+    published: int
+    sent: int
+    received: int
+
+
+@dataclass(frozen=True)
 class Stats:
     """
     A broker's totals: each part L{None} when the broker has no such thing.
@@ -90,3 +112,4 @@ class Stats:
     delivery: Delivery | None = None
     persistence: Persistence | None = None
     upstream: Upstream | None = None
+    workers: tuple[Worker, ...] = ()

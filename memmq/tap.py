@@ -80,7 +80,7 @@ class UpstreamService(Service):
         )
 
 
-def makeService(options, reactor=None, root=ProcessRoot) -> MultiService:
+def makeService(options, reactor=None, root=ProcessRoot, worker=None) -> MultiService:
     """
     Build the service tree for parsed C{options} (a server or a proxy).
 
@@ -88,7 +88,9 @@ def makeService(options, reactor=None, root=ProcessRoot) -> MultiService:
         default the commands' L{ProcessRoot}, which runs the tree as a
         process (twistd calls this function as it is); L{MemmqService}
         builds the bare tree.
-
+    @param worker: for a worker of a server run with C{--workers}, what
+        makes it one (L{memmq.workers.child.Worker}); with C{--workers} and
+        none, the tree is the parent's (L{memmq.workers.parent}).
     """
     if reactor is None:
         from twisted.internet import reactor
@@ -96,6 +98,12 @@ def makeService(options, reactor=None, root=ProcessRoot) -> MultiService:
     certificate = options["certificate"] or self_signed_certificate(address.host if address else "")
     certificate.client_authorities = options.get("client_authorities")
     access = Access(options.get("authority") or OFF, options.get("origin_list"), clock=reactor)
+    if worker is None and options["workers"] > 1:
+        from memmq.workers.parent import WorkersService
+
+        parent = root(None, reactor)
+        WorkersService(options, getattr(options, "argv", []), certificate, reactor).setServiceParent(parent)
+        return parent
     broker = Broker(
         max_buffered_messages=options["max_buffered_messages"],
         max_buffered_bytes=options["max_buffered_bytes"],
@@ -103,6 +111,8 @@ def makeService(options, reactor=None, root=ProcessRoot) -> MultiService:
     )
     if options["proxy"]:
         broker = ProxyBroker(client_from_options(options, reactor), broker, reactor)
+    if worker is not None:
+        broker = worker.wrap(broker)
     backplane = None
     if options["backplane_target"] is not None:
         # Inside persistence: each node persists what is published through
@@ -121,6 +131,8 @@ def makeService(options, reactor=None, root=ProcessRoot) -> MultiService:
     # What SIGHUP reloads (memmq.script.ProcessRoot).
     root.access = access
     AccessService(access).setServiceParent(root)
+    if worker is not None:
+        worker.services(root)
     if persister is not None:
         # First to start, last to stop; it also writes whatever is
         # published while the front-end closes, so the order is not what
@@ -150,12 +162,17 @@ def makeService(options, reactor=None, root=ProcessRoot) -> MultiService:
     if not serves_grpc or options["listen"]:
         # --listen endpoints are HTTP whatever the transport (for /metrics).
         http_address = None if serves_grpc else address
-        HTTPService(site, http_address, certificate, reactor, options["listen"], proxy_role).setServiceParent(root)
+        http = HTTPService(site, http_address, certificate, reactor, options["listen"], proxy_role)
+        if worker is not None:
+            worker.adopt(http)
+        http.setServiceParent(root)
     grpc_address = address if serves_grpc else options["grpc_listen_address"]
     if grpc_address is not None:
-        GRPCService(
+        grpc = GRPCService(
             broker, grpc_address, certificate, reactor, options["max_message_size"], proxy_role, access
-        ).setServiceParent(root)
+        )
+        grpc.reuse_port = worker is not None
+        grpc.setServiceParent(root)
     # Last to start (after the front-end listens), first to stop.
-    NotifyService(reactor).setServiceParent(root)
+    (NotifyService(reactor) if worker is None else worker.notifier()).setServiceParent(root)
     return root

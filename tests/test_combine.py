@@ -242,3 +242,46 @@ class CombinerTests(SynchronousTestCase):
         self.combiner.flush()
         self.assertEqual(self.flushed(), ["a", "b", "c"])
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class SliceTests(SynchronousTestCase):
+    """
+    A flush of many subscribers goes a slice per reactor turn, so that
+    publishers are read between slices.
+    """
+
+    def test_one_slice_per_turn(self) -> None:
+        """
+        With slices of 2, five waiting subscribers are flushed over three
+        turns, in the order they asked; one that asks meanwhile joins the
+        end of the same flush.
+        """
+        clock = _TurnClock()
+        log: list[tuple[str, float]] = []
+        combiner = Combiner(clock, window=WINDOW, slice=2)
+        for name in "abcde":
+            combiner.want_flush(_Subscriber(name, log, clock))
+        clock.advance(0)
+        clock.advance(0)
+        self.assertEqual([name for name, _ in log], ["a", "b"])
+        combiner.want_flush(_Subscriber("f", log, clock))
+        clock.advance(0)
+        self.assertEqual([name for name, _ in log], ["a", "b", "c", "d"])
+        clock.advance(0)
+        self.assertEqual([name for name, _ in log], ["a", "b", "c", "d", "e", "f"])
+        clock.advance(1)
+        self.assertEqual(len(log), 6)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_stop_flushes_every_slice(self) -> None:
+        """
+        stop() flushes every waiting subscriber at once, whatever the slice.
+        """
+        clock = _TurnClock()
+        log: list[tuple[str, float]] = []
+        combiner = Combiner(clock, window=WINDOW, slice=2)
+        for name in "abcde":
+            combiner.want_flush(_Subscriber(name, log, clock))
+        combiner.stop()
+        self.assertEqual([name for name, _ in log], list("abcde"))
+        self.assertEqual(clock.getDelayedCalls(), [])

@@ -185,6 +185,52 @@ class PortTests(TestCase):
         self.assertEqual(open_connections(port), [])
 
 
+class AdoptedPortTests(TestCase):
+    """
+    tcp.Port._fromListeningDescriptor, called on a subclass: what a worker
+    of --workers accepts its parent's socket with.
+    """
+
+    timeout = 30
+
+    @inlineCallbacks
+    def test_subclass_adopts(self) -> None:
+        """
+        A port of a C{tcp.Port} subclass made from another socket's
+        descriptor accepts on that socket with its own transport class.
+        """
+
+        class Marked(tcp.Server):
+            pass
+
+        class MarkedPort(tcp.Port):
+            transport = Marked
+
+        listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(listening.close)
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(5)
+        listening.setblocking(False)
+        made, lost = Deferred(), Deferred()
+        factory = Factory.forProtocol(lambda: _Recorder(made, lost))
+        port = twisted_private.port_from_descriptor(MarkedPort, reactor, listening.fileno(), socket.AF_INET, factory)
+        self.assertIsInstance(port, MarkedPort)
+        port.startListening()
+        self.addCleanup(port.stopListening)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", listening.getsockname()[1])
+        client = yield bounded(endpoint.connect(Factory.forProtocol(Protocol)))
+        server = yield bounded(made)
+        self.assertIsInstance(server.transport, Marked)
+        client.transport.loseConnection()
+        yield bounded(lost)
+
+    def test_listed(self) -> None:
+        """
+        The module lists it at its top.
+        """
+        self.assertIn("tcp.Port._fromListeningDescriptor", twisted_private.__doc__)
+
+
 class ExitSignalTests(SynchronousTestCase):
     """
     ReactorBase._exitSignal: set by the reactor's signal handlers, read by

@@ -16,6 +16,12 @@ The details of Twisted that memmq relies on and Twisted does not publish.
                             twisted.protocols.policies: the open connections
                             of a port listening through a wrapping (TLS)
                             factory, reached as C{port.factory.protocols}
+    tcp.Port._fromListeningDescriptor
+                            how C{reactor.adoptStreamPort} makes a port of
+                            an inherited listening socket; called on
+                            memmq's own port class (L{memmq.eager}) so that
+                            a worker's adopted socket accepts eager
+                            connections
     ReactorBase._exitSignal the signal (SIGTERM, SIGINT) that stopped the
                             reactor; twistd and twist kill the process with
                             it again once the reactor stops
@@ -29,7 +35,7 @@ import errno
 
 from twisted.internet.interfaces import IListeningPort
 
-__all__ = ["EagerWrites", "clear_exit_signal", "open_connections"]
+__all__ = ["EagerWrites", "clear_exit_signal", "open_connections", "port_from_descriptor"]
 
 _RETRY = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ENOBUFS)
 
@@ -86,3 +92,12 @@ def clear_exit_signal(reactor) -> None:
     """
     if getattr(reactor, "_exitSignal", None) is not None:
         reactor._exitSignal = None
+
+
+def port_from_descriptor(port_class, reactor, fd: int, family: int, factory):
+    """
+    A (not yet listening) port of C{port_class}, a C{tcp.Port} subclass,
+    over a duplicate of the listening socket C{fd}: what
+    C{reactor.adoptStreamPort} does with C{tcp.Port}.
+    """
+    return port_class._fromListeningDescriptor(reactor, fd, family, factory)

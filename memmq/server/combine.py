@@ -11,6 +11,16 @@ while messages come slower than that, nothing waits longer than two reactor
 turns; when they come faster, each subscriber gets one write per window
 carrying all the messages of that window, and no message waits longer than
 the window.
+
+A flush goes through the waiting subscribers a slice at a time
+(L{DEFAULT_SLICE}), one slice per reactor turn: writing to a thousand
+subscribers takes tens of milliseconds, and a flush that held the reactor
+that long would keep publishers waiting for their answers, so that each
+flush carried about one message.  Between slices publishers are read and
+answered, and what they publish meanwhile joins the frames of the
+subscribers not yet written to: the more subscribers, the more messages
+each write carries (measured: 23 per write with 1,000 subscribers, against
+about 1 when a flush held the reactor).
 """
 
 from __future__ import annotations
@@ -19,11 +29,18 @@ from typing import Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-__all__ = ["Combiner", "DEFAULT_WINDOW"]
+__all__ = ["Combiner", "DEFAULT_SLICE", "DEFAULT_WINDOW"]
 
 # One millisecond: below what a network hop costs, above what a loop of
 # system calls to a hundred subscribers takes.
 DEFAULT_WINDOW = 0.001
+
+# Subscribers written to per reactor turn. A publisher waiting for its
+# answer waits about one slice, so a flush of N subscribers carries about
+# N / slice messages per write: measured with 1,000 subscribers and one
+# HTTP publisher, 128 gave 7 messages per write, 32 gave 23 (and 1.7 times
+# the deliveries per second).
+DEFAULT_SLICE = 32
 
 
 class Flushable(Protocol):
@@ -36,9 +53,10 @@ class Combiner:
     Schedules the flushes of subscribers that have frames waiting.
     """
 
-    def __init__(self, clock: IReactorTime, window: float = DEFAULT_WINDOW) -> None:
+    def __init__(self, clock: IReactorTime, window: float = DEFAULT_WINDOW, slice: int = DEFAULT_SLICE) -> None:
         self._clock = clock
         self._window = window
+        self._slice = slice
         self._waiting: list[Flushable] = []
         self._call: IDelayedCall | None = None
         self._last = float("-inf")
@@ -57,7 +75,7 @@ class Combiner:
     def _schedule(self) -> None:
         delay = self._last + self._window - self._clock.seconds()
         if delay > 0:
-            self._call = self._clock.callLater(delay, self.flush)
+            self._call = self._clock.callLater(delay, self.flush, False)
         else:
             self._call = self._clock.callLater(0, self._next_turn)
 
@@ -66,22 +84,33 @@ class Combiner:
         # this turn (a publisher's 200, flushed by the TLS layer in the next
         # turn) go out before the fan-out, so that publishers send their
         # next message while the subscribers are being written to.
-        self._call = self._clock.callLater(0, self.flush)
+        self._call = self._clock.callLater(0, self.flush, False)
 
-    def flush(self) -> None:
+    def flush(self, everyone: bool = True) -> None:
         """
-        Flush every waiting subscriber now.
+        Flush every waiting subscriber now (or, from the reactor, one slice
+        of them, and the rest in the turns after).
         """
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
-        waiting, self._waiting = self._waiting, []
+        waiting = self._waiting
+        rest = not everyone and len(waiting) > self._slice
+        if rest:
+            self._waiting = waiting[self._slice :]
+            waiting = waiting[: self._slice]
+        else:
+            self._waiting = []
         self._flushing = True
         try:
             for subscriber in waiting:
                 subscriber.flush()
         finally:
             self._flushing = False
+        if rest and not self._stopped:
+            # The rest of this flush, once the reactor has read what came.
+            self._call = self._clock.callLater(0, self.flush, False)
+            return
         # The window runs from the end of the writes: what is published
         # while they go out, and during the window after, goes in the next
         # flush together.

@@ -33,7 +33,7 @@ from memmq.errors import MemmqError
 
 __all__ = [
     "Address", "EndpointError", "ListenError", "parse_address", "parse_endpoint", "listen_tls", "listen_endpoint",
-    "describe_port", "is_plain", "PLAIN",
+    "describe_port", "is_plain", "PLAIN", "bind",
 ]
 
 # The prefix of a --listen description served without TLS.
@@ -142,6 +142,42 @@ def listen_tls(reactor, address: Address, options, factory) -> IListeningPort:
                 continue
             reason = e.socketError.strerror if isinstance(e.socketError, OSError) else str(e.socketError)
             raise ListenError(f"cannot listen on {address}: {reason}") from None
+    raise AssertionError("unreachable")
+
+
+def bind(address: Address, reuse_port: bool = False) -> socket.socket:
+    """
+    A TCP socket bound to C{address} as L{listen_tls} would bind it (every
+    interface, IPv4 and IPv6, for an empty host), not yet listening: for a
+    parent process (C{--workers}) to pass to its workers and to start
+    listening on once they all serve.  Raise L{ListenError} with a
+    one-line reason if that cannot be done.
+
+    @param reuse_port: bind with C{SO_REUSEPORT}, never to listen here:
+        to hold a port that the workers' gRPC servers bind too.
+    """
+    attempts = ["::", "0.0.0.0"] if address.host == "" else [_interface(address.host)]
+    for i, interface in enumerate(attempts):
+        family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as e:
+            if i + 1 < len(attempts):
+                continue
+            raise ListenError(f"cannot listen on {address}: {e.strerror}") from None
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((interface, address.port))
+        except OSError as e:
+            sock.close()
+            unsupported = e.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT)
+            if unsupported and i + 1 < len(attempts):
+                continue
+            raise ListenError(f"cannot listen on {address}: {e.strerror}") from None
+        sock.setblocking(False)
+        return sock
     raise AssertionError("unreachable")
 
 

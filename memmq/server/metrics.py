@@ -25,6 +25,7 @@ import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
 from memmq.interfaces import IBrokerStats
@@ -104,12 +105,42 @@ class _BrokerCollector:
             gauge = GaugeMetricFamily("memmq_persist_failing_files", "Topic files failing to be written now.")
             gauge.add_metric([], len(persistence.failing))
             yield gauge
+        if stats.workers:
+            yield from _worker_metrics(stats.workers)
         if stats.upstream is not None:
             counter = CounterMetricFamily(
                 "memmq_upstream_errors", "Failed publishes to, and lost connections with, upstream servers."
             )
             counter.add_metric([], stats.upstream.errors)
             yield counter
+
+
+def _worker_metrics(workers):
+    """
+    Per-worker gauges of a server run with C{--workers}, and the messages
+    passed between its workers.
+    """
+    for name, text, attribute in (
+        ("memmq_worker_rss_bytes", "Resident memory of each worker process.", "rss"),
+        ("memmq_worker_connections", "Open WebSocket and streaming connections of each worker.", "connections"),
+        ("memmq_worker_subscribers", "Subscriptions on each worker.", "subscribers"),
+    ):
+        gauge = GaugeMetricFamily(name, text, labels=["worker"])
+        for worker in workers:
+            gauge.add_metric([str(worker.index)], getattr(worker, attribute))
+        yield gauge
+    counter = CounterMetricFamily(
+        "memmq_worker_messages_sent", "Messages sent from one worker to another (one per receiving worker).",
+        labels=["worker"],
+    )
+    for worker in workers:
+        counter.add_metric([str(worker.index)], worker.sent)
+    yield counter
+    total = CounterMetricFamily(
+        "memmq_cross_worker_messages", "Messages passed between workers, over all workers."
+    )
+    total.add_metric([], sum(worker.sent for worker in workers))
+    yield total
 
 
 class Metrics:
@@ -148,6 +179,15 @@ class Metrics:
             self._topics = self.broker.topic_stats()
             self._topics_read = now
         return self._topics
+
+    def gathered(self) -> Deferred[None]:
+        """
+        Fires once the figures are ready to read: at once, but for a
+        worker of a server run with C{--workers}, which first fetches the
+        other workers' (L{memmq.workers.figures.WorkerBroker.gather}).
+        """
+        gather = getattr(self.broker, "gather", None)
+        return succeed(None) if gather is None else gather()
 
     def exposition(self) -> tuple[bytes, str]:
         """
@@ -201,6 +241,15 @@ class Metrics:
                 "syncs": persistence.syncs,
                 "failing": [{"path": path, "reason": reason} for path, reason in persistence.failing[:limit]],
             }
+        if stats.workers:
+            body["workers"] = [
+                {
+                    "worker": w.index, "pid": w.pid, "rss": w.rss, "connections": w.connections,
+                    "subscribers": w.subscribers, "published": w.published, "sent": w.sent, "received": w.received,
+                }
+                for w in stats.workers
+            ]
+            body["cross_worker_messages"] = sum(w.sent for w in stats.workers)
         upstream = stats.upstream
         if upstream is not None:
             body["upstream_topics"] = upstream.topics

@@ -317,6 +317,8 @@ class GRPCService(Service):
         self.streams: set[_Stream] = set()
         self.stopping = False
         self.port: int | None = None
+        #: share the port with the other workers of the server (--workers)
+        self.reuse_port = False
         self._server: grpc.aio.Server | None = None
         self._health: health_aio.HealthServicer | None = None
 
@@ -340,8 +342,9 @@ class GRPCService(Service):
     async def _serve(self) -> int:
         server = grpc.aio.server(
             options=[
-                # Without this, a second server could bind the same port.
-                ("grpc.so_reuseport", 0),
+                # Without this, a second server could bind the same port;
+                # the workers of one server (--workers) share theirs so.
+                ("grpc.so_reuseport", 1 if self.reuse_port else 0),
                 ("grpc.max_receive_message_length", self.max_message_size + _FRAMING),
                 ("grpc.max_send_message_length", -1),
                 # Ping idle clients every 30 s and drop those that do not

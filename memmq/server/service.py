@@ -88,6 +88,18 @@ class HTTPService(Service):
         self.ports.append(port)
         self._descriptions.append(description)
 
+    def adopt(self, port: IListeningPort, description: str | None = None) -> None:
+        """
+        Serve on C{port}, listening already (a worker of C{--workers} on
+        its parent's socket), instead of listening itself; the parent says
+        where the server listens, so this service does not.
+        """
+        self.quiet = True
+        self._listening(port, description)
+
+    #: whether the start-up lines saying where it listens are someone else's
+    quiet = False
+
     def startService(self) -> None:
         self.privilegedStartService()
         super().startService()
@@ -95,6 +107,8 @@ class HTTPService(Service):
         # gRPC port in use ends the start before this): "listening" means
         # all of them.
         for port, description in zip(self.ports, self._descriptions, strict=True):
+            if self.quiet:
+                break
             scheme, address = describe_port(port, description)
             if description is not None and is_plain(description):
                 # Loud on purpose: anyone on the path reads this traffic

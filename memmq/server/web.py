@@ -375,6 +375,9 @@ class MetricsResource(_Resource):
 
     def render_GET(self, request):
         self._access.check_read_stats(request)
+        return _when_gathered(self._metrics, request, self._render)
+
+    def _render(self, request) -> bytes:
         body, content_type = self._metrics.exposition()
         request.setHeader(b"content-type", content_type.encode("ascii"))
         return body
@@ -415,7 +418,11 @@ class StatsResource(_Resource):
         descending = order == b"desc" if order else sort != "topic"
         self._origins.answer(request)
         request.setHeader(b"content-type", b"application/json")
-        return self._metrics.stats(**numbers, sort=sort, descending=descending, match=match)
+        return _when_gathered(
+            self._metrics,
+            request,
+            lambda request: self._metrics.stats(**numbers, sort=sort, descending=descending, match=match),
+        )
 
 
 class SummaryResource(_Resource):
@@ -435,6 +442,27 @@ class SummaryResource(_Resource):
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-cache")
         return self._summary.render()
+
+
+def _when_gathered(metrics: Metrics, request, render):
+    """
+    C{render(request)} once the figures are gathered: at once, or (a worker
+    of a server run with C{--workers}, asking the others) later.
+    """
+    gathered = metrics.gathered()
+    if gathered.called:
+        return render(request)
+
+    gone: list = []
+    request.notifyFinish().addErrback(gone.append)
+
+    def write(_):
+        if not gone:
+            request.write(render(request))
+            request.finish()
+
+    gathered.addCallback(write)
+    return server.NOT_DONE_YET
 
 
 class PublishResource(_Resource):

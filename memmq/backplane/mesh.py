@@ -1,0 +1,361 @@
+# -*- test-case-name: tests.test_mesh -*-
+"""
+The backplane between the worker processes of one server (C{--workers}):
+a Unix-socket connection from every worker to every other.
+
+Each worker listens on a Unix socket of its own (the parent process made
+it and holds it, so that a restarted worker takes over the same one and a
+peer that connects meanwhile waits in its backlog); each worker connects to
+every other's and sends on that connection only, so every ordered pair of
+workers has one stream: what worker A sends B arrives in the order A sent
+it, which keeps the order of every publishing connection's messages.
+
+What goes over a stream, as frames of one type byte and a 4-byte length:
+
+    H index             first: who is sending
+    I subject / i       the sender's subscribers now follow / no longer
+                        follow this topic
+    M topic payload     a message published on the sender, for the
+                        receiver's subscribers of its topic
+    S id / R id body    a request for the receiver's figures, and the
+                        answer (a pickle: the workers are one program, and
+                        the sockets are in a directory only its user can
+                        enter)
+
+A message goes to a peer only if that peer said it follows the topic, so a
+publish to a topic nobody elsewhere follows costs nothing here.  Frames to a
+peer are gathered during a turn of the reactor and written together: a
+burst of messages to a peer leaves in one write.
+"""
+
+from __future__ import annotations
+
+import pickle
+import socket
+import struct
+
+from twisted.internet import error as internet_error
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from memmq.backplane.interface import IBackplane
+
+__all__ = ["MeshBackplane"]
+
+_log = Logger()
+
+_HEADER = struct.Struct(">BI")
+_TOPIC = struct.Struct(">H")
+_ID = struct.Struct(">I")
+
+_HELLO, _ON, _OFF, _MESSAGE, _ASK, _ANSWER = b"HIiMSR"
+
+# How long a worker waits before connecting again to a peer that went away
+# (it is being restarted: the connection waits in the backlog of the socket
+# the parent holds).
+_RECONNECT = 0.05
+
+
+def _frame(kind: int, body: bytes) -> bytes:
+    return _HEADER.pack(kind, len(body)) + body
+
+
+class _Frames(Protocol):
+    """
+    Splits a stream into frames; L{frame} gets each.
+    """
+
+    _buffer = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        buffer = self._buffer + data if self._buffer else data
+        offset, size = 0, len(buffer)
+        header = _HEADER.size
+        unpack = _HEADER.unpack_from
+        while size - offset >= header:
+            kind, length = unpack(buffer, offset)
+            end = offset + header + length
+            if end > size:
+                break
+            self.frame(kind, buffer[offset + header : end])
+            offset = end
+        self._buffer = buffer[offset:]
+
+    def frame(self, kind: int, body: bytes) -> None:
+        raise NotImplementedError
+
+
+class _Inbound(_Frames):
+    """
+    A peer's stream to this worker: its interest, its messages, its
+    requests and its answers.
+    """
+
+    peer: int | None = None
+
+    def __init__(self, mesh: MeshBackplane) -> None:
+        self.mesh = mesh
+
+    def frame(self, kind: int, body: bytes) -> None:
+        mesh = self.mesh
+        if kind == _MESSAGE:
+            (length,) = _TOPIC.unpack_from(body)
+            end = 2 + length
+            mesh.received += 1
+            mesh.receiver.received(body[2:end].decode("utf-8"), body[end:])
+        elif kind == _ON:
+            mesh._follows(self.peer).add(body.decode("utf-8"))
+        elif kind == _OFF:
+            mesh._follows(self.peer).discard(body.decode("utf-8"))
+        elif kind == _HELLO:
+            self.peer = int(body)
+            mesh._inbound_from(self.peer, self)
+        elif kind == _ASK:
+            mesh._answer(self.peer, body)
+        elif kind == _ANSWER:
+            (ident,) = _ID.unpack_from(body)
+            mesh._answered(self.peer, ident, pickle.loads(body[_ID.size :]))
+
+    def connectionLost(self, reason=None) -> None:
+        if self.peer is not None:
+            self.mesh._inbound_lost(self.peer, self)
+
+
+class _Outbound(Protocol):
+    """
+    This worker's stream to a peer.
+    """
+
+    def __init__(self, link: _Link) -> None:
+        self.link = link
+
+    def connectionMade(self) -> None:
+        self.link._connected(self)
+
+    def connectionLost(self, reason=None) -> None:
+        self.link._lost(self)
+
+
+class _Link(ClientFactory):
+    """
+    The connection to one peer, made again whenever it is lost.
+    """
+
+    noisy = False
+
+    def __init__(self, mesh: MeshBackplane, peer: int, path: str) -> None:
+        self.mesh = mesh
+        self.peer = peer
+        self.path = path
+        self.transport = None
+        self.connects = 0
+        # Frames written in this reactor turn, sent together at its end.
+        self._pending: list[bytes] = []
+
+    def send(self, frame: bytes) -> None:
+        """
+        Queue C{frame} for this turn's write to the peer (dropped if the
+        peer is not connected).
+        """
+        if self.transport is None:
+            return
+        pending = self._pending
+        if not pending:
+            self.mesh._reactor.callLater(0, self._flush)
+        pending.append(frame)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending and self.transport is not None:
+            self.transport.write(b"".join(pending))
+
+    def buildProtocol(self, addr):
+        return _Outbound(self)
+
+    def connect(self) -> None:
+        self.mesh._reactor.connectUNIX(self.path, self, timeout=5)
+
+    def _connected(self, protocol: _Outbound) -> None:
+        self.transport = protocol.transport
+        self.connects += 1
+        self.send(_frame(_HELLO, b"%d" % self.mesh.index))
+        for subject in self.mesh._interest:
+            self.send(_frame(_ON, subject.encode("utf-8")))
+
+    def _lost(self, protocol: _Outbound) -> None:
+        self.transport = None
+        self._pending = []
+        self._again()
+
+    def clientConnectionFailed(self, connector, reason) -> None:
+        self._again()
+
+    def _again(self) -> None:
+        if self.mesh.running:
+            self.mesh._reactor.callLater(_RECONNECT, self.connect)
+
+
+@implementer(IBackplane)
+class MeshBackplane:
+    """
+    One worker's side of the mesh.
+
+    @param index: this worker's number, from 0.
+    @param paths: every worker's socket path, by number (this one's too).
+    @param listening: the file descriptor of this worker's own listening
+        socket, made and held by the parent.
+    @ivar sent: messages written to peers (one per peer per message).
+    @ivar received: messages that came from peers.
+    """
+
+    def __init__(self, reactor, index: int, paths: list[str], listening: int) -> None:
+        self._reactor = reactor
+        self.index = index
+        self.paths = paths
+        self._listening = listening
+        self.receiver = None
+        self.running = False
+        self.sent = 0
+        self.received = 0
+        self._interest: set[str] = set()
+        self._links = {peer: _Link(self, peer, path) for peer, path in enumerate(paths) if peer != index}
+        # peer -> the topics its subscribers follow
+        self._peers: dict[int, set[str]] = {}
+        self._inbound: dict[int, _Inbound] = {}
+        self._port = None
+        self._asked: dict[int, tuple[Deferred, dict[int, object], set[int]]] = {}
+        self._next_ask = 0
+        #: answers this worker's figures when a peer asks: set by the owner
+        self.figures = lambda: None
+
+    @property
+    def healthy(self) -> bool:
+        # A peer that is down has no subscribers (they were its
+        # connections): delivering to the others is delivering to all.
+        return self.running
+
+    def start(self, receiver) -> Deferred[None]:
+        self.receiver = receiver
+        self.running = True
+        factory = Factory.forProtocol(lambda: _Inbound(self))
+        factory.noisy = False
+        self._port = self._reactor.adoptStreamPort(self._listening, socket.AF_UNIX, factory)
+        for link in self._links.values():
+            link.connect()
+        return succeed(None)
+
+    def stop(self) -> Deferred[None]:
+        self.running = False
+        for link in self._links.values():
+            if link.transport is not None:
+                link._flush()
+                link.transport.loseConnection()
+        port, self._port = self._port, None
+        if port is None:
+            return succeed(None)
+        return maybeDeferred(port.stopListening)
+
+    def interest(self, subject, on: bool, group: str | None = None) -> None:
+        if not isinstance(subject, str) or group is not None:
+            # Patterns and queue groups come with the broker that has them.
+            raise NotImplementedError("the workers' mesh carries topic interest only")
+        if on:
+            self._interest.add(subject)
+        else:
+            self._interest.discard(subject)
+        frame = _frame(_ON if on else _OFF, subject.encode("utf-8"))
+        for link in self._links.values():
+            link.send(frame)
+
+    def publish(self, topic: str, payload: bytes, hops: int = 0) -> Deferred[None]:
+        frame = None
+        peers = self._peers
+        for peer, link in self._links.items():
+            follows = peers.get(peer)
+            if follows and topic in follows and link.transport is not None:
+                if frame is None:
+                    encoded = topic.encode("utf-8")
+                    frame = b"".join((
+                        _HEADER.pack(_MESSAGE, 2 + len(encoded) + len(payload)),
+                        _TOPIC.pack(len(encoded)), encoded, payload,
+                    ))
+                link.send(frame)
+                self.sent += 1
+        return succeed(None)
+
+    def remote_topics(self, topic: str) -> int:
+        """
+        How many peers follow C{topic} now.
+        """
+        return sum(1 for follows in self._peers.values() if topic in follows)
+
+    # Figures of the whole server.
+
+    def gather(self, timeout: float = 1.0) -> Deferred[dict[int, object]]:
+        """
+        Ask every peer for its figures; fire with peer -> figures for those
+        that answered within C{timeout} seconds.
+        """
+        asking = {peer for peer, link in self._links.items() if link.transport is not None and peer in self._inbound}
+        answers: dict[int, object] = {}
+        if not asking:
+            return succeed(answers)
+        ident = self._next_ask = self._next_ask + 1
+        d: Deferred = Deferred()
+        self._asked[ident] = (d, answers, asking)
+        frame = _frame(_ASK, _ID.pack(ident))
+        for peer in asking:
+            self._links[peer].send(frame)
+
+        def late():
+            if ident in self._asked:
+                del self._asked[ident]
+                d.callback(answers)
+
+        call = self._reactor.callLater(timeout, late)
+        d.addBoth(lambda result: (call.active() and call.cancel(), result)[1])
+        return d
+
+    def _answer(self, peer: int | None, body: bytes) -> None:
+        link = self._links.get(peer) if peer is not None else None
+        if link is not None and link.transport is not None:
+            link.send(_frame(_ANSWER, body + pickle.dumps(self.figures(), pickle.HIGHEST_PROTOCOL)))
+
+    def _answered(self, peer: int | None, ident: int, figures) -> None:
+        asked = self._asked.get(ident)
+        if asked is None or peer is None:
+            return
+        d, answers, asking = asked
+        answers[peer] = figures
+        asking.discard(peer)
+        if not asking:
+            del self._asked[ident]
+            d.callback(answers)
+
+    # The peers' streams.
+
+    def _follows(self, peer: int | None) -> set[str]:
+        if peer is None:
+            raise internet_error.ConnectionLost("a peer sent before saying who it is")
+        return self._peers.setdefault(peer, set())
+
+    def _inbound_from(self, peer: int, protocol: _Inbound) -> None:
+        old = self._inbound.get(peer)
+        self._inbound[peer] = protocol
+        self._peers[peer] = set()
+        if old is not None and old.transport is not None:
+            old.transport.loseConnection()
+
+    def _inbound_lost(self, peer: int, protocol: _Inbound) -> None:
+        if self._inbound.get(peer) is not protocol:
+            return
+        del self._inbound[peer]
+        self._peers.pop(peer, None)
+        for ident, (d, answers, asking) in list(self._asked.items()):
+            if peer in asking:
+                asking.discard(peer)
+                if not asking:
+                    del self._asked[ident]
+                    d.callback(answers)

@@ -1,0 +1,239 @@
+# -*- test-case-name: tests.test_workers -*-
+"""
+A worker of a server run with C{--workers N}: C{python -m
+memmq.workers.child}, started by the parent (L{memmq.workers.parent}) with
+its description in C{$MEMMQ_WORKER}.
+
+A worker is a server as C{memmq} runs one (the same options, the same
+service tree) but for three things: it serves on the listening sockets the
+parent passed down instead of opening its own; its broker is a
+L{WorkerBroker} joined to the other workers by the mesh
+(L{memmq.backplane.mesh}); and it tells the parent, not systemd, that it
+serves, and beats on its status pipe so that the parent knows it is alive.
+It dies with its parent.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import sys
+
+from twisted.application.service import Service
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.internet.task import LoopingCall
+from twisted.logger import LogLevel, globalLogBeginner
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
+
+from memmq.backplane.mesh import MeshBackplane
+from memmq.eager import adopt_eager_tls
+from memmq.logs import observer
+from memmq.workers.figures import WorkerBroker
+
+__all__ = ["Worker", "main"]
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """
+    Ask the kernel to send this process SIGTERM when its parent dies (and
+    make sure it has not died already).
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the status pipe's end tells the same, later
+    if os.getppid() != parent:
+        os._exit(0)
+
+
+class _Status(Service):
+    """
+    Says "ready" on the status pipe once the worker serves, then beats.
+    """
+
+    name = "worker-status"
+
+    def __init__(self, worker: Worker, reactor) -> None:
+        self._worker = worker
+        self._reactor = reactor
+        self._beats: LoopingCall | None = None
+
+    def _say(self, line: bytes) -> None:
+        try:
+            os.write(self._worker.status_fd, line + b"\n")
+        except OSError:
+            # The parent is gone: so are we.
+            self._reactor.stop()
+
+    def startService(self) -> None:
+        super().startService()
+        self._say(b"ready")
+        self._beats = LoopingCall(self._say, b"beat")
+        self._beats.clock = self._reactor
+        self._beats.start(self._worker.beat, now=False)
+
+    def stopService(self):
+        super().stopService()
+        if self._beats is not None and self._beats.running:
+            self._beats.stop()
+
+
+@implementer(IReadDescriptor)
+class _Parent:
+    """
+    The worker's standard input, a pipe from the parent: "listen" when the
+    --address socket starts listening; its end when the parent is gone
+    (on Linux the parent's death kills the worker first anyway).
+    """
+
+    def __init__(self, worker: Worker, reactor) -> None:
+        self._worker = worker
+        self._reactor = reactor
+
+    def fileno(self) -> int:
+        return 0
+
+    def logPrefix(self) -> str:
+        return "parent"
+
+    def doRead(self):
+        try:
+            data = os.read(0, 4096)
+        except BlockingIOError:
+            return None
+        except OSError:
+            data = b""
+        if not data:
+            return ConnectionDone()
+        if b"listen" in data:
+            self._worker.listen()
+        return None
+
+    def connectionLost(self, reason) -> None:
+        self._reactor.removeReader(self)
+        if self._reactor.running:
+            self._reactor.stop()
+
+
+class _Mesh(Service):
+    """
+    Joins the mesh first and leaves it last.
+    """
+
+    name = "mesh"
+
+    def __init__(self, broker: WorkerBroker) -> None:
+        self.broker = broker
+
+    def startService(self) -> None:
+        super().startService()
+        self.broker.start()
+
+    def stopService(self):
+        super().stopService()
+        return self.broker.stop()
+
+
+class Worker:
+    """
+    What makes a server a worker (L{memmq.tap.makeService} asks it).
+
+    @param spec: the parent's description of this worker.
+    """
+
+    def __init__(self, spec: dict, reactor) -> None:
+        self.spec = spec
+        self.index: int = spec["index"]
+        self.status_fd: int = spec["status_fd"]
+        self.beat: float = spec["beat"]
+        self._reactor = reactor
+        self.broker: WorkerBroker | None = None
+        self.site = None
+        self._waiting: list = []
+        os.set_blocking(0, False)
+        reactor.addReader(_Parent(self, reactor))
+
+    def listen(self) -> None:
+        """
+        The parent's socket listens now: accept on it.
+        """
+        waiting, self._waiting = self._waiting, []
+        for port in waiting:
+            port.startReading()
+
+    def wrap(self, local):
+        """
+        The broker of this worker, over the local in-memory one.
+        """
+        mesh = MeshBackplane(self._reactor, self.index, self.spec["mesh"], self.spec["mesh_fd"])
+        self.broker = WorkerBroker(local, mesh, self.index, self._reactor)
+        return self.broker
+
+    def services(self, root) -> None:
+        """
+        Add what comes first in a worker's tree: the mesh.
+        """
+        _Mesh(self.broker).setServiceParent(root)
+
+    def adopt(self, http) -> None:
+        """
+        Have the HTTP front-end serve on the parent's sockets (its
+        C{ports} filled in before it starts, so that it opens none).
+        """
+        tls = http.certificate.options()
+        site = self.site = http.site
+        self.broker.site = site
+        for entry in self.spec["ports"]:
+            fd, family = entry["fd"], entry["family"]
+            if entry["description"] is None:
+                port = adopt_eager_tls(self._reactor, fd, family, tls, site)
+                if not self.spec["listening"]:
+                    # Not listening yet: a socket in that state reads as
+                    # hung up, which would close the port.
+                    port.stopReading()
+                    self._waiting.append(port)
+            else:
+                port = self._reactor.adoptStreamPort(fd, family, TLSMemoryBIOFactory(tls, False, site))
+            os.close(fd)
+            http.adopt(port, entry["description"])
+
+    def notifier(self) -> Service:
+        """
+        Last in the tree: tells the parent this worker serves.
+        """
+        return _Status(self, self._reactor)
+
+
+def main() -> int:
+    spec = json.loads(os.environ.pop("MEMMQ_WORKER"))
+    die_with_parent(spec["parent"])
+    from memmq.script import Options, ProcessRoot
+
+    options = Options()
+    options.parseOptions(spec["argv"])
+    globalLogBeginner.beginLoggingTo([observer(options["log_format"], LogLevel.info)], redirectStandardIO=False)
+    from twisted.internet import reactor
+
+    from memmq.tap import makeService
+
+    # The parent passes SIGHUP on; a feature that reloads on it installs
+    # its own handler while the tree is built, over this one.
+    signal.signal(signal.SIGHUP, lambda signum, frame: None)
+
+    service = makeService(options, reactor, root=ProcessRoot, worker=Worker(spec, reactor))
+    service.privilegedStartService()
+    service.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""
+Tests for memmq.backplane.mesh: two workers' meshes in this process, joined
+by real Unix sockets.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import TestCase
+from zope.interface.verify import verifyObject
+
+from memmq.backplane.interface import IBackplane
+from memmq.backplane.mesh import MeshBackplane
+from tests.support import bounded, short_directory, until
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+
+    def received(self, topic, payload, plain=True, groups=None) -> None:
+        self.messages.append((topic, payload))
+
+
+class MeshTests(TestCase):
+    """
+    Interest goes to the peers; messages go only to peers that follow their
+    topic, in order; figures are gathered from the peers.
+    """
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        directory = short_directory(self)
+        paths = [os.path.join(directory, f"m{i}") for i in range(2)]
+        self.meshes = []
+        self.recorders = []
+        for index, path in enumerate(paths):
+            listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listening.bind(path)
+            listening.listen(8)
+            listening.setblocking(False)
+            self.addCleanup(listening.close)
+            mesh = MeshBackplane(reactor, index, paths, listening.fileno())
+            recorder = _Recorder()
+            mesh.start(recorder)
+            self.addCleanup(mesh.stop)
+            self.meshes.append(mesh)
+            self.recorders.append(recorder)
+
+    @inlineCallbacks
+    def test_interest_and_order(self) -> None:
+        """
+        Once B follows a topic, A's messages to it reach B in order, and
+        only those: a topic B does not follow costs nothing.
+        """
+        a, b = self.meshes
+        self.assertTrue(verifyObject(IBackplane, a))
+        b.interest("t", True)
+        yield until(lambda: a.remote_topics("t") == 1)
+        for i in range(100):
+            a.publish("t", b"%d" % i)
+            a.publish("other", b"x")
+        yield until(lambda: len(self.recorders[1].messages) >= 100)
+        self.assertEqual(self.recorders[1].messages, [("t", b"%d" % i) for i in range(100)])
+        self.assertEqual(a.sent, 100)
+        b.interest("t", False)
+        yield until(lambda: a.remote_topics("t") == 0)
+        a.publish("t", b"late")
+        self.assertEqual(a.sent, 100)
+
+    @inlineCallbacks
+    def test_gather(self) -> None:
+        """
+        gather() fires with each peer's figures.
+        """
+        a, b = self.meshes
+        b.figures = lambda: {"worker": 1}
+        yield until(lambda: 1 in a._inbound and a._links[1].transport is not None)
+        answers = yield bounded(a.gather())
+        self.assertEqual(answers, {1: {"worker": 1}})
