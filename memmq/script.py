@@ -21,13 +21,16 @@ import sys
 import threading
 
 from twisted.application.service import MultiService
-from twisted.logger import LogLevel, globalLogBeginner
+from twisted.logger import Logger, LogLevel, globalLogBeginner
 from twisted.python import usage
 
 from memmq.errors import MemmqError
 from memmq.internals.twisted_private import clear_exit_signal
 from memmq.logs import observer, say
 from memmq.options import MemmqOptions
+from memmq.server.limits import raise_nofile_limit
+
+_log = Logger()
 
 __all__ = ["Options", "TwistdOptions", "ProcessRoot", "main"]
 
@@ -87,6 +90,13 @@ class ProcessRoot(MultiService):
         self._reactor = reactor
 
     def privilegedStartService(self) -> None:
+        # A server's connections are its open files: take all the system
+        # allows this process (README: Limits).
+        before, after = raise_nofile_limit()
+        _log.info(
+            "open files limit: {after}" + (" (raised from {before})" if after != before else ""),
+            before=before, after=after,
+        )
         try:
             super().privilegedStartService()
         except MemmqError as e:

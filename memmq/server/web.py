@@ -32,6 +32,7 @@ from memmq.hops import HOPS_HEADER, BadHops, TooManyHops, check_hops
 from memmq.interfaces import IBroker, IReplaySource
 from memmq.server.combine import Combiner
 from memmq.server.connections import Connections
+from memmq.server.limits import Guard, GuardedChannel, hang_up
 from memmq.server.metrics import STATS_LIMIT, Metrics
 from memmq.server.query import NO_REPLAY, since_from_query, topic_from_query
 from memmq.server.stream import StreamingSubscriber
@@ -99,12 +100,19 @@ class MemmqRequest(server.Request):
         self._received += len(data)
         if self._refused:
             if self._received > _DISCARD_LIMIT:
-                self.channel.loseConnection()
+                hang_up(self.channel)
             return
         if self._received > self._limit:
             self._refuse()
             return
         self.content.write(data)
+
+    @property
+    def refused(self) -> bool:
+        """
+        Whether the body was refused (413 sent).
+        """
+        return self._refused
 
     def requestReceived(self, command, path, version) -> None:
         if self._refused:
@@ -142,6 +150,7 @@ class MemmqSite(server.Site):
     """
 
     requestFactory = MemmqRequest
+    protocol = GuardedChannel
     displayTracebacks = False
     noisy = False
 
@@ -160,19 +169,22 @@ class MemmqSite(server.Site):
         self.max_message_size = max_message_size
         self.connections = Connections()
         self.metrics = Metrics(broker)
+        self.guard = Guard(clock)
+        self.metrics.registry.register(self.guard)
         self.replay = replay
         root = _Root()
         root.putChild(
             b"pub",
             PublishResource(broker, WebSocketResource(
-                WebSocketFactory(PublisherProtocol, broker, self.connections, max_message_size)
+                WebSocketFactory(PublisherProtocol, broker, self.connections, max_message_size, guard=self.guard)
             ), self.metrics),
         )
         root.putChild(
             b"sub",
             SubscribeResource(broker, self.connections, WebSocketResource(
                 WebSocketFactory(
-                    SubscriberProtocol, broker, self.connections, max_message_size, self.combiner, replay
+                    SubscriberProtocol, broker, self.connections, max_message_size, self.combiner, replay,
+                    guard=self.guard,
                 )
             ), replay),
         )
