@@ -95,10 +95,15 @@ class Guard:
     (it is a prometheus_client collector), and their rate-limited logs.
     """
 
-    def __init__(self, clock: IReactorTime | None = None) -> None:
+    def __init__(
+        self, clock: IReactorTime | None = None, head_timeout: float = HEAD_TIMEOUT,
+        stall_timeout: float = STALL_TIMEOUT,
+    ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
         self.clock = clock
+        self.head_timeout = head_timeout
+        self.stall_timeout = stall_timeout
         self.counts = {name: 0 for name, _ in self._METRICS}
         self._logs = {name: RateLimited(_log, clock) for name, _ in self._METRICS}
 
@@ -172,10 +177,9 @@ class OutputStall:
     connection is dropped and counted.
     """
 
-    def __init__(self, guard: Guard, transport, timeout: float = STALL_TIMEOUT) -> None:
+    def __init__(self, guard: Guard, transport) -> None:
         self._guard = guard
         self._transport = transport
-        self._timeout = timeout
         self._call = None
         self._queued: int | None = None
 
@@ -183,7 +187,7 @@ class OutputStall:
         if self._call is None:
             self._guard.count("output_paused")
             self._queued = queued_output(self._transport)
-            self._call = self._guard.clock.callLater(self._timeout, self._check)
+            self._call = self._guard.clock.callLater(self._guard.stall_timeout, self._check)
 
     def resumed(self) -> None:
         self.cancel()
@@ -200,11 +204,11 @@ class OutputStall:
             return  # gone already
         if self._queued is not None and queued < self._queued:
             self._queued = queued
-            self._call = self._guard.clock.callLater(self._timeout, self._check)
+            self._call = self._guard.clock.callLater(self._guard.stall_timeout, self._check)
             return
         self._guard.count(
             "stalled", "closing {peer}: it took none of its {queued} waiting bytes in {seconds:g} s",
-            peer=str(self._transport.getPeer()), queued=queued, seconds=self._timeout,
+            peer=str(self._transport.getPeer()), queued=queued, seconds=self._guard.stall_timeout,
         )
         self._transport.abortConnection()
 
@@ -235,7 +239,7 @@ class GuardedChannel(http.HTTPChannel):
 
     def _start_head(self) -> None:
         if self._head_call is None:
-            self._head_call = self.guard.clock.callLater(HEAD_TIMEOUT, self._head_timed_out)
+            self._head_call = self.guard.clock.callLater(self.guard.head_timeout, self._head_timed_out)
 
     def _stop_head(self) -> None:
         if self._head_call is not None:
@@ -247,9 +251,9 @@ class GuardedChannel(http.HTTPChannel):
         self._head_call = None
         self.guard.count(
             "head_timeouts", "closing {peer}: no complete request head in {seconds:g} s",
-            peer=str(self.transport.getPeer()), seconds=HEAD_TIMEOUT,
+            peer=str(self.transport.getPeer()), seconds=self.guard.head_timeout,
         )
-        self.answer_and_close(408, f"request head not complete within {HEAD_TIMEOUT:g} s", counted=True)
+        self.answer_and_close(408, f"request head not complete within {self.guard.head_timeout:g} s", counted=True)
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
