@@ -147,27 +147,19 @@ def default_guard() -> Guard:
     return _default_guard
 
 
-def hang_up(protocol, grace: float = CLOSE_GRACE, clock: IReactorTime | None = None) -> None:
+def hang_up(channel) -> None:
     """
-    Stop reading C{protocol}'s connection and close it: politely (what was
-    written goes out first), and for good after C{grace} seconds.  Under
-    TLS a polite close waits for the peer's close alert, which a hostile
-    peer never sends: hence the grace.
+    Stop reading C{channel}'s connection and close it: politely (what was
+    written goes out first), and for good after L{CLOSE_GRACE} seconds
+    when it is a L{GuardedChannel}.  Under TLS a polite close waits for
+    the peer's close alert, which a hostile peer never sends: hence the
+    grace.
     """
-    transport = protocol.transport
-    if transport is None:
-        return
-    if clock is None:
-        from twisted.internet import reactor as clock
-    transport.pauseProducing()
-    loser = getattr(protocol, "loseConnection", None) if isinstance(protocol, http.HTTPChannel) else None
-    (loser or transport.loseConnection)()
-
-    def abort():
-        if queued_output(transport) is not None:
-            transport.abortConnection()
-
-    clock.callLater(grace, abort)
+    if isinstance(channel, GuardedChannel):
+        channel.hang_up()
+    elif channel.transport is not None:
+        channel.transport.pauseProducing()
+        channel.loseConnection()
 
 
 class OutputStall:
@@ -306,7 +298,26 @@ class GuardedChannel(http.HTTPChannel):
             )
         self.persistent = False
         self.transport.write(plain_text(code, reason))
-        hang_up(self, clock=self.guard.clock)
+        self.hang_up()
+
+    _abort_call = None
+
+    def hang_up(self) -> None:
+        """
+        Read nothing more, close, and drop the connection if it is still
+        open L{CLOSE_GRACE} seconds later.
+        """
+        if self._abort_call is not None or self.transport is None:
+            return
+        self._closing = True
+        self.transport.pauseProducing()
+        self.loseConnection()
+        self._abort_call = self.guard.clock.callLater(CLOSE_GRACE, self._abort)
+
+    def _abort(self) -> None:
+        self._abort_call = None
+        if self.transport is not None:
+            self.transport.abortConnection()
 
     def pauseProducing(self) -> None:
         super().pauseProducing()
@@ -327,10 +338,13 @@ class GuardedChannel(http.HTTPChannel):
         self.guard.count(
             "idle_timeouts", "timing out idle client {peer}", peer=str(self.transport.getPeer())
         )
-        hang_up(self, clock=self.guard.clock)
+        self.hang_up()
 
     def connectionLost(self, reason) -> None:
         self._stop_head()
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
+        self._abort_call = None
         if self._stall is not None:
             self._stall.cancel()
         super().connectionLost(reason)
