@@ -73,7 +73,7 @@ class Process:
     def start(self) -> None:
         self.process = subprocess.Popen(self.argv, env=self.env, stdout=self.log, stderr=self.log)
 
-    async def ready(self, seconds: float = 20) -> None:
+    async def ready(self, seconds: float = 60) -> None:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             try:
@@ -332,8 +332,6 @@ async def run(options) -> int:
     server = Process(options.checkout, free_port(), "--persist", f"--persist_dir={directory}/server")
     upstream = Process(options.checkout, free_port(), "--persist", f"--persist_dir={directory}/upstream")
     proxy = Process(options.checkout, free_port(), "--proxy", f"--servers=127.0.0.1:{upstream.port}")
-    os.makedirs(f"{directory}/server")
-    os.makedirs(f"{directory}/upstream")
     processes = [server, upstream, proxy]
     for p in processes:
         p.start()
@@ -400,6 +398,10 @@ async def run(options) -> int:
         subprocess.run(["rm", "-rf", directory], check=False)
 
 
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0)
@@ -409,7 +411,12 @@ def main(argv=None) -> int:
     options = parser.parse_args(argv)
     if not 0 < options.minutes <= 120:
         parser.error("--minutes must be more than 0 and at most 120")
-    return asyncio.run(run(options))
+    # SIGTERM as SIGINT: the processes started are stopped on the way out.
+    signal.signal(signal.SIGTERM, _interrupted)
+    try:
+        return asyncio.run(run(options))
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":
