@@ -30,6 +30,8 @@ The details of Twisted that memmq relies on and Twisted does not publish.
     HTTPChannel._handlingRequest, ._networkProducer
                             whether a request is being answered, and what
                             the channel pauses to stop reading
+    HTTPChannel._version    set once a request line is parsed, removed once
+                            the request is read (L{request_line_parsed})
     tcp.Port._logger        the logger a port reports accept errors to
                             (one line per refused connection)
 
@@ -46,7 +48,7 @@ from twisted.internet.interfaces import IListeningPort
 
 __all__ = [
     "EagerWrites", "chunk_length_waiting", "clear_exit_signal", "open_connections", "queued_output",
-    "set_accept_logger", "stop_reading_during_request",
+    "request_line_parsed", "set_accept_logger", "stop_reading_during_request",
 ]
 
 _RETRY = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ENOBUFS)
@@ -144,3 +146,11 @@ def stop_reading_during_request(channel) -> None:
     """
     if channel._handlingRequest:
         channel._networkProducer.pauseProducing()
+
+
+def request_line_parsed(channel) -> bool:
+    """
+    Whether C{channel} (an C{HTTPChannel}) holds a parsed request line for
+    the request whose headers it is reading.
+    """
+    return hasattr(channel, "_version")

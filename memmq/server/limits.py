@@ -41,6 +41,7 @@ from zope.interface import implementer
 from memmq.internals.twisted_private import (
     chunk_length_waiting,
     queued_output,
+    request_line_parsed,
     set_accept_logger,
     stop_reading_during_request,
 )
@@ -255,7 +256,7 @@ class GuardedChannel(http.HTTPChannel):
         super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> None:
-        if self._closing:
+        if self._closing or (self.transport is not None and self.transport.disconnecting):
             return
         if not line.endswith(b"\r"):
             self.answer_and_close(400, "lines must end with CRLF")
@@ -272,6 +273,10 @@ class GuardedChannel(http.HTTPChannel):
     def allHeadersReceived(self) -> None:
         self._stop_head()
         self._lines = 0
+        if not request_line_parsed(self):
+            # Lines went on after a request line twisted.web refused.
+            self.answer_and_close(400, "malformed request line")
+            return
         super().allHeadersReceived()
 
     def rawDataReceived(self, data: bytes) -> None:
