@@ -10,7 +10,7 @@ What runs, all on 127.0.0.1:
   POST numbered messages over kept-alive HTTPS; healthy WebSocket
   subscribers come and go (each lives 5-20 s); one WebSocket subscriber
   never reads (the server should close it, and it comes back); one
-  streaming subscriber reads a quarter of the rate published (it should be dropped
+  streaming subscriber reads 20 messages a second, fewer than published (it should be dropped
   messages, and counted);
 - a proxy (``--proxy``) in front of an upstream server (``--persist``)
   that is restarted every minute, with a publisher and a subscriber
@@ -278,12 +278,17 @@ async def deaf_subscriber(port: int, topic: str, stop: float, figures: Figures) 
 
 async def slow_subscriber(port: int, topic: str, stop: float, figures: Figures) -> None:
     """
-    A streaming GET /sub that takes one message every 20 ms (a quarter of
-    what is published).
+    A streaming GET /sub with a small receive buffer that takes one message
+    every 50 ms (fewer than are published).
     """
     while time.monotonic() < stop:
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls(), limit=2048)
+            # A small receive buffer, so that the server's side fills soon.
+            raw = socket.socket()
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            raw.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(raw, ("127.0.0.1", port))
+            reader, writer = await asyncio.open_connection(sock=raw, ssl=tls(), server_hostname="", limit=2048)
         except OSError:
             await asyncio.sleep(1)
             continue
@@ -296,7 +301,7 @@ async def slow_subscriber(port: int, topic: str, stop: float, figures: Figures) 
                 payload = await asyncio.wait_for(reader.readexactly(size + 2), 60)
                 figures.slow_received += 1
                 figures.slow_missed += check(payload[:-2], last)
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.05)
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
             pass
         finally:
@@ -329,7 +334,11 @@ async def restarter(upstream: Process, stop: float) -> int:
 
 async def run(options) -> int:
     directory = tempfile.mkdtemp(prefix="memmq-soak-")
-    server = Process(options.checkout, free_port(), "--persist", f"--persist_dir={directory}/server")
+    # Small per-subscriber buffers: the slow subscriber meets them soon.
+    server = Process(
+        options.checkout, free_port(), "--persist", f"--persist_dir={directory}/server",
+        "--max_buffered_messages=100", "--max_buffered_bytes=64KiB",
+    )
     upstream = Process(options.checkout, free_port(), "--persist", f"--persist_dir={directory}/upstream")
     proxy = Process(options.checkout, free_port(), "--proxy", f"--servers=127.0.0.1:{upstream.port}")
     processes = [server, upstream, proxy]
