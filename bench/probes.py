@@ -178,7 +178,7 @@ def send_until_stuck(sock, unit: bytes, count: int, server: Server, stuck: float
             break
         try:
             sock.sendall(batch)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             ended = "server stopped reading"
             break
         except OSError:
@@ -281,7 +281,7 @@ def probe_nofile(variant, scale):
             try:
                 sock = tls_connect(server.port, timeout=2)
                 sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-                if sock.recv(12).startswith(b"HTTP/1.1 200"):
+                if sock.recv(12).startswith(b"HTTP/1."):
                     ok += 1
                 held.append(sock)
             except OSError:
@@ -289,7 +289,7 @@ def probe_nofile(variant, scale):
         for sock in held:
             sock.close()
         time.sleep(1)
-        return f"soft limit {soft}; {ok}/600 served; {server.log_lines()} log lines"
+        return f"soft limit {soft}; {ok}/600 answered; {server.log_lines()} log lines"
     finally:
         for sock in held:
             sock.close()
@@ -339,7 +339,7 @@ def answer_of(port: int, request: bytes, limit: float = 10.0) -> str:
         sock.settimeout(limit)
         try:
             first = sock.recv(64)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return f"no answer in {limit:.0f} s"
         except OSError as e:
             return f"{type(e).__name__} after {time.monotonic() - started:.2f} s"
@@ -441,7 +441,8 @@ def probe_plain(variant, scale):
         sock.close()
         if not data:
             return "empty reply"
-        return repr(data.split(b"\r\n")[0].decode("latin-1")) + " / " + repr(data.split(b"\r\n\r\n", 1)[-1][:60].decode("latin-1"))
+        status = data.split(b"\r\n")[0].decode("latin-1")
+        return repr(status) + " / " + repr(data.split(b"\r\n\r\n", 1)[-1][:60].decode("latin-1"))
     finally:
         server.stop()
 

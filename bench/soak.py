@@ -168,7 +168,7 @@ async def publisher(port: int, topic: str, name: str, rate: float, stop: float, 
                 if not status:
                     break
                 await asyncio.sleep(1 / rate)
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
             if proxy:
                 figures.proxy_errors += 1
             else:
@@ -228,7 +228,7 @@ async def healthy_subscriber(port: int, topic: str, stop: float, figures: Figure
         life = time.monotonic() + random.uniform(5, 20)
         try:
             reader, writer = await websocket(port, f"/sub?topic={topic}")
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+        except (TimeoutError, OSError, asyncio.IncompleteReadError):
             await asyncio.sleep(0.5)
             continue
         figures.healthy_sessions += 1
@@ -238,7 +238,7 @@ async def healthy_subscriber(port: int, topic: str, stop: float, figures: Figure
             while time.monotonic() < min(life, stop):
                 try:
                     payload = await asyncio.wait_for(iterator.__anext__(), 1)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
                 figures.healthy_received += 1
                 figures.healthy_lost += check(payload, last)
@@ -256,7 +256,7 @@ async def deaf_subscriber(port: int, topic: str, stop: float, figures: Figures) 
     while time.monotonic() < stop:
         try:
             reader, writer = await websocket(port, f"/sub?topic={topic}")
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+        except (TimeoutError, OSError, asyncio.IncompleteReadError):
             await asyncio.sleep(1)
             continue
         transport = writer.transport
@@ -266,7 +266,7 @@ async def deaf_subscriber(port: int, topic: str, stop: float, figures: Figures) 
             try:
                 writer.write(b"\x89\x80\0\0\0\0")  # a ping: its pong is never read
                 await asyncio.wait_for(writer.drain(), 1)
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 pass
             if reader.at_eof() or reader.exception() is not None or transport.is_closing():
                 break
@@ -302,7 +302,7 @@ async def slow_subscriber(port: int, topic: str, stop: float, figures: Figures) 
                 figures.slow_received += 1
                 figures.slow_missed += check(payload[:-2], last)
                 await asyncio.sleep(0.05)
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
             pass
         finally:
             writer.close()
@@ -316,7 +316,7 @@ async def proxy_subscriber(port: int, topic: str, stop: float, figures: Figures)
                 figures.proxy_received += 1
                 if time.monotonic() >= stop:
                     break
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+        except (TimeoutError, OSError, asyncio.IncompleteReadError):
             await asyncio.sleep(0.5)
 
 
