@@ -486,12 +486,20 @@ def parse_variant(text: str) -> dict:
     return {"name": name, "checkout": checkout or ".", "args": shlex.split(args)}
 
 
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", action="append", required=True, type=parse_variant)
     parser.add_argument("--probe", action="append", choices=sorted(PROBES), help="default: all")
     parser.add_argument("--scale", type=float, default=1.0)
     options = parser.parse_args(argv)
+    # SIGTERM as SIGINT: each probe's server is stopped on the way out.
+    import signal
+
+    signal.signal(signal.SIGTERM, _interrupted)
     # The probes hold thousands of sockets at once.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
