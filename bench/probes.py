@@ -90,15 +90,16 @@ class Server:
         self.process = subprocess.Popen(
             argv, env=env, stdout=self.log, stderr=self.log, preexec_fn=limit, cwd=tempfile.gettempdir()
         )
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
                 tls_connect(self.port, 1).close()
                 return
             except OSError:
                 time.sleep(0.1)
+        log = open(self.log.name, errors="replace").read()[-300:]
         self.stop()
-        raise SystemExit(f"probes: the server on port {self.port} did not answer in time")
+        raise RuntimeError(f"the server on port {self.port} did not answer in time: {log!r}")
 
     def rss_mb(self) -> float:
         with open(f"/proc/{self.process.pid}/status") as f:
