@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from memmq.errors import MemmqError
 from memmq.internals.twisted_private import open_connections
 from memmq.server.limits import watch_accepts
-from memmq.server.listen import Address, describe_port, listen_endpoint, listen_tls
+from memmq.server.listen import Address, describe_port, is_plain, listen_endpoint, listen_tls
 from memmq.server.web import MemmqSite
 from memmq.tls import ServerCertificate
 
@@ -38,20 +38,24 @@ class HTTPService(Service):
     endpoints (C{--listen}).
 
     @ivar ports: the listening ports, once started: the address's first.
+    @ivar role: what the start-up line adds after the address (a proxy
+        says what it proxies); empty for a server.
     """
 
     name = "http"
 
     def __init__(
         self, site: MemmqSite, address: Address | None, certificate: ServerCertificate, reactor,
-        endpoints: Sequence[str] = (),
+        endpoints: Sequence[str] = (), role: str = "",
     ) -> None:
         self.site = site
+        self.role = role
         self.address = address
         self.endpoints = list(endpoints)
         self.certificate = certificate
         self._reactor = reactor
         self.ports: list[IListeningPort] = []
+        self._descriptions: list[str | None] = []
 
     @property
     def port(self) -> IListeningPort | None:
@@ -76,7 +80,7 @@ class HTTPService(Service):
                 self._listening(listen_endpoint(self._reactor, description, options, self.site), description)
         except MemmqError:
             # All or nothing: a service that did not start holds no port.
-            ports, self.ports = self.ports, []
+            ports, self.ports, self._descriptions = self.ports, [], []
             for port in ports:
                 port.stopListening()
             raise
@@ -84,19 +88,35 @@ class HTTPService(Service):
     def _listening(self, port: IListeningPort, description: str | None = None) -> None:
         self.ports.append(port)
         watch_accepts(port, self.site.guard)
-        scheme, address = describe_port(port, description)
-        _log.info(
-            "memmq listening on {scheme}{address} (certificate {origin})",
-            scheme=scheme, address=address, origin=self.certificate.origin, endpoint=description,
-        )
+        self._descriptions.append(description)
 
     def startService(self) -> None:
         self.privilegedStartService()
         super().startService()
+        # Said here, once every service of the tree has taken its ports (a
+        # gRPC port in use ends the start before this): "listening" means
+        # all of them.
+        for port, description in zip(self.ports, self._descriptions, strict=True):
+            scheme, address = describe_port(port, description)
+            if description is not None and is_plain(description):
+                # Loud on purpose: anyone on the path reads this traffic
+                # unless a proxy in front terminates TLS (README, "Behind a
+                # proxy").
+                _log.warn(
+                    "memmq listening on {scheme}{address} WITHOUT TLS (plain HTTP: put a proxy that "
+                    "terminates TLS in front of it){role}",
+                    scheme=scheme, address=address, endpoint=description, role=self.role,
+                )
+                continue
+            _log.info(
+                "memmq listening on {scheme}{address} (certificate {origin}){role}",
+                scheme=scheme, address=address, origin=self.certificate.origin, endpoint=description,
+                role=self.role,
+            )
 
     def stopService(self):
         super().stopService()
-        ports, self.ports = self.ports, []
+        ports, self.ports, self._descriptions = self.ports, [], []
         _log.info(
             "memmq stopping: no longer listening; closing {count} subscriber and publisher connections",
             count=len(self.site.connections),
