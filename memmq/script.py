@@ -92,11 +92,7 @@ class ProcessRoot(MultiService):
     def privilegedStartService(self) -> None:
         # A server's connections are its open files: take all the system
         # allows this process (README: Limits).
-        before, after = raise_nofile_limit()
-        _log.info(
-            "open files limit: {after}" + (" (raised from {before})" if after != before else ""),
-            before=before, after=after,
-        )
+        self._nofile = raise_nofile_limit()
         try:
             super().privilegedStartService()
         except MemmqError as e:
@@ -111,6 +107,15 @@ class ProcessRoot(MultiService):
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, self._stop_once_running)
         super().startService()
+        if self._nofile is not None:
+            # Said once listening: a start that fails says its one line only.
+            before, after = self._nofile
+            _log.info(
+                "open files limit: {after}" + (" (raised from {before})" if after != before else ""),
+                before=before, after=after,
+            )
+
+    _nofile: tuple[int, int] | None = None
 
     def _stop_once_running(self, signum, frame) -> None:
         self._reactor.callFromThread(self._reactor.stop)

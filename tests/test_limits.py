@@ -613,7 +613,7 @@ class OpenFilesTests(SynchronousTestCase):
             while time.monotonic() < deadline:
                 line = child.stderr.readline().decode()
                 lines.append(line)
-                if "listening" in line or not line:
+                if "open files limit" in line or not line:
                     break
         finally:
             child.terminate()

@@ -320,6 +320,9 @@ class _Root(resource.Resource):
     def getChild(self, path, request):
         return _NotFound()
 
+    def render(self, request):
+        return _NotFound().render(request)
+
 
 class _NotFound(_Resource):
     def render(self, request):
