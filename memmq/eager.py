@@ -24,10 +24,11 @@ from __future__ import annotations
 
 from twisted.internet import defer, tcp
 from twisted.internet.interfaces import IStreamServerEndpoint
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from memmq.internals.twisted_private import EagerWrites, port_from_descriptor
+from memmq.server.limits import GuardedTLSProtocol
 
 __all__ = ["EagerTLSServerEndpoint", "ImmediateTLSFactory", "adopt_eager_tls", "make_eager"]
 
@@ -70,10 +71,11 @@ class _EagerPort(tcp.Port):
 class ImmediateTLSFactory(TLSMemoryBIOFactory):
     """
     TLS whose records are written as the application writes (no
-    C{BufferingTLSTransport} turn).
+    C{BufferingTLSTransport} turn); plain HTTP is answered a 400
+    (L{memmq.server.limits}).
     """
 
-    protocol = TLSMemoryBIOProtocol
+    protocol = GuardedTLSProtocol
 
 
 @implementer(IStreamServerEndpoint)

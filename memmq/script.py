@@ -21,13 +21,16 @@ import sys
 import threading
 
 from twisted.application.service import MultiService
-from twisted.logger import LogLevel, globalLogBeginner
+from twisted.logger import Logger, LogLevel, globalLogBeginner
 from twisted.python import usage
 
 from memmq.errors import MemmqError
 from memmq.internals.twisted_private import clear_exit_signal
 from memmq.logs import observer, say
 from memmq.options import MemmqOptions
+from memmq.server.limits import raise_nofile_limit
+
+_log = Logger()
 
 __all__ = ["Options", "TwistdOptions", "ProcessRoot", "main"]
 
@@ -96,6 +99,9 @@ class ProcessRoot(MultiService):
         self._reactor = reactor
 
     def privilegedStartService(self) -> None:
+        # A server's connections are its open files: take all the system
+        # allows this process (README: Limits).
+        self._nofile = raise_nofile_limit()
         try:
             super().privilegedStartService()
         except MemmqError as e:
@@ -112,6 +118,15 @@ class ProcessRoot(MultiService):
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGHUP, self._reload)
         super().startService()
+        if self._nofile is not None:
+            # Said once listening: a start that fails says its one line only.
+            before, after = self._nofile
+            _log.info(
+                "open files limit: {after}" + (" (raised from {before})" if after != before else ""),
+                before=before, after=after,
+            )
+
+    _nofile: tuple[int, int] | None = None
 
     def _reload(self, signum, frame) -> None:
         if self.access is not None:

@@ -32,6 +32,15 @@ __all__ = [
 
 _DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
 
+# TLS 1.2 suites offered: AEAD only, forward secret (Mozilla's
+# "intermediate" profile); TLS 1.3 has only such suites.
+AEAD_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305"
+)
+
 
 class TLSConfigError(MemmqError):
     """
@@ -74,9 +83,9 @@ class ServerCertificate:
 
     def options(self) -> ssl.CertificateOptions:
         """
-        Server-side TLS options: this chain, TLS 1.2 or newer; a client
-        certificate asked for (not required) and verified when there are
-        L{client_authorities}.
+        Server-side TLS options: this chain, TLS 1.2 or newer, AEAD suites
+        only; a client certificate asked for (not required) and verified
+        when there are L{client_authorities}.
         """
         verify = {}
         if self.client_authorities:
@@ -90,6 +99,7 @@ class ServerCertificate:
             extraCertChain=[crypto.X509.from_cryptography(c) for c in self.chain[1:]],
             raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
             **verify,
+            acceptableCiphers=ssl.AcceptableCiphers.fromOpenSSLCipherString(AEAD_CIPHERS),
         )
 
 

@@ -630,6 +630,103 @@ def raw_publish(client: TLSClient, endpoint, host: str, topic: bytes, payload: b
     return bounded(connecting.addCallback(lambda _: proto.done))
 
 
+def raw_tls(port: int, timeout: float = WAIT, context=None):
+    """
+    A blocking TLS socket to 127.0.0.1:C{port} that verifies nothing: for
+    tests that play a hostile or broken client from a thread
+    (C{deferToThread}).
+    """
+    import ssl as stdlib_ssl
+
+    if context is None:
+        context = stdlib_ssl.SSLContext(stdlib_ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = stdlib_ssl.CERT_NONE
+    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        return context.wrap_socket(raw)
+    except BaseException:
+        raw.close()
+        raise
+
+
+def read_until_closed(sock, seconds: float, limit: int = 1 << 20) -> tuple[bytes, bool]:
+    """
+    Read from a blocking socket until the peer closes it, C{seconds} pass,
+    or C{limit} bytes came; return what came and whether it was closed.
+    """
+    import time
+
+    deadline = time.monotonic() + seconds
+    data = b""
+    while len(data) < limit:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return data, False
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            return data, False
+        except OSError:
+            return data, True
+        if not chunk:
+            return data, True
+        data += chunk
+    return data, False
+
+
+def send_until_stuck(sock, unit: bytes, limit: int, stuck: float = 2.0) -> int:
+    """
+    Send C{unit} repeatedly, never reading, until the peer takes nothing for
+    C{stuck} seconds, closes, or C{limit} bytes went; return the bytes sent.
+    """
+    batch = unit * max(1, 65536 // len(unit))
+    sent = 0
+    sock.settimeout(stuck)
+    while sent < limit:
+        try:
+            sock.sendall(batch)
+        except OSError:
+            break
+        sent += len(batch)
+    return sent
+
+
+def websocket_upgrade(sock, path: str) -> bytes:
+    """
+    Upgrade a blocking socket to a WebSocket on C{path}; return the answer's
+    head (C{HTTP/1.1 101 ...} when it worked).
+    """
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    return head
+
+
+def client_frame(opcode: int, payload: bytes = b"", fin: bool = True, rsv: int = 0, masked: bool = True) -> bytes:
+    """
+    One WebSocket frame as a client sends it (masked with a zero key, which
+    leaves the payload as it is, unless C{masked} is false).
+    """
+    first = (0x80 if fin else 0) | (rsv & 0x7) << 4 | (opcode & 0x0F)
+    n = len(payload)
+    if n < 126:
+        length = bytes([(0x80 if masked else 0) | n])
+    elif n < 65536:
+        length = bytes([(0x80 if masked else 0) | 126]) + n.to_bytes(2, "big")
+    else:
+        length = bytes([(0x80 if masked else 0) | 127]) + n.to_bytes(8, "big")
+    return bytes([first]) + length + (b"\0\0\0\0" if masked else b"") + payload
+
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 

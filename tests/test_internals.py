@@ -380,3 +380,86 @@ class AutobahnTests(SynchronousTestCase):
         for name in ("PreparedMessage", "payloadHybi", ".data", "processHandshake", "succeedHandshake",
                      "_wskey", "sendCloseFrame"):
             self.assertIn(name, autobahn_private.__doc__)
+
+
+class HardeningInternalsTests(SynchronousTestCase):
+    """
+    The Twisted and autobahn details the limits rely on (issue 17).
+    """
+
+    def test_queued_output_under_tls(self) -> None:
+        """
+        L{twisted_private.queued_output} walks from a TLS wrapper down to
+        the socket's buffer, and answers None once it is closed.
+        """
+        fd = _Buffered()
+        fd.connected = 1
+        fd.dataBuffer = b"abcdef"
+        fd.offset = 2
+        fd._tempDataLen = 3
+
+        class Wrapper:
+            pass
+
+        wrapper = Wrapper()
+        wrapper.transport = fd
+        self.assertEqual(twisted_private.queued_output(wrapper), 7)
+        fd.connected = 0
+        self.assertIsNone(twisted_private.queued_output(wrapper))
+        self.assertIsNone(twisted_private.queued_output(StringTransport()))
+
+    def test_channel_fields(self) -> None:
+        """
+        twisted.web's channel keeps the chunked decoder, the request line,
+        whether a request is being handled, and what it pauses to stop
+        reading, under these names.
+        """
+        from twisted.web import http, server
+
+        channel = http.HTTPChannel()
+        channel.requestFactory = server.Request
+        channel.site = server.Site(None)
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        self.addCleanup(channel.connectionLost, Failure(ConnectionDone()))
+        self.assertIs(channel._networkProducer, transport)
+        self.assertFalse(channel._handlingRequest)
+        self.assertFalse(twisted_private.request_line_parsed(channel))
+        channel.dataReceived(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n")
+        self.assertTrue(twisted_private.request_line_parsed(channel))
+        channel.dataReceived(b"\r\n10\r\nabc")
+        self.assertEqual(twisted_private.chunk_length_waiting(channel), 13)
+        self.assertIsInstance(channel._transferDecoder, http._ChunkedTransferDecoder)
+        channel._handlingRequest = True
+        twisted_private.stop_reading_during_request(channel)
+        self.assertEqual(transport.producerState, "paused")
+
+    def test_port_logger(self) -> None:
+        """
+        A TCP port reports accept errors through C{_logger}, read by
+        C{doRead}.
+        """
+        port = tcp.Port(0, None)
+        self.assertIn("self._logger", inspect.getsource(tcp.Port.doRead))
+        marker = object()
+        twisted_private.set_accept_logger(port, marker)
+        self.assertIs(port._logger, marker)
+
+    def test_fail_connection(self) -> None:
+        """
+        C{_fail_connection} sends a close frame with the code given.
+        """
+        protocol, transport = _handshake(self, _Lenient, b"dGhlIHNhbXBsZSBub25jZQ==")
+        transport.clear()
+        protocol.failByDrop = False  # as memmq's factory sets it
+        autobahn_private.fail_connection(protocol, 1009, "too many")
+        self.assertEqual(transport.value()[:4], b"\x88\x0a\x03\xf1")
+        self.assertTrue(protocol.failedByMe)
+
+    def test_hardening_names_listed(self) -> None:
+        """
+        Both modules list the names the limits use.
+        """
+        for name in ("_transferDecoder", "_handlingRequest", "_networkProducer", "_version", "tcp.Port._logger"):
+            self.assertIn(name, twisted_private.__doc__)
+        self.assertIn("_fail_connection", autobahn_private.__doc__)

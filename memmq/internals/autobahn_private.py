@@ -19,6 +19,11 @@ The details of autobahn that memmq relies on and autobahn does not publish.
                             C{sendClose} refuses 1001, which autobahn keeps
                             for itself, and memmq's server going away is
                             exactly what 1001 means
+    WebSocketProtocol._fail_connection(code, reason)
+                            fails the connection as autobahn does for an
+                            oversized message: a close frame, nothing more
+                            processed from the peer, and a drop if it does
+                            not answer
 
 Each is pinned by C{tests/test_internals.py}.
 """
@@ -29,7 +34,7 @@ import re
 
 from autobahn.websocket.protocol import PreparedMessage
 
-__all__ = ["LenientKeyHandshake", "send_close_frame", "unmasked_binary_frame"]
+__all__ = ["LenientKeyHandshake", "fail_connection", "send_close_frame", "unmasked_binary_frame"]
 
 # What autobahn wants in Sec-WebSocket-Key: 16 bytes, base64.
 WELL_FORMED_KEY = re.compile(rb"[A-Za-z0-9+/]{22}==")
@@ -51,6 +56,14 @@ def send_close_frame(protocol, code: int, reason: bytes) -> None:
     included) and C{reason} (UTF-8, at most 123 bytes).
     """
     protocol.sendCloseFrame(code=code, reasonUtf8=reason, isReply=False)
+
+
+def fail_connection(protocol, code: int, reason: str) -> None:
+    """
+    Fail C{protocol}'s connection with C{code} and C{reason}, as autobahn
+    fails one whose message is too big.
+    """
+    protocol._fail_connection(code, reason)
 
 
 class LenientKeyHandshake:

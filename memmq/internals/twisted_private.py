@@ -25,6 +25,22 @@ The details of Twisted that memmq relies on and Twisted does not publish.
     ReactorBase._exitSignal the signal (SIGTERM, SIGINT) that stopped the
                             reactor; twistd and twist kill the process with
                             it again once the reactor stops
+    ProtocolWrapper.transport, tcp.Connection.connected
+                            the transport under a TLS layer, and whether the
+                            socket is still open (L{queued_output} walks down
+                            to it)
+    HTTPChannel._transferDecoder, _ChunkedTransferDecoder.state, .length
+                            twisted.web/http: the decoder of the request
+                            body being read, and the size of the chunk it
+                            waits for (L{chunk_length_waiting})
+    HTTPChannel._handlingRequest, ._networkProducer
+                            whether a request is being answered, and what
+                            the channel pauses to stop reading
+    HTTPChannel._version    set once a request line is parsed, removed once
+                            the request is read (L{request_line_parsed})
+    tcp.Port._logger        the logger a port reports accept errors to
+                            (one line per refused connection)
+
 
 Each is pinned by C{tests/test_internals.py}.
 """
@@ -33,9 +49,13 @@ from __future__ import annotations
 
 import errno
 
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import IListeningPort
 
-__all__ = ["EagerWrites", "clear_exit_signal", "open_connections", "port_from_descriptor"]
+__all__ = [
+    "EagerWrites", "chunk_length_waiting", "clear_exit_signal", "open_connections", "port_from_descriptor",
+    "queued_output", "request_line_parsed", "set_accept_logger", "stop_reading_during_request",
+]
 
 _RETRY = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ENOBUFS)
 
@@ -101,3 +121,51 @@ def port_from_descriptor(port_class, reactor, fd: int, family: int, factory):
     C{reactor.adoptStreamPort} does with C{tcp.Port}.
     """
     return port_class._fromListeningDescriptor(reactor, fd, family, factory)
+
+
+def queued_output(transport) -> int | None:
+    """
+    How many bytes C{transport} (or the socket under its TLS layer) holds
+    that the peer has not taken yet; L{None} once the socket is closed.
+    """
+    while transport is not None and not isinstance(transport, FileDescriptor):
+        transport = vars(transport).get("transport")
+    if transport is None or not transport.connected:
+        return None
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
+def chunk_length_waiting(channel) -> int | None:
+    """
+    The size of the chunk C{channel}'s chunked request body is waiting for
+    (what is left of it), or L{None}: no chunked body, or between chunks.
+    """
+    decoder = getattr(channel, "_transferDecoder", None)
+    if getattr(decoder, "state", None) != "BODY":
+        return None
+    return getattr(decoder, "length", None)
+
+
+def set_accept_logger(port, logger) -> None:
+    """
+    Make C{port} (a C{tcp.Port}) report its accept errors to C{logger}.
+    """
+    port._logger = logger
+
+
+def stop_reading_during_request(channel) -> None:
+    """
+    Stop C{channel} (an C{HTTPChannel}) reading while a request is being
+    answered, as twisted.web does between requests only; it reads again
+    once the request is done and its transport has room.
+    """
+    if channel._handlingRequest:
+        channel._networkProducer.pauseProducing()
+
+
+def request_line_parsed(channel) -> bool:
+    """
+    Whether C{channel} (an C{HTTPChannel}) holds a parsed request line for
+    the request whose headers it is reading.
+    """
+    return hasattr(channel, "_version")

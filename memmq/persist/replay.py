@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from memmq.interfaces import IReplaySource, ISubscription
 from memmq.persist.record import parse
 
-__all__ = ["Replay", "read_chunk", "CHUNK_BYTES"]
+__all__ = ["Replay", "read_chunk", "read_lines", "CHUNK_BYTES"]
 
 _log = Logger()
 
@@ -39,18 +39,28 @@ def read_chunk(
     path: str, topic: str, since: int, last: int, offset: int, bound: int | None, size: int = CHUNK_BYTES
 ) -> tuple[list[bytes], int, int, bool]:
     """
+    L{read_lines} without the count of lines skipped.
+    """
+    return read_lines(path, topic, since, last, offset, bound, size)[:4]
+
+
+def read_lines(
+    path: str, topic: str, since: int, last: int, offset: int, bound: int | None, size: int = CHUNK_BYTES
+) -> tuple[list[bytes], int, int, bool, int]:
+    """
     Read whole lines of C{path} from C{offset}, about C{size} bytes, not
     past C{bound} (the file's size on the first call, when L{None}).
 
     @return: the payloads of C{topic} stamped in C{(since, last]}, the
-        offset to go on from, the bound, and whether the end is reached.
-        A missing file holds nothing; a line that is not a record (torn by
-        a crash) is skipped.
+        offset to go on from, the bound, whether the end is reached, and
+        how many lines were skipped.  A missing file holds nothing; a line
+        that is not a record (torn by a crash, corrupt) is skipped and
+        counted (empty lines are not counted).
     """
     try:
         f = open(path, "rb")
     except FileNotFoundError:
-        return [], 0, 0, True
+        return [], 0, 0, True, 0
     with f:
         if bound is None:
             bound = os.fstat(f.fileno()).st_size
@@ -59,15 +69,17 @@ def read_chunk(
         if data and not data.endswith(b"\n") and offset + len(data) < bound:
             data += f.readline()
     payloads = []
+    skipped = 0
     for text in data.splitlines():
         try:
             record = parse(text)
         except ValueError:
+            skipped += 1 if text else 0
             continue
         if since < record.timestamp <= last and record.topic == topic:
             payloads.append(record.payload)
     offset += len(data)
-    return payloads, offset, bound, not data or offset >= bound
+    return payloads, offset, bound, not data or offset >= bound, skipped
 
 
 class Replay:

@@ -44,7 +44,7 @@ from memmq.interfaces import IReplaySource
 from memmq.persist.files import Files, Outcome
 from memmq.persist.names import file_name
 from memmq.persist.record import encode_topic, line
-from memmq.persist.replay import read_chunk
+from memmq.persist.replay import read_lines
 
 __all__ = ["Persister", "BATCH_BYTES", "MAX_PENDING_BYTES", "DEFAULT_FLUSH_INTERVAL"]
 
@@ -325,11 +325,25 @@ class Persister(Service):
         return deferToThreadPool(
             self._reactor,
             self._reactor.getThreadPool(),
-            read_chunk,
+            read_lines,
             self.path(topic),
             topic,
             since,
             last,
             offset,
             bound,
-        )
+        ).addCallback(self._count_skipped, topic)
+
+    #: Lines of the topics' files skipped by replays: not records (torn by
+    #: a crash, or corrupt).
+    skipped_lines = 0
+
+    def _count_skipped(self, result, topic: str):
+        payloads, offset, bound, done, skipped = result
+        if skipped:
+            self.skipped_lines += skipped
+            _log.warn(
+                "replay of {topic!r} skipped {count} lines that are not messages ({total} in all)",
+                topic=topic, count=skipped, total=self.skipped_lines,
+            )
+        return payloads, offset, bound, done

@@ -63,3 +63,13 @@ class DashboardFiles(resource.Resource):
         return body
 
     render_HEAD = render_GET
+
+    def render(self, request):
+        # twisted.web answers 501 to a method it does not know (PUT,
+        # DELETE, ...); here, as on every other path, it is a 405.
+        if request.method not in (b"GET", b"HEAD"):
+            request.setResponseCode(405)
+            request.setHeader(b"allow", b"GET, HEAD")
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return f"method {request.method.decode('latin-1')} not allowed here; use GET\n".encode()
+        return super().render(request)

@@ -24,12 +24,13 @@ import socket
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import serverFromString, wrapServerTLS
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 
 from memmq.eager import EagerTLSServerEndpoint
 from memmq.errors import MemmqError
+from memmq.server.limits import GuardedTLSServerEndpoint, system_backlog, with_backlog
 
 __all__ = [
     "Address", "EndpointError", "ListenError", "parse_address", "parse_endpoint", "listen_tls", "listen_endpoint",
@@ -133,7 +134,9 @@ def listen_tls(reactor, address: Address, options, factory) -> IListeningPort:
     attempts = ["::", "0.0.0.0"] if address.host == "" else [_interface(address.host)]
     for i, interface in enumerate(attempts):
         try:
-            return _listen_now(EagerTLSServerEndpoint(reactor, address.port, options, interface), factory)
+            return _listen_now(
+                EagerTLSServerEndpoint(reactor, address.port, options, interface, system_backlog()), factory
+            )
         except CannotListenError as e:
             unsupported = isinstance(e.socketError, OSError) and e.socketError.errno in (
                 errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT,
@@ -248,9 +251,9 @@ def listen_endpoint(reactor, description: str, options, factory) -> IListeningPo
     reason if that cannot be done (or L{EndpointError} for a description
     that was not validated before).
     """
-    endpoint = parse_endpoint(reactor, description)
+    endpoint = parse_endpoint(reactor, with_backlog(description))
     if not is_plain(description):
-        endpoint = wrapServerTLS(options, endpoint, reactor)
+        endpoint = GuardedTLSServerEndpoint(endpoint, options, reactor)
     try:
         return _listen_now(endpoint, factory)
     except CannotListenError as e:

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from memmq.errors import MemmqError
 from memmq.internals.twisted_private import open_connections
+from memmq.server.limits import watch_accepts
 from memmq.server.listen import Address, describe_port, is_plain, listen_endpoint, listen_tls
 from memmq.server.web import MemmqSite
 from memmq.tls import ServerCertificate
@@ -86,6 +87,7 @@ class HTTPService(Service):
 
     def _listening(self, port: IListeningPort, description: str | None = None) -> None:
         self.ports.append(port)
+        watch_accepts(port, self.site.guard)
         self._descriptions.append(description)
 
     def adopt(self, port: IListeningPort, description: str | None = None) -> None:

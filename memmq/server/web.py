@@ -41,6 +41,7 @@ from memmq.server.connections import Connections
 from memmq.server.cors import Origins
 from memmq.server.dashboard import DashboardFiles
 from memmq.server.forwarded import NO_PROXIES, ClientAddress, TrustedProxies, client_address
+from memmq.server.limits import Guard, GuardedChannel, hang_up
 from memmq.server.metrics import STATS_LIMIT, STATS_SORTS, Metrics
 from memmq.server.query import NO_REPLAY, since_from_query, topic_from_query
 from memmq.server.sse import EventStreamSubscriber, last_event_id, wants_event_stream
@@ -110,12 +111,19 @@ class MemmqRequest(server.Request):
         self._received += len(data)
         if self._refused:
             if self._received > _DISCARD_LIMIT:
-                self.channel.loseConnection()
+                hang_up(self.channel)
             return
         if self._received > self._limit:
             self._refuse()
             return
         self.content.write(data)
+
+    @property
+    def refused(self) -> bool:
+        """
+        Whether the body was refused (413 sent).
+        """
+        return self._refused
 
     def requestReceived(self, command, path, version) -> None:
         if self._refused:
@@ -161,6 +169,7 @@ class MemmqSite(server.Site):
     """
 
     requestFactory = MemmqRequest
+    protocol = GuardedChannel
     displayTracebacks = False
     noisy = False
 
@@ -188,12 +197,16 @@ class MemmqSite(server.Site):
         self.connections = Connections()
         self.metrics = Metrics(broker)
         self.metrics.registry.register(access)
+        self.guard = Guard(clock)
+        self.metrics.registry.register(self.guard)
         self.replay = replay
         root = _Root()
         root.putChild(
             b"pub",
             PublishResource(broker, UpgradeResource(
-                WebSocketFactory(PublisherProtocol, broker, self.connections, max_message_size, access=access)
+                WebSocketFactory(
+                    PublisherProtocol, broker, self.connections, max_message_size, access=access, guard=self.guard
+                )
             ), self.metrics, self.origins, access),
         )
         root.putChild(
@@ -202,6 +215,7 @@ class MemmqSite(server.Site):
                 WebSocketFactory(
                     SubscriberProtocol, broker, self.connections, max_message_size, self.combiner, replay,
                     access=access,
+                    guard=self.guard,
                 )
             ), replay, self.origins, self.combiner, clock, access),
         )
@@ -317,6 +331,9 @@ def _is_websocket_upgrade(request) -> bool:
 class _Root(resource.Resource):
     def getChild(self, path, request):
         return _NotFound()
+
+    def render(self, request):
+        return _NotFound().render(request)
 
 
 class _NotFound(_Resource):

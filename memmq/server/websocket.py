@@ -24,11 +24,17 @@ from memmq.broker import Message
 from memmq.errors import MemmqError, PersistError
 from memmq.hops import HOPS_HEADER, check_hops
 from memmq.interfaces import IBroker, IReplaySource, ISubscriber
-from memmq.internals.autobahn_private import LenientKeyHandshake, send_close_frame, unmasked_binary_frame
+from memmq.internals.autobahn_private import (
+    LenientKeyHandshake,
+    fail_connection,
+    send_close_frame,
+    unmasked_binary_frame,
+)
 from memmq.persist.replay import Replay
 from memmq.server.access import EXPIRED_CLOSE_CODE, Access, select_subprotocol
 from memmq.server.combine import Combiner
 from memmq.server.connections import Connections
+from memmq.server.limits import MAX_FRAGMENTS, Guard, OutputStall, default_guard
 from memmq.server.query import NO_REPLAY, since_from_query, topic_from_query
 
 __all__ = ["PublisherProtocol", "SubscriberProtocol", "UpgradeResource", "WebSocketFactory", "binary_frame"]
@@ -71,6 +77,7 @@ class _ServerProtocol(LenientKeyHandshake, WebSocketServerProtocol):
     # handshake), and the call that closes the connection when its JWT expires.
     identity = None
     _expiry = None
+    _fragments = 0
 
     def onConnect(self, request):
         try:
@@ -94,6 +101,17 @@ class _ServerProtocol(LenientKeyHandshake, WebSocketServerProtocol):
         if self._expiry is not None and self._expiry.active():
             self._expiry.cancel()
         self._expiry = None
+
+    def onMessageBegin(self, isBinary) -> None:
+        self._fragments = 0
+        super().onMessageBegin(isBinary)
+
+    def onMessageFrameBegin(self, length) -> None:
+        super().onMessageFrameBegin(length)
+        self._fragments += 1
+        if self._fragments > MAX_FRAGMENTS and not self.failedByMe:
+            self.factory.guard.count("fragments")
+            fail_connection(self, 1009, f"message in more than {MAX_FRAGMENTS} frames")
 
     def close_going_away(self) -> None:
         """
@@ -127,6 +145,7 @@ class SubscriberProtocol(_ServerProtocol):
     since: int | None = None
     _replay: Replay | None = None
     _frames: list[bytes] | None = None
+    _stall: OutputStall | None = None
 
     def onConnect(self, request):
         subprotocol = super().onConnect(request)
@@ -144,6 +163,7 @@ class SubscriberProtocol(_ServerProtocol):
         # the transport's producer; take its place.
         self.transport.unregisterProducer()
         self.transport.registerProducer(self, True)
+        self._stall = OutputStall(self.factory.guard, self.transport)
         self.subscription = self.factory.broker.subscribe(self.topic, self)
         if self.since is not None:
             self._replay = Replay(
@@ -179,12 +199,22 @@ class SubscriberProtocol(_ServerProtocol):
         pass
 
     def pauseProducing(self) -> None:
+        # A subscriber's output is full: read nothing more from it (its
+        # pings would queue pongs), and close it if it stays stuck.
+        if self.transport is not None:
+            self.transport.pauseProducing()
+        if self._stall is not None:
+            self._stall.paused()
         if self._replay is not None and self._replay.pause():
             return
         if self.subscription is not None:
             self.subscription.pause()
 
     def resumeProducing(self) -> None:
+        if self._stall is not None:
+            self._stall.resumed()
+        if self.transport is not None:
+            self.transport.resumeProducing()
         if self._replay is not None and self._replay.resume():
             return
         if self.subscription is not None:
@@ -202,6 +232,8 @@ class SubscriberProtocol(_ServerProtocol):
     def onClose(self, wasClean, code, reason) -> None:
         super().onClose(wasClean, code, reason)
         self._frames = None
+        if self._stall is not None:
+            self._stall.cancel()
         if self._replay is not None:
             self._replay.cancel()
         if self.subscription is not None:
@@ -275,6 +307,7 @@ class WebSocketFactory(WebSocketServerFactory):
         combiner: Combiner | None = None,
         replay: IReplaySource | None = None,
         access: Access | None = None,
+        guard: Guard | None = None,
     ) -> None:
         # No URL: one with port 0 is refused, and the Site serves the path.
         super().__init__()
@@ -285,6 +318,7 @@ class WebSocketFactory(WebSocketServerFactory):
         self.connections = connections
         self.combiner = combiner
         self.replay = replay
+        self.guard = guard or default_guard()
         self.setProtocolOptions(
             maxFramePayloadSize=max_message_size,
             maxMessagePayloadSize=max_message_size,
