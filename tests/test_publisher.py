@@ -17,7 +17,8 @@ from twisted.trial.unittest import TestCase
 
 from memmq import client
 from memmq.client import publisher
-from memmq.client.publisher import PublishConnection, _PublishProtocol
+from memmq.client.publisher import PublishConnection
+from memmq.client.responses import ResponseReader
 from memmq.errors import MemmqError
 from memmq.hops import TooManyHops
 from memmq.tls import ClientTLS, self_signed_certificate
@@ -36,16 +37,16 @@ class _Answers:
         self.bad: list[str] = []
         self.lost = 0
 
-    def _connected(self, protocol) -> None:
+    def reader_connected(self, protocol) -> None:
         pass
 
-    def _answered(self, protocol, code: int, body: bytes, close: bool) -> None:
+    def answered(self, protocol, code: int, body: bytes, close: bool) -> None:
         self.answers.append((code, body, close))
 
-    def _bad_response(self, protocol, reason: str) -> None:
+    def bad_response(self, protocol, reason: str) -> None:
         self.bad.append(reason)
 
-    def _lost(self, protocol, reason) -> None:
+    def reader_lost(self, protocol, reason) -> None:
         self.lost += 1
 
 
@@ -55,7 +56,7 @@ def _parse(data: bytes, piece: int | None = None, lose: bool = False) -> _Answer
     once by default); with C{lose}, the connection then ends.
     """
     answers = _Answers()
-    protocol = _PublishProtocol(answers)
+    protocol = ResponseReader(answers)
     step = piece or len(data) or 1
     for i in range(0, len(data), step):
         protocol.dataReceived(data[i : i + step])

@@ -28,13 +28,14 @@ from urllib.parse import urlsplit
 
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
 from memmq.client.reasons import reason_of, refusal
+from memmq.client.responses import ResponseReader, status_reason
 from memmq.client.servers import endpoint_of, publish_url
 from memmq.client.transport import CONNECT_TIMEOUT, backoff
-from memmq.eager import ImmediateTLSFactory, make_eager
+from memmq.eager import ImmediateTLSFactory
 from memmq.errors import MemmqError
 from memmq.hops import HOPS_HEADER, TooManyHops
 
@@ -47,7 +48,6 @@ MAX_IN_FLIGHT = 256
 # A connection whose oldest request waits this long for an answer is
 # dropped (the server or the path to it is stuck).
 ANSWER_TIMEOUT = 30.0
-_MAX_HEAD = 64 * 1024  # a response head larger than this is not a memmq server's
 _MAX_HEADS = 1024  # request heads kept per connection, one per topic
 # A request's resends: the first after 0.05 s, doubling to at most 2 s.
 _RETRY_FIRST = 0.05
@@ -62,180 +62,6 @@ class _Request:
         self.done = done
         self.attempts_left = attempts
         self.attempt = 0
-
-
-class BadResponse(MemmqError):
-    """
-    The server's answer is not HTTP/1.1 as a memmq server speaks it.
-    """
-
-
-class _Response:
-    """
-    One HTTP response being read: its status, whether the server closes
-    afterwards, and how much body is still to come.
-    """
-
-    __slots__ = ("code", "close", "remaining", "chunked", "until_close", "body")
-
-    def __init__(self, code: int, close: bool, remaining: int, chunked: bool, until_close: bool) -> None:
-        self.code = code
-        self.close = close
-        self.remaining = remaining
-        self.chunked = chunked
-        self.until_close = until_close
-        self.body = bytearray()
-
-
-def _parse_head(head: bytes) -> _Response:
-    """
-    The status line and headers of a response (without the blank line).
-    """
-    lines = head.split(b"\r\n")
-    status = lines[0].split(b" ", 2)
-    if len(status) < 2 or not status[0].startswith(b"HTTP/1.") or not status[1].isdigit():
-        raise BadResponse(f"not an HTTP/1.1 answer: {lines[0][:80]!r}")
-    code = int(status[1])
-    close = status[0] == b"HTTP/1.0"
-    length = None
-    chunked = False
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        value = value.strip()
-        if name == b"content-length":
-            if not value.isdigit():
-                raise BadResponse(f"bad Content-Length {value[:40]!r}")
-            length = int(value)
-        elif name == b"transfer-encoding":
-            chunked = value.lower().endswith(b"chunked")
-        elif name == b"connection":
-            tokens = {t.strip().lower() for t in value.split(b",")}
-            if b"close" in tokens:
-                close = True
-            elif b"keep-alive" in tokens:
-                close = False
-    if code in (204, 304) or 100 <= code < 200:
-        return _Response(code, close, 0, False, False)
-    if chunked:
-        return _Response(code, close, 0, True, False)
-    if length is not None:
-        return _Response(code, close, length, False, False)
-    return _Response(code, True, 0, False, True)
-
-
-class _PublishProtocol(Protocol):
-    """
-    The reading side of one publish connection: splits the byte stream into
-    responses and hands each to the connection, in order.
-    """
-
-    def __init__(self, connection: PublishConnection) -> None:
-        self._connection = connection
-        self._buffer = bytearray()
-        self._response: _Response | None = None
-        self._chunk_left = -1  # chunked: bytes left in the chunk, -1 when a size line is due
-
-    def connectionMade(self) -> None:
-        tcp = self.transport
-        tcp = getattr(tcp, "transport", tcp)  # under TLS, the TCP connection below it
-        make_eager(tcp)
-        self._connection._connected(self)
-
-    def dataReceived(self, data: bytes) -> None:
-        self._buffer += data
-        try:
-            while self._buffer and self._parse_one():
-                pass
-        except BadResponse as e:
-            self._connection._bad_response(self, str(e))
-
-    def _parse_one(self) -> bool:
-        """
-        Make what progress the buffer allows; C{True} if more may be made.
-        """
-        buffer = self._buffer
-        response = self._response
-        if response is None:
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buffer) > _MAX_HEAD:
-                    raise BadResponse("response head too large")
-                return False
-            response = _parse_head(bytes(buffer[:end]))
-            del buffer[: end + 4]
-            if 100 <= response.code < 200:
-                return True  # an interim answer: the real one follows
-            self._response = response
-            self._chunk_left = -1
-        if response.until_close:
-            response.body += buffer
-            del buffer[:]
-            return False
-        if response.chunked:
-            return self._parse_chunk(response)
-        take = min(response.remaining, len(buffer))
-        if take:
-            response.body += buffer[:take]
-            del buffer[:take]
-            response.remaining -= take
-        if response.remaining:
-            return False
-        self._finish(response)
-        return True
-
-    def _parse_chunk(self, response: _Response) -> bool:
-        buffer = self._buffer
-        if self._chunk_left == -1:
-            end = buffer.find(b"\r\n")
-            if end < 0:
-                if len(buffer) > _MAX_HEAD:
-                    raise BadResponse("chunk size line too long")
-                return False
-            size = bytes(buffer[:end]).split(b";", 1)[0].strip()
-            try:
-                self._chunk_left = int(size, 16)
-            except ValueError:
-                raise BadResponse(f"bad chunk size {size[:20]!r}") from None
-            del buffer[: end + 2]
-            if self._chunk_left == 0:
-                self._chunk_left = -2  # the trailer is due
-            return True
-        if self._chunk_left == -2:
-            end = buffer.find(b"\r\n\r\n") if not buffer.startswith(b"\r\n") else -2
-            if end == -2:
-                del buffer[:2]
-            elif end < 0:
-                return False
-            else:
-                del buffer[: end + 4]
-            self._finish(response)
-            return True
-        take = min(self._chunk_left, len(buffer))
-        response.body += buffer[:take]
-        del buffer[:take]
-        self._chunk_left -= take
-        if self._chunk_left:
-            return False
-        if len(buffer) < 2:
-            self._chunk_left = 0
-            return False
-        if buffer[:2] != b"\r\n":
-            raise BadResponse("chunk longer than its size")
-        del buffer[:2]  # the CRLF after the chunk
-        self._chunk_left = -1
-        return True
-
-    def _finish(self, response: _Response) -> None:
-        self._response = None
-        self._connection._answered(self, response.code, bytes(response.body), response.close)
-
-    def connectionLost(self, reason: Failure) -> None:
-        response = self._response
-        if response is not None and response.until_close:
-            self._response = None
-            self._connection._answered(self, response.code, bytes(response.body), True)
-        self._connection._lost(self, reason)
 
 
 class PublishConnection:
@@ -265,7 +91,7 @@ class PublishConnection:
         self._tls = tls
         self._unsent: deque[_Request] = deque()
         self._in_flight: deque[_Request] = deque()
-        self._protocol: _PublishProtocol | None = None
+        self._protocol: ResponseReader | None = None
         self._connecting: Deferred | None = None
         self._reconnect_call = None
         self._closing = False  # the server said it closes after an answer
@@ -327,7 +153,7 @@ class PublishConnection:
     def _connect(self) -> None:
         self._reconnect_call = None
         endpoint = endpoints.HostnameEndpoint(self._reactor, self._host, self._port, timeout=CONNECT_TIMEOUT)
-        factory = Factory.forProtocol(lambda: _PublishProtocol(self))
+        factory = Factory.forProtocol(lambda: ResponseReader(self))
         factory.noisy = False
         if self._tls:
             # TLS records written as the requests are, not a turn later: a
@@ -337,7 +163,7 @@ class PublishConnection:
         self._connecting = endpoint.connect(factory)
         self._connecting.addErrback(self._connect_failed)
 
-    def _connected(self, protocol: _PublishProtocol) -> None:
+    def reader_connected(self, protocol: ResponseReader) -> None:
         self._connecting = None
         if self._closed:
             protocol.transport.loseConnection()
@@ -405,7 +231,7 @@ class PublishConnection:
         if self._timeout_call is None:
             self._timeout_call = self._reactor.callLater(ANSWER_TIMEOUT, self._timed_out)
 
-    def _answered(self, protocol: _PublishProtocol, code: int, body: bytes, close: bool) -> None:
+    def answered(self, protocol: ResponseReader, code: int, body: bytes, close: bool) -> None:
         if protocol is not self._protocol or not self._in_flight:
             return
         request = self._in_flight.popleft()
@@ -427,7 +253,7 @@ class PublishConnection:
         if code == 200:
             request.done.callback(None)
             return
-        reason = _status_reason(code, body)
+        reason = status_reason(code, body)
         if code == 503 and request.attempts_left > 1:
             # The server did not take it (shutting down, say): again later.
             request.attempts_left -= 1
@@ -446,7 +272,7 @@ class PublishConnection:
             return
         self._enqueue(request)
 
-    def _bad_response(self, protocol: _PublishProtocol, reason: str) -> None:
+    def bad_response(self, protocol: ResponseReader, reason: str) -> None:
         protocol.transport.abortConnection()
         if protocol is self._protocol:
             self._closing = True  # what is published meanwhile waits for a new connection
@@ -464,7 +290,7 @@ class PublishConnection:
         for request in in_flight:
             request.done.errback(MemmqError(reason))
 
-    def _lost(self, protocol: _PublishProtocol, reason: Failure) -> None:
+    def reader_lost(self, protocol: ResponseReader, reason: Failure) -> None:
         if protocol is not self._protocol:
             return
         self._protocol = None
@@ -501,11 +327,6 @@ class PublishConnection:
         self._lost_waiters.append(d)
         self._protocol.transport.loseConnection()
         return d
-
-
-def _status_reason(code: int, body: bytes) -> str:
-    line = body.decode("utf-8", "replace").strip().splitlines()
-    return f"HTTP {code}" + (f": {line[0]}" if line else "")
 
 
 class Publisher:
