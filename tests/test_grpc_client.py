@@ -22,7 +22,8 @@ from memmq.broker import Broker, Message
 from memmq.cli import client_from_options
 from memmq.client import PublishError, SubscribeError, selector
 from memmq.client import rpc as grpc_client
-from memmq.client.rpc import GRPCClient, _name_override
+from memmq.client.pinning import name_override
+from memmq.client.rpc import GRPCClient
 from memmq.errors import InvalidTopic
 from memmq.interfaces import ISubscriber
 from memmq.options import MemmqOptions
@@ -192,17 +193,17 @@ class TLSTests(TestCase):
         with self.assertRaises(PublishError):
             yield bounded(_client(self, [server.server], ca_file=other, retries=0).publish("t", b"x"))
 
-    def test_name_override(self) -> None:
+    def testname_override(self) -> None:
         """
         A pinned certificate is checked against a name it holds when the
         host used is not one of them.
         """
         certificate = self_signed_certificate("memmq.example").certificate
-        self.assertIsNone(_name_override(certificate, "127.0.0.1"))
-        self.assertIsNone(_name_override(certificate, "memmq.example"))
-        self.assertEqual(_name_override(certificate, "10.1.2.3"), "memmq.example")
+        self.assertIsNone(name_override(certificate, "127.0.0.1"))
+        self.assertIsNone(name_override(certificate, "memmq.example"))
+        self.assertEqual(name_override(certificate, "10.1.2.3"), "memmq.example")
         named_with_port = _go_style_certificate("127.0.0.1:8081").certificate
-        self.assertEqual(_name_override(named_with_port, "127.0.0.1"), "[127.0.0.1:8081]")
+        self.assertEqual(name_override(named_with_port, "127.0.0.1"), "[127.0.0.1:8081]")
 
     @inlineCallbacks
     def test_certificate_naming_host_and_port(self) -> None:

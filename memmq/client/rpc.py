@@ -27,22 +27,18 @@ C{http://} server is spoken to without TLS.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 from collections import deque
 from typing import Any
 
 import grpc
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from twisted.internet import endpoints, ssl
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
-from twisted.internet.interfaces import IHandshakeListener
-from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from memmq.client.core import CONNECT_TIMEOUT, DEFAULT_SERVER, Client, IStream, ITransport, Link, backoff
+from memmq.client.core import DEFAULT_SERVER, Client, IStream, ITransport, Link, backoff
+from memmq.client.pinning import fetch_certificate, name_override
 from memmq.client.reasons import reason_of, refusal
 from memmq.client.servers import endpoint_of
 from memmq.errors import MemmqError
@@ -50,7 +46,7 @@ from memmq.hops import TooManyHops
 from memmq.rpc import HOPS_METADATA, mq_pb2, mq_pb2_grpc
 from memmq.rpc.bridge import LoopThread
 
-__all__ = ["GRPCClient", "GRPCTransport", "fetch_certificate", "new"]
+__all__ = ["GRPCClient", "GRPCTransport", "new"]
 
 # A publish's retries: the first after 0.05 s, doubling to at most 5 s.
 _RETRY_FIRST = 0.05
@@ -84,87 +80,6 @@ def _rpc_reason(error: BaseException) -> str:
         details = (error.details() or "").strip().splitlines()
         return f"gRPC {error.code().name}" + (f": {details[0]}" if details else "")
     return reason_of(Failure(error))
-
-
-@implementer(IHandshakeListener)
-class _Peek(Protocol):
-    """
-    Completes a TLS handshake, takes the certificates shown, and hangs up.
-    """
-
-    def handshakeCompleted(self) -> None:
-        chain = self.transport.getHandle().get_peer_cert_chain(as_cryptography=True) or []
-        if not self.factory.chain.called:
-            self.factory.chain.callback(list(chain))
-        self.transport.loseConnection()
-
-    def connectionLost(self, reason) -> None:
-        if not self.factory.chain.called:
-            self.factory.chain.errback(reason)
-
-
-def fetch_certificate(reactor, host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> Deferred:
-    """
-    The certificate chain (C{cryptography} certificates) that C{host:port}
-    presents, unverified.
-    """
-    connected: list[Protocol] = []
-
-    def cancel(_: Deferred) -> None:
-        connecting.cancel()
-        for protocol in connected:
-            if protocol.transport is not None:
-                protocol.transport.abortConnection()
-
-    factory = Factory.forProtocol(_Peek)
-    factory.chain = Deferred(cancel)
-    endpoint = endpoints.wrapClientTLS(
-        ssl.CertificateOptions(verify=False, raiseMinimumTo=ssl.TLSVersion.TLSv1_2),
-        endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout),
-    )
-    connecting = endpoint.connect(factory)
-    connecting.addCallbacks(connected.append, lambda f: factory.chain.called or factory.chain.errback(f))
-    return factory.chain.addTimeout(timeout, reactor)
-
-
-def _names(certificate: x509.Certificate) -> list[str]:
-    try:
-        sans = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        sans = None
-    names = [str(n) for n in sans.get_values_for_type(x509.DNSName)] if sans else []
-    names += [str(n) for n in sans.get_values_for_type(x509.IPAddress)] if sans else []
-    names += [a.value for a in certificate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
-    return names
-
-
-def _name_override(certificate: x509.Certificate, host: str) -> str | None:
-    """
-    The name to check C{certificate} against when C{host} is not one of its
-    names (a pinned certificate is trusted whatever host reached it).
-    """
-    names = _names(certificate)
-    try:
-        host = str(ipaddress.ip_address(host))
-    except ValueError:
-        pass
-    if host in names or not names:
-        return None
-    for name in names:
-        if ":" not in name or _is_ip(name):
-            return name
-    # gRPC reads the name as host[:port] and checks the host part only; a
-    # name that holds a colon itself (asim/mq's generated certificate
-    # names "127.0.0.1:PORT", host and port) is taken whole in brackets.
-    return f"[{names[0]}]"
-
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
 
 
 class _Channel:
@@ -376,7 +291,7 @@ class GRPCTransport:
             if not chain:
                 raise MemmqError("the server showed no certificate")
             roots = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
-            override = _name_override(chain[0], host)
+            override = name_override(chain[0], host)
         target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         channel = _Channel(target, roots, override, tls, self._client.token, self._client.tls.client_pem)
         return (yield self._thread.run(channel.open))
