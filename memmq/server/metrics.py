@@ -175,6 +175,14 @@ class Metrics:
                 "syncs": persistence.syncs,
                 "failing": [{"path": path, "reason": reason} for path, reason in persistence.failing[:limit]],
             }
+        interest = stats.interest
+        if interest is not None:
+            body["patterns"] = [
+                {"pattern": p.pattern, "subscribers": p.subscribers} for p in interest.patterns[:limit]
+            ]
+            body["groups"] = [
+                {"group": g.group, "members": g.members, "dropped": g.dropped} for g in interest.groups[:limit]
+            ]
         upstream = stats.upstream
         if upstream is not None:
             body["upstream_topics"] = upstream.topics

@@ -6,6 +6,8 @@ The HTTP front-end: one twisted.web L{Site} serving asim/mq's API.
     GET /sub?topic=T           (WebSocket upgrade) one binary frame per message
     GET /sub?topic=T           (no upgrade) a chunked stream of the payloads
     GET /sub?topic=T&since=N   either, persisted messages after N first (--persist)
+    GET /sub?pattern=P&group=G either form, a pattern of topics, a queue group
+    GET /sub                   (upgrade offering memmq.v1) many subscriptions (memmq.server.mux)
     GET /health                200 while serving, 503 while shutting down
     GET /metrics, /stats       Prometheus metrics; JSON figures (memmq.server.metrics)
 
@@ -33,7 +35,8 @@ from memmq.interfaces import IBroker, IReplaySource
 from memmq.server.combine import Combiner
 from memmq.server.connections import Connections
 from memmq.server.metrics import STATS_LIMIT, Metrics
-from memmq.server.query import NO_REPLAY, since_from_query, topic_from_query
+from memmq.server.mux import mux_resource, wants_mux
+from memmq.server.query import NO_REPLAY, since_from_query, subject_from_query, topic_from_query
 from memmq.server.stream import StreamingSubscriber
 from memmq.server.websocket import PublisherProtocol, SubscriberProtocol, WebSocketFactory
 
@@ -174,7 +177,7 @@ class MemmqSite(server.Site):
                 WebSocketFactory(
                     SubscriberProtocol, broker, self.connections, max_message_size, self.combiner, replay
                 )
-            ), replay),
+            ), replay, mux_resource(broker, self.connections, max_message_size, self.combiner, replay)),
         )
         root.putChild(b"health", HealthResource(self))
         root.putChild(b"metrics", MetricsResource(self.metrics))
@@ -395,20 +398,23 @@ class SubscribeResource(_Resource):
 
     def __init__(
         self, broker: IBroker, connections: Connections, websocket: WebSocketResource,
-        replay: IReplaySource | None = None,
+        replay: IReplaySource | None = None, mux: WebSocketResource | None = None,
     ) -> None:
         super().__init__()
         self._broker = broker
         self._connections = connections
         self._websocket = websocket
         self._replay = replay
+        self._mux = mux
 
     def render_GET(self, request):
-        topic = topic_from_query(request.args)
+        if self._mux is not None and _is_websocket_upgrade(request) and wants_mux(request):
+            return self._mux.render(request)
+        topic, group = subject_from_query(request.args)
         since = since_from_query(request.args)
         if since is not None and self._replay is None:
             raise _HTTPError(400, NO_REPLAY)
         if _is_websocket_upgrade(request):
             return self._websocket.render(request)
-        StreamingSubscriber(self._broker, self._connections, topic, request, since, self._replay)
+        StreamingSubscriber(self._broker, self._connections, topic, request, since, self._replay, group)
         return server.NOT_DONE_YET

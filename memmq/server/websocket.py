@@ -24,10 +24,17 @@ from memmq.errors import MemmqError, PersistError
 from memmq.hops import HOPS_HEADER, check_hops
 from memmq.interfaces import IBroker, IReplaySource, ISubscriber
 from memmq.internals.autobahn_private import LenientKeyHandshake, send_close_frame, unmasked_binary_frame
-from memmq.persist.replay import Replay
+from memmq.persist.replay import Replay, replay_subject
 from memmq.server.combine import Combiner
 from memmq.server.connections import Connections
-from memmq.server.query import NO_REPLAY, since_from_query, topic_from_query
+from memmq.server.query import (
+    NO_REPLAY,
+    Subject,
+    since_from_query,
+    subject_from_query,
+    subscribe_subject,
+    topic_from_query,
+)
 
 __all__ = ["PublisherProtocol", "SubscriberProtocol", "WebSocketFactory", "binary_frame"]
 
@@ -68,11 +75,14 @@ class _ServerProtocol(LenientKeyHandshake, WebSocketServerProtocol):
 
     def onConnect(self, request):
         try:
-            self.topic = topic_from_query(request.params)
+            self._read_subject(request.params)
             self.hops = check_hops(request.headers.get(HOPS_HEADER.lower()))
         except MemmqError as e:
             raise ConnectionDeny(400, str(e)) from None
         return None
+
+    def _read_subject(self, params) -> None:
+        self.topic = topic_from_query(params)
 
     def onOpen(self) -> None:
         self.factory.connections.add(self)
@@ -110,8 +120,14 @@ class SubscriberProtocol(_ServerProtocol):
 
     subscription = None
     since: int | None = None
+    group: str | None = None
+    subject: Subject | None = None
     _replay: Replay | None = None
     _frames: list[bytes] | None = None
+
+    def _read_subject(self, params) -> None:
+        self.subject, self.group = subject_from_query(params)
+        self.topic = getattr(self.subject, "text", self.subject)
 
     def onConnect(self, request):
         super().onConnect(request)
@@ -129,10 +145,10 @@ class SubscriberProtocol(_ServerProtocol):
         # the transport's producer; take its place.
         self.transport.unregisterProducer()
         self.transport.registerProducer(self, True)
-        self.subscription = self.factory.broker.subscribe(self.topic, self)
+        self.subscription = subscribe_subject(self.factory.broker, self.subject, self, self.group)
         if self.since is not None:
-            self._replay = Replay(
-                self.factory.replay, self.topic, self.since, self.subscription, self._send_now, self._fail
+            self._replay = replay_subject(
+                self.factory.replay, self.subject, self.since, self.subscription, self._send_now, self._fail
             )
 
     def _send_now(self, payload: bytes) -> None:
