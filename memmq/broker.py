@@ -567,6 +567,15 @@ class Broker:
         """
         return list(self._topics.values())
 
+    def subject(self, name: str, is_pattern: bool = False, group: str | None = None) -> Topic | None:
+        """
+        The live entry of a topic or pattern (by its text) in a group or
+        not, or L{None} if it has no subscribers.
+        """
+        if not is_pattern and group is None:
+            return self._topics.get(name)
+        return self._subjects.get((name, is_pattern, group))
+
     def topic(self, name: str) -> Topic | None:
         """
         The live L{Topic} called C{name}, or L{None} if it has no subscribers.

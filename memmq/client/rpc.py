@@ -35,7 +35,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import endpoints, ssl
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
@@ -431,6 +431,9 @@ class GRPCTransport:
         raise MemmqError(reason)
 
     def subscribe(self, link: Link) -> Deferred[IStream]:
+        if link.pattern is not None or link.group is not None:
+            # asim/mq's proto carries a topic and nothing else.
+            return fail(MemmqError("gRPC carries topics only: patterns and queue groups need the HTTP transport"))
         call = _Call(self, link)
         self._channel(link.server).addCallbacks(
             lambda channel: self._thread.run(call.run, channel, link.topic),
