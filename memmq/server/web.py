@@ -140,6 +140,9 @@ class MemmqSite(server.Site):
         C{/metrics} and C{/stats} show.
     @param replay: where a subscriber's C{?since=N} is read from (a server
         run with C{--persist}); without it, C{since} is refused.
+    @param mux: serve C{memmq.v1} on C{/sub} (README, "One connection, many
+        subscriptions"); without it the subprotocol is refused, as by a
+        server that predates it.
     @ivar connections: the open WebSocket connections and streaming
         responses, closed by the server when it stops.
     """
@@ -155,6 +158,7 @@ class MemmqSite(server.Site):
         access_log: bool = False,
         clock: IReactorTime | None = None,
         replay: IReplaySource | None = None,
+        mux: bool = True,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
@@ -165,6 +169,7 @@ class MemmqSite(server.Site):
         self.metrics = Metrics(broker)
         self.replay = replay
         root = _Root()
+        multiplexed = mux_resource(broker, self.connections, max_message_size, self.combiner, replay) if mux else None
         root.putChild(
             b"pub",
             PublishResource(broker, WebSocketResource(
@@ -177,7 +182,7 @@ class MemmqSite(server.Site):
                 WebSocketFactory(
                     SubscriberProtocol, broker, self.connections, max_message_size, self.combiner, replay
                 )
-            ), replay, mux_resource(broker, self.connections, max_message_size, self.combiner, replay)),
+            ), replay, multiplexed),
         )
         root.putChild(b"health", HealthResource(self))
         root.putChild(b"metrics", MetricsResource(self.metrics))
