@@ -339,6 +339,10 @@ class Broker:
             matches = matching.match(topic)
             if matches:
                 return self._publish_matched(topic, payload, entry, matches.recipients())
+            if entry is None:
+                self.published += 1
+                self.published_bytes += len(payload)
+                return 0
         if entry is None:
             # Topics with subscribers were checked when subscribed to.
             check_topic(topic)
