@@ -26,7 +26,9 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 
 from memmq.client import Client, resolver, selector
+from memmq.client.probe import explained
 from memmq.client.reasons import reason_of
+from memmq.errors import ServersFailed
 from memmq.logs import say
 
 __all__ = ["run", "client_from_options", "formatter"]
@@ -224,9 +226,17 @@ def run(options, reactor) -> int:
     status = [0]
     stopping = [False]
 
-    def fail(failure) -> None:
-        say(reason_of(failure))
+    def fail(failure) -> Deferred | None:
         status[0] = 1
+        if not failure.check(ServersFailed):
+            return tell(failure)
+        # Said once it is known whether the server speaks another scheme
+        # or transport than the one asked for (README: Command-line client).
+        transport = options.get("transport") or "http"
+        return explained(reactor, failure.value, transport).addBoth(tell)
+
+    def tell(failure) -> None:
+        say(reason_of(failure))
         stop()
 
     def stop() -> None:

@@ -4,6 +4,7 @@ answer (an HTTP status, a WebSocket close code, a gRPC status) at one place.
 """
 
 __all__ = [
+    "BackplaneUnavailable",
     "BadQuery",
     "InvalidPattern",
     "InvalidTopic",
@@ -89,3 +90,11 @@ class InvalidPattern(InvalidTopic):
     C{>} before its last token, or with C{*} or C{>} inside a token.
     """
 
+
+
+class BackplaneUnavailable(MemmqError):
+    """
+    A publish that could not reach the server's other processes (its
+    sibling workers, or the other nodes behind the backplane): refused
+    rather than delivered locally only (HTTP 503).
+    """

@@ -23,6 +23,7 @@ import textwrap
 from twisted.python import usage
 
 from memmq import defaults
+from memmq.backplane.options import BACKPLANE, check_backplane
 from memmq.client_options import (
     CLIENT,
     OUTPUT_FORMATS,
@@ -249,7 +250,7 @@ LOGGING = Group(
 GENERAL = Group("Other options", methods=["help", "version"])
 
 # In the order --help shows them.
-GROUPS = (SERVER, PERSISTENCE, PROXY, CLIENT, UPSTREAM, GRPC, LOGGING, GENERAL)
+GROUPS = (SERVER, PERSISTENCE, BACKPLANE, PROXY, CLIENT, UPSTREAM, GRPC, LOGGING, GENERAL)
 
 # In the order they run: which mode; then each mode's own options; then,
 # once the addresses are known, whether a proxy lists itself.
@@ -260,6 +261,7 @@ _CHECKS = (
     check_proxy,
     check_upstream,
     _check_persist,
+    check_backplane,
     _check_transport,
     _check_server,
     check_proxy_listens,

@@ -16,27 +16,43 @@ connection per upstream server (and group).  A message the upstream
 server sends once for several of the proxy's subscriptions arrives as one
 L{Message} for each of their relays, and is handed on once; a group's
 message goes to one of the proxy's members of that group.
+
+A proxy says what it is in its start-up line (L{role}), and its C{/health}
+reports each upstream (L{ProxyBroker.upstream_health}).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from memmq.broker import Broker, Message, Subscription
 from memmq.client.core import Client
+from memmq.client.probe import reachable
 from memmq.errors import PublishError
 from memmq.interfaces import IBroker, IBrokerStats, ISubscriber
 from memmq.logs import RateLimited
 from memmq.patterns import Pattern
 from memmq.stats import Stats, TopicStats, Upstream
 
-__all__ = ["ProxyBroker"]
+__all__ = ["ProxyBroker", "role"]
 
 _log = Logger()
+
+
+def role(options) -> str:
+    """
+    What a proxy's start-up line says after its address: that it is a
+    proxy, of which servers, and how it picks and reaches them.
+    """
+    how = [f"select {options['select']}"]
+    if options["resolver"] == "dns":
+        how.append(f"servers looked up in DNS every {options['resolve_interval']:g} s")
+    how.append(f"upstream over {options['upstream_transport'] or options['transport']}")
+    return f" as a proxy of {', '.join(options['server_list'])} ({', '.join(how)})"
 
 
 @implementer(ISubscriber)
@@ -80,6 +96,7 @@ class ProxyBroker:
             from twisted.internet import reactor as clock
         self.client = client
         self.local = local
+        self._clock = clock
         self._upstream: dict[tuple[str, bool, str | None], object] = {}
         self._last: Message | None = None
         self._failures = RateLimited(_log, clock)
@@ -143,6 +160,27 @@ class ProxyBroker:
                 errors=self.client.upstream_errors,
             ),
         )
+
+    def upstream_health(self) -> Deferred[list[str]]:
+        """
+        One line per upstream server, each asked now whether it can be
+        reached (TLS handshake and all), within L{PROBE_TIMEOUT}:
+        C{"upstream https://a:8081 up"}, or C{"... down: connection
+        refused"}.  No servers at all (a DNS name that resolves to none)
+        is one line saying so.
+        """
+        servers = list(self.client.servers)
+        if not servers:
+            return succeed(["upstream (none): no servers resolved"])
+
+        def lines(answers: list[str | None]) -> list[str]:
+            return [
+                f"upstream {server} " + ("up" if why is None else f"down: {why}")
+                for server, why in zip(servers, answers, strict=True)
+            ]
+
+        checks = [reachable(self._clock, self.client.tls, server) for server in servers]
+        return gatherResults(checks).addCallback(lines)
 
     def topic_stats(self) -> list[TopicStats]:
         return self.local.topic_stats()

@@ -93,13 +93,14 @@ class ProcessRoot(MultiService):
             raise _exit(str(e)) from None
 
     def startService(self) -> None:
-        super().startService()
-        # Between here (listening, READY=1 sent) and reactor.run(), which
-        # installs Twisted's own handlers, SIGTERM would kill the process
-        # outright; ask for the same clean stop instead.
+        # Between here (the services say they listen as they start, and
+        # READY=1 is sent) and reactor.run(), which installs Twisted's own
+        # handlers, SIGTERM would kill the process outright; ask for the
+        # same clean stop instead.
         if not self._reactor.running and threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, self._stop_once_running)
+        super().startService()
 
     def _stop_once_running(self, signum, frame) -> None:
         self._reactor.callFromThread(self._reactor.stop)

@@ -7,6 +7,7 @@ plugin names it), and twistd is a command too.
 
     MemmqService (MultiService)
       ├─ Persister: writes every message to its topic's file (--persist only)
+      ├─ BackplaneService: the link to the other nodes' Redis (--backplane only)
       ├─ UpstreamService: a proxy's upstream connections (--proxy only)
       ├─ HTTPService: the HTTP/WebSocket front-end over the broker, on
       │    --address and every --listen endpoint
@@ -22,10 +23,13 @@ from __future__ import annotations
 
 from twisted.application.service import MultiService, Service
 
+from memmq.backplane.broker import BackplaneBroker
+from memmq.backplane.redis import RedisBackplane
+from memmq.backplane.service import BackplaneService
 from memmq.broker import Broker
 from memmq.cli import client_from_options
 from memmq.persist import Persister, PersistingBroker
-from memmq.proxy import ProxyBroker
+from memmq.proxy import ProxyBroker, role
 from memmq.script import ProcessRoot, TwistdOptions
 from memmq.server.drops import drop_reporter
 from memmq.server.rpc import GRPCService
@@ -93,6 +97,13 @@ def makeService(options, reactor=None, root=ProcessRoot) -> MultiService:
     )
     if options["proxy"]:
         broker = ProxyBroker(client_from_options(options, reactor), broker, reactor)
+    backplane = None
+    if options["backplane_target"] is not None:
+        # Inside persistence: each node persists what is published through
+        # it (README: Redis backplane).
+        backplane = RedisBackplane(options["backplane_target"], reactor, options["backplane_optional"])
+        broker = BackplaneBroker(broker, backplane)
+        backplane_service = BackplaneService(broker)
     persister = None
     if options["persist"]:
         persister = Persister(
@@ -106,22 +117,33 @@ def makeService(options, reactor=None, root=ProcessRoot) -> MultiService:
         # published while the front-end closes, so the order is not what
         # keeps SIGTERM from losing messages.
         persister.setServiceParent(root)
+    if backplane is not None:
+        # Connected before the front-ends listen, disconnected after.
+        backplane_service.setServiceParent(root)
     if options["proxy"]:
         # Started first, so stopped last: upstream connections close once
         # the front-end has said goodbye to its own subscribers.
         UpstreamService(broker, reactor).setServiceParent(root)
+    proxy_role = role(options) if options["proxy"] else ""
     site = MemmqSite(
         broker, max_message_size=options["max_message_size"], access_log=options["access_log"], clock=reactor,
-        replay=persister,
+        replay=persister, upstreams=broker.upstream_health if options["proxy"] else None,
     )
+    if backplane is not None:
+        from memmq.backplane.metrics import BackplaneCollector
+
+        site.health_checks.append(backplane.problem)
+        site.metrics.registry.register(BackplaneCollector(backplane))
     serves_grpc = options["transport"] == "grpc"
     if not serves_grpc or options["listen"]:
         # --listen endpoints are HTTP whatever the transport (for /metrics).
         http_address = None if serves_grpc else address
-        HTTPService(site, http_address, certificate, reactor, options["listen"]).setServiceParent(root)
+        HTTPService(site, http_address, certificate, reactor, options["listen"], proxy_role).setServiceParent(root)
     grpc_address = address if serves_grpc else options["grpc_listen_address"]
     if grpc_address is not None:
-        GRPCService(broker, grpc_address, certificate, reactor, options["max_message_size"]).setServiceParent(root)
+        GRPCService(
+            broker, grpc_address, certificate, reactor, options["max_message_size"], proxy_role
+        ).setServiceParent(root)
     # Last to start (after the front-end listens), first to stop.
     NotifyService(reactor).setServiceParent(root)
     return root

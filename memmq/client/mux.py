@@ -167,8 +167,9 @@ class _Connection:
         factory.connection = self
         factory.setProtocolOptions(openHandshakeTimeout=CONNECT_TIMEOUT, autoPingInterval=30, autoPingTimeout=30)
         endpoint = endpoints.HostnameEndpoint(client.reactor, host, port, timeout=CONNECT_TIMEOUT)
-        if tls:
-            endpoint = endpoints.wrapClientTLS(client.tls.creator(host), endpoint)
+        creator = client.tls.creator(host) if tls else None
+        if creator is not None:
+            endpoint = endpoints.wrapClientTLS(creator, endpoint)
         self._connecting = endpoint.connect(factory)
         self._connecting.addErrback(lambda f: self._ended(MemmqError(reason_of(f))))
 

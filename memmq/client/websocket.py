@@ -4,18 +4,25 @@ pipelined persistent connections (L{memmq.client.publisher}), subscribe
 with one WebSocket per subscription and server (autobahn), the old form of
 C{/sub} that asim/mq speaks (with C{pattern=} and C{group=} when asked
 for; messages then carry no topic of their own).
+
+A refused handshake fails with the server's own reason (the body of its
+answer, asked for again as a plain request: autobahn reads only the status
+line), and autobahn's warnings about the connections it drops stay out of
+the log: the client says what failed, once.
 """
 
 from __future__ import annotations
 
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
+import txaio
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from memmq.client.core import CONNECT_TIMEOUT, Client, IStream, ITransport, Link
+from memmq.client.probe import refusal_reason
 from memmq.client.publisher import Publisher
 from memmq.client.servers import endpoint_of, websocket_url
 from memmq.errors import MemmqError
@@ -53,8 +60,13 @@ class WebSocketTransport:
         factory.noisy = False
         factory.setProtocolOptions(openHandshakeTimeout=CONNECT_TIMEOUT, autoPingInterval=30, autoPingTimeout=30)
         endpoint = endpoints.HostnameEndpoint(self._client.reactor, host, port, timeout=CONNECT_TIMEOUT)
-        if tls:
-            endpoint = endpoints.wrapClientTLS(self._client.tls.creator(host), endpoint)
+        creator = self._client.tls.creator(host) if tls else None
+        if creator is not None:
+            endpoint = endpoints.wrapClientTLS(creator, endpoint)
+        parts = urlsplit(url)
+        factory.ask_why = lambda: refusal_reason(
+            self._client.reactor, creator, host, port, f"{parts.path}?{parts.query}"
+        )
         connected: list[_SubscriberClient] = []
 
         def cancel(_: Deferred) -> None:
@@ -79,6 +91,11 @@ class _SubscriberClient(WebSocketClientProtocol):
     The WebSocket of one L{Link}: its L{IStream} once open.
     """
 
+    # What fails is reported by the client (a failed subscribe, a lost
+    # connection and its reconnection), so autobahn's own warnings about
+    # the same connection would say it twice, in its words.
+    log = txaio.make_logger(level="error")
+
     def onOpen(self) -> None:
         opened = self.factory.opened
         if opened.called:
@@ -93,7 +110,11 @@ class _SubscriberClient(WebSocketClientProtocol):
         why = f"closed with {code}" + (f": {reason}" if reason else "") if code else (reason or "connection lost")
         opened = self.factory.opened
         if not opened.called:
-            opened.errback(MemmqError(why))
+            if _refused(self):
+                said = self.factory.ask_why()
+                said.addCallback(lambda told: opened.called or opened.errback(MemmqError(told or why)))
+            else:
+                opened.errback(MemmqError(why))
         else:
             self.factory.link.lost(self, why)
 
@@ -109,3 +130,12 @@ class _SubscriberClient(WebSocketClientProtocol):
 
     def close(self) -> None:
         self.sendClose(1000)
+
+
+def _refused(protocol: WebSocketClientProtocol) -> bool:
+    """
+    Whether the server answered the handshake with an HTTP status other
+    than 101 (autobahn keeps the status line it read).
+    """
+    status = (getattr(protocol, "http_status_line", None) or "").split()
+    return len(status) >= 2 and status[1].isdigit() and status[1] != "101"

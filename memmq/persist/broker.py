@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
 from memmq.broker import Broker
-from memmq.errors import InvalidTopic
+from memmq.errors import BackplaneUnavailable, InvalidTopic
 from memmq.interfaces import IBroker, IBrokerStats
 from memmq.persist.writer import Persister
 from memmq.stats import Persistence, Stats, TopicStats
@@ -48,7 +48,7 @@ class PersistingBroker:
     def publish(self, topic: str, payload: bytes, hops: int = 0) -> Deferred[None]:
         try:
             self._publish_now(topic, payload)
-        except InvalidTopic:
+        except (InvalidTopic, BackplaneUnavailable):
             return fail()
         written = self._append(topic, payload)
         return succeed(None) if written is None else written

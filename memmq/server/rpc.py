@@ -17,6 +17,7 @@ exactly as it does a slow WebSocket's (README, "Delivery").
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections import deque
 
 import grpc
@@ -98,6 +99,21 @@ def grpc_target(address: Address) -> str:
     """
     host = address.host or "::"
     return f"[{host}]:{address.port}" if ":" in host else f"{host}:{address.port}"
+
+
+def _bind_error(address: Address, error: Exception) -> str:
+    """
+    Why gRPC could not listen on C{address}, in the words the HTTP side
+    uses (gRPC's own message sends the user to its debug logging): the
+    error binding it ourselves gives, else gRPC's.
+    """
+    family = socket.AF_INET6 if ":" in (address.host or "::") else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((address.host or "::", address.port))
+    except OSError as e:
+        return e.strerror or str(e)
+    return str(error)
 
 
 def _hops(context) -> int:
@@ -251,12 +267,14 @@ class GRPCService(Service):
     name = "grpc"
 
     def __init__(
-        self, broker: IBroker, address: Address, certificate: ServerCertificate, reactor, max_message_size: int
+        self, broker: IBroker, address: Address, certificate: ServerCertificate, reactor, max_message_size: int,
+        role: str = "",
     ) -> None:
         self.broker = broker
         self.address = address
         self.certificate = certificate
         self.max_message_size = max_message_size
+        self.role = role
         self._reactor = reactor
         self.thread = LoopThread(reactor, "memmq-grpc")
         self.streams: set[_Stream] = set()
@@ -280,12 +298,7 @@ class GRPCService(Service):
             self.port = future.result(10)
         except Exception as e:
             self.thread.stop()
-            raise ListenError(f"cannot listen for gRPC on {self.address}: {e}") from None
-        _log.info(
-            "memmq listening for gRPC on {address} (certificate {origin})",
-            address=grpc_target(Address(self.address.host or "::", self.port)),
-            origin=self.certificate.origin,
-        )
+            raise ListenError(f"cannot listen for gRPC on {self.address}: {_bind_error(self.address, e)}") from None
 
     async def _serve(self) -> int:
         server = grpc.aio.server(
@@ -335,6 +348,12 @@ class GRPCService(Service):
     def startService(self) -> None:
         self.privilegedStartService()
         super().startService()
+        # Said once every service has its ports, as the HTTP front-end does.
+        _log.info(
+            "memmq listening for gRPC on {address} (certificate {origin}){role}",
+            address=grpc_target(Address(self.address.host or "::", self.port)),
+            origin=self.certificate.origin, role=self.role,
+        )
 
     def stopService(self) -> Deferred[None]:
         """

@@ -37,20 +37,24 @@ class HTTPService(Service):
     endpoints (C{--listen}).
 
     @ivar ports: the listening ports, once started: the address's first.
+    @ivar role: what the start-up line adds after the address (a proxy
+        says what it proxies); empty for a server.
     """
 
     name = "http"
 
     def __init__(
         self, site: MemmqSite, address: Address | None, certificate: ServerCertificate, reactor,
-        endpoints: Sequence[str] = (),
+        endpoints: Sequence[str] = (), role: str = "",
     ) -> None:
         self.site = site
+        self.role = role
         self.address = address
         self.endpoints = list(endpoints)
         self.certificate = certificate
         self._reactor = reactor
         self.ports: list[IListeningPort] = []
+        self._descriptions: list[str | None] = []
 
     @property
     def port(self) -> IListeningPort | None:
@@ -75,26 +79,32 @@ class HTTPService(Service):
                 self._listening(listen_endpoint(self._reactor, description, options, self.site), description)
         except MemmqError:
             # All or nothing: a service that did not start holds no port.
-            ports, self.ports = self.ports, []
+            ports, self.ports, self._descriptions = self.ports, [], []
             for port in ports:
                 port.stopListening()
             raise
 
     def _listening(self, port: IListeningPort, description: str | None = None) -> None:
         self.ports.append(port)
-        scheme, address = describe_port(port, description)
-        _log.info(
-            "memmq listening on {scheme}{address} (certificate {origin})",
-            scheme=scheme, address=address, origin=self.certificate.origin, endpoint=description,
-        )
+        self._descriptions.append(description)
 
     def startService(self) -> None:
         self.privilegedStartService()
         super().startService()
+        # Said here, once every service of the tree has taken its ports (a
+        # gRPC port in use ends the start before this): "listening" means
+        # all of them.
+        for port, description in zip(self.ports, self._descriptions, strict=True):
+            scheme, address = describe_port(port, description)
+            _log.info(
+                "memmq listening on {scheme}{address} (certificate {origin}){role}",
+                scheme=scheme, address=address, origin=self.certificate.origin, endpoint=description,
+                role=self.role,
+            )
 
     def stopService(self):
         super().stopService()
-        ports, self.ports = self.ports, []
+        ports, self.ports, self._descriptions = self.ports, [], []
         _log.info(
             "memmq stopping: no longer listening; closing {count} subscriber and publisher connections",
             count=len(self.site.connections),

@@ -8,7 +8,8 @@ The HTTP front-end: one twisted.web L{Site} serving asim/mq's API.
     GET /sub?topic=T&since=N   either, persisted messages after N first (--persist)
     GET /sub?pattern=P&group=G either form, a pattern of topics, a queue group
     GET /sub                   (upgrade offering memmq.v1) many subscriptions (memmq.server.mux)
-    GET /health                200 while serving, 503 while shutting down
+    GET /health                200 while serving, 503 while shutting down (a
+                               proxy's says how each upstream is)
     GET /metrics, /stats       Prometheus metrics; JSON figures (memmq.server.metrics)
 
 Errors are plain text, one line, with a status that says what is wrong
@@ -29,7 +30,7 @@ from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 
 from memmq.defaults import MAX_MESSAGE_SIZE as DEFAULT_MAX_MESSAGE_SIZE
-from memmq.errors import BadQuery, InvalidTopic, PersistError
+from memmq.errors import BackplaneUnavailable, BadQuery, InvalidTopic, PersistError
 from memmq.hops import HOPS_HEADER, BadHops, TooManyHops, check_hops
 from memmq.interfaces import IBroker, IReplaySource
 from memmq.server.combine import Combiner
@@ -143,6 +144,8 @@ class MemmqSite(server.Site):
     @param mux: serve C{memmq.v1} on C{/sub} (README, "One connection, many
         subscriptions"); without it the subprotocol is refused, as by a
         server that predates it.
+    @param upstreams: for a proxy, fires with a line per upstream server
+        for C{/health} (L{memmq.proxy.ProxyBroker.upstream_health}).
     @ivar connections: the open WebSocket connections and streaming
         responses, closed by the server when it stops.
     """
@@ -158,11 +161,13 @@ class MemmqSite(server.Site):
         access_log: bool = False,
         clock: IReactorTime | None = None,
         replay: IReplaySource | None = None,
+        upstreams=None,
         mux: bool = True,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
         self.broker = broker
+        self.upstreams = upstreams
         self.combiner = Combiner(clock)
         self.max_message_size = max_message_size
         self.connections = Connections()
@@ -190,6 +195,9 @@ class MemmqSite(server.Site):
         super().__init__(root)
         self.access_log = access_log
         self.stopping = False
+        # Callables answering None while all is well, else (status, one
+        # line): what /health says (a backplane, README: Redis backplane).
+        self.health_checks: list = []
 
     def log(self, request) -> None:
         """
@@ -229,7 +237,10 @@ class _Resource(resource.Resource):
 # memmq's errors and the status that says each: the one table.  The first
 # four refuse a request before the broker is asked; what else a publish
 # fails with (a proxy's upstream did not take it) is a 502.
-_STATUSES = ((InvalidTopic, 400), (BadHops, 400), (BadQuery, 400), (TooManyHops, 508), (PersistError, 507))
+_STATUSES = (
+    (InvalidTopic, 400), (BadHops, 400), (BadQuery, 400), (TooManyHops, 508), (PersistError, 507),
+    (BackplaneUnavailable, 503),
+)
 _REFUSALS = (InvalidTopic, BadHops, BadQuery, TooManyHops)
 
 
@@ -278,9 +289,24 @@ class HealthResource(_Resource):
     def render_GET(self, request):
         if self._site.stopping:
             return _error(request, 503, "shutting down")
+        for problem in filter(None, (check() for check in self._site.health_checks)):
+            return _error(request, *problem)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
-        return b"ok\n"
+        if self._site.upstreams is None:
+            return b"ok\n"
+        # A proxy serves while its upstreams are down (README: Proxy mode):
+        # still 200, with each upstream's state in the body.
+        gone = []
+        request.notifyFinish().addErrback(gone.append)
+
+        def answer(lines: list[str]) -> None:
+            if not gone:
+                request.write("".join(f"{line}\n" for line in ["ok", *lines]).encode("utf-8"))
+                request.finish()
+
+        self._site.upstreams().addCallback(answer)
+        return server.NOT_DONE_YET
 
     render_HEAD = render_GET
 
