@@ -77,14 +77,19 @@ class Message:
 
     Transports frame a message once, not once per subscriber: L{encoded}
     keeps each transport's encoding of it for the others to reuse.
+
+    @ivar stamp: its persisted timestamp (Unix ns) on a server run with
+        C{--persist}, else L{None}: what a Server-Sent Events subscriber
+        resumes from.
     """
 
-    __slots__ = ("topic", "payload", "size", "_encodings")
+    __slots__ = ("topic", "payload", "size", "stamp", "_encodings")
 
-    def __init__(self, topic: str, payload: bytes) -> None:
+    def __init__(self, topic: str, payload: bytes, stamp: int | None = None) -> None:
         self.topic = topic
         self.payload = payload
         self.size = len(payload)
+        self.stamp = stamp
         self._encodings: dict | None = None
 
     def encoded(self, encoding: Callable[[bytes], bytes]) -> bytes:
@@ -324,9 +329,10 @@ class Broker:
             return fail()
         return succeed(None)
 
-    def publish_now(self, topic: str, payload: bytes) -> int:
+    def publish_now(self, topic: str, payload: bytes, stamp: int | None = None) -> int:
         """
         Publish synchronously; return how many subscribers were handed it.
+        C{stamp}: the message's persisted timestamp, if it has one.
 
         The L{IBroker} C{publish} wraps this in an already-fired Deferred;
         this form is for callers that know they hold the in-memory broker.
@@ -351,7 +357,7 @@ class Broker:
             return 0
         self.published += 1
         entry.published += 1
-        message = Message(topic, payload)
+        message = Message(topic, payload, stamp)
         subscriptions = entry.subscriptions
         self.published_bytes += message.size
         self.handed += len(subscriptions)

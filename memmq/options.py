@@ -79,6 +79,12 @@ def _check_server(options) -> None:
                 raise refuse(e) from None
             except ListenError:
                 pass  # a socket systemd did not pass: a failure to listen, said at start
+    from memmq.server.forwarded import parse_trusted_proxies
+
+    try:
+        options["trusted_proxy_list"] = parse_trusted_proxies([options["trusted_proxies"] or ""])
+    except MemmqError as e:
+        raise refuse(e) from None
     cert_file, key_file = options["cert_file"], options["key_file"]
     if bool(cert_file) != bool(key_file):
         raise usage.UsageError("--cert_file and --key_file go together: give both or neither")
@@ -97,7 +103,9 @@ def _opt_listen(self, description: str) -> None:
     Listen on this Twisted server endpoint too, with TLS added; repeatable.
     For example tcp:8081, unix:/run/memmq/memmq.sock, or
     systemd:domain=INET6:name=memmq (socket activation). With --listen,
-    --address is listened on only if given as well.
+    --address is listened on only if given as well. Prefixed plain: (as in
+    plain:tcp:8080:interface=127.0.0.1), plain HTTP without TLS, for a proxy
+    that terminates TLS in front.
     """
     self["listen"].append(description)
 
@@ -124,6 +132,9 @@ SERVER = Group(
         ["max_buffered_bytes", None, defaults.MAX_BUFFERED_BYTES,
          "Per subscriber: payload bytes held while its connection is full (a size); whichever "
          "limit is reached first applies.", size("max_buffered_bytes")],
+        ["trusted_proxies", None, None,
+         "Comma-separated addresses and networks (10.0.0.0/8), or unix, of proxies whose "
+         "X-Forwarded-For and X-Forwarded-Proto are believed (access log, access control)."],
     ],
     methods=["listen"],
     check=_check_server,

@@ -32,6 +32,7 @@ from memmq.persist import Persister, PersistingBroker
 from memmq.proxy import ProxyBroker, role
 from memmq.script import ProcessRoot, TwistdOptions
 from memmq.server.drops import drop_reporter
+from memmq.server.forwarded import NO_PROXIES
 from memmq.server.rpc import GRPCService
 from memmq.server.service import SHUTDOWN_GRACE, HTTPService
 from memmq.server.web import MemmqSite
@@ -128,6 +129,9 @@ def makeService(options, reactor=None, root=ProcessRoot) -> MultiService:
     site = MemmqSite(
         broker, max_message_size=options["max_message_size"], access_log=options["access_log"], clock=reactor,
         replay=persister, upstreams=broker.upstream_health if options["proxy"] else None,
+        # Any origin unless the access-control options say otherwise.
+        allowed_origins=options.get("allowed_origins") or None,
+        trusted_proxies=options.get("trusted_proxy_list") or NO_PROXIES,
     )
     if backplane is not None:
         from memmq.backplane.metrics import BackplaneCollector

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import treq
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from treq.client import HTTPClient
-from twisted.internet import endpoints, reactor, ssl
+from twisted.internet import endpoints, reactor, ssl, threads
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.internet.task import deferLater
@@ -85,7 +85,8 @@ class RunningServer:
     """
 
     def __init__(
-        self, testcase, certificate: ServerCertificate | None = None, address: str = "127.0.0.1:0", **site_options
+        self, testcase, certificate: ServerCertificate | None = None, address: str = "127.0.0.1:0",
+        endpoints: tuple[str, ...] = (), **site_options
     ) -> None:
         broker_options = {
             k: site_options.pop(k) for k in ("max_buffered_messages", "max_buffered_bytes") if k in site_options
@@ -94,7 +95,7 @@ class RunningServer:
         listen = parse_address(address)
         self.certificate = certificate or self_signed_certificate(listen.host or "127.0.0.1")
         self.site = MemmqSite(self.broker, **site_options)
-        self.service = HTTPService(self.site, listen, self.certificate, reactor)
+        self.service = HTTPService(self.site, listen, self.certificate, reactor, endpoints)
         try:
             self.service.startService()
         except MemmqError as e:
@@ -104,6 +105,8 @@ class RunningServer:
         self.port = host.port
         self.url = f"https://{host.host}:{self.port}"
         self.client = TLSClient(testcase, self.certificate)
+        # The --listen endpoints' ports, after the address's.
+        self.endpoint_ports = [port.getHost().port for port in self.service.ports[1:]]
 
     def stop(self) -> Deferred:
         if self.service.running:
@@ -672,3 +675,88 @@ def raw_publish(client: TLSClient, endpoint, host: str, topic: bytes, payload: b
         Factory.forProtocol(lambda: proto)
     )
     return bounded(connecting.addCallback(lambda _: proto.done))
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+class Browser:
+    """
+    Debian's headless chromium, driven by chromium-driver through Selenium,
+    with a fresh profile; quit at cleanup.
+
+    Selenium blocks on each call to the driver, so every call runs in a
+    thread (L{call}) while the reactor keeps serving the page.
+    """
+
+    def __init__(self, driver) -> None:
+        self.driver = driver
+
+    @classmethod
+    def start(cls, testcase, *, width: int = 1280, height: int = 900) -> Deferred:
+        """
+        Fire with a L{Browser}; skip the test when chromium, its driver or
+        Selenium is missing (.ci/run installs them).
+        """
+        try:
+            from selenium import webdriver
+            from selenium.webdriver.chrome.service import Service
+        except ImportError:
+            raise SkipTest("selenium is not installed (pip install -e .[test])") from None
+        for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
+            if not os.access(path, os.X_OK):
+                raise SkipTest(f"{path} is missing: Debian's {package} (.ci/run installs it)")
+        profile = tempfile.mkdtemp(prefix="memmq-chromium-")
+        testcase.addCleanup(shutil.rmtree, profile, True)
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for argument in (
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--disable-dev-shm-usage", f"--user-data-dir={profile}", f"--window-size={width},{height}",
+        ):
+            options.add_argument(argument)
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+
+        def launch():
+            return webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+
+        def started(driver):
+            browser = cls(driver)
+            testcase.addCleanup(lambda: threads.deferToThread(driver.quit))
+            return browser
+
+        return bounded(threads.deferToThread(launch), 60).addCallback(started)
+
+    def call(self, function, *args) -> Deferred:
+        """
+        C{function(driver, *args)} in a thread; bounded.
+        """
+        return bounded(threads.deferToThread(function, self.driver, *args))
+
+    def get(self, url: str) -> Deferred:
+        return self.call(lambda driver: driver.get(url))
+
+    def script(self, source: str, *args) -> Deferred:
+        return self.call(lambda driver: driver.execute_script(source, *args))
+
+    def until(self, source: str, *args, seconds: float = WAIT) -> Deferred:
+        """
+        Fire with the value of the script C{source} once it is truthy,
+        polling every 50 ms in the browser; bounded.
+        """
+        def wait(driver):
+            from selenium.webdriver.support.ui import WebDriverWait
+
+            return WebDriverWait(driver, seconds, poll_frequency=0.05).until(
+                lambda d: d.execute_script(source, *args)
+            )
+
+        return bounded(threads.deferToThread(wait, self.driver), seconds + 5)
+
+    def errors(self) -> Deferred:
+        """
+        Fire with the browser console's error entries so far.
+        """
+        return self.call(lambda driver: [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"])

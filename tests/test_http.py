@@ -252,7 +252,7 @@ class HTTPAPITests(TestCase):
             (http.post(url + "/sub?topic=t", data=b"x"), 405, b"method POST not allowed"),
             (http.get(url + "/sub"), 400, b"no topic"),
             (http.get(url + "/elsewhere"), 404, b"unknown path: /elsewhere"),
-            (http.get(url + "/"), 404, b"unknown path: /"),
+            (http.get(url + "/dashboard/elsewhere.js"), 404, b"unknown path: /dashboard/elsewhere.js"),
             (http.post(url + "/pub/more?topic=t", data=b"x"), 404, b"unknown path"),
         ]
         for request, code, reason in cases:

@@ -9,7 +9,9 @@ run beside a user's own memmq:
   C{--address=127.0.0.1:PORT} (a client, C{--servers=localhost:PORT});
 - the programs: C{memmq} and C{twistd} are this Python's, from this
   checkout (what C{pip install .} puts on PATH runs the same code);
-- C{--persist_dir=/var/lib/memmq}: a temporary directory.
+- C{--persist_dir=/var/lib/memmq}: a temporary directory;
+- Redis Backplane's Redis: a real redis-server of the test's, whose address
+  stands for the README's, and its password file a temporary one.
 
 L{test_every_command_is_covered} fails for a command no rule here knows,
 so a new command in the README needs a test. The commands run elsewhere
@@ -30,9 +32,11 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from memmq.rpc import PROTOC_ARGUMENTS
+from tests.redis_support import RedisServer
 from tests.support import (
     REPO,
     TWISTD,
+    CertificateFiles,
     Child,
     Curl,
     RunningServer,
@@ -84,6 +88,8 @@ RULES: list[tuple[str, str, str]] = [
     (r"^echo .* \| memmq --client .*--publish", "cli_publish", ""),
     (r"^memmq --client .*--subscribe", "cli_subscribe", ""),
     (r"^memmq -i ", "prompt", ""),
+    (r"^echo .* > /etc/memmq/redis-password$", "backplane", ""),
+    (r"^memmq .*--backplane=", "backplane", ""),
     (r"^(memmq|twistd .* memmq) .*--proxy", "proxy", ""),
     (r"^(memmq|twistd .* memmq)( |$)", "server", ""),
 ]
@@ -196,6 +202,39 @@ class CommandTests(TestCase):
             child = yield self.start(argv)
             if "--grpc_address" in command or "--transport=grpc" in command:
                 yield until(lambda c=child: b"listening for gRPC" in c.stdout + c.stderr)
+            yield self.stop(child)
+
+    @inlineCallbacks
+    def test_backplane(self) -> None:
+        """
+        Redis backplane's commands, in order: the password file written by
+        the shell, then each node command on a real Redis that asks for that
+        password (the README's Redis address standing for the test's, its
+        files under /etc/memmq for the test's own).
+        """
+        write, *nodes = self.commands("backplane")
+        self.assertEqual(len(nodes), 2, nodes)
+        certificate = CertificateFiles(self)
+        files = {
+            "/etc/memmq/redis-password": os.path.join(self.work, "redis-password"),
+            "/etc/memmq/cert.pem": certificate.cert_file,
+            "/etc/memmq/key.pem": certificate.key_file,
+        }
+
+        def local(command: str) -> str:
+            for name, path in files.items():
+                command = command.replace(name, path)
+            return command
+
+        result = yield getProcessOutputAndValue("/bin/sh", ["-c", local(write)])
+        self.assertEqual(result[2], 0, result)
+        with open(files["/etc/memmq/redis-password"]) as f:
+            password = f.read().strip()
+        redis = RedisServer.start(self, self.work, None, "--requirepass", password)
+        yield bounded(redis.ready)
+        for node in nodes:
+            node = re.sub(r"redis://[^ ]+", redis.url, local(node))
+            child = yield self.start(self.localize(node))
             yield self.stop(child)
 
     @inlineCallbacks

@@ -320,7 +320,7 @@ class _Connection:
         if reply["op"] == "ok":
             d.callback(None)
         else:
-            d.errback(MemmqError(f"{reply.get('code')} {reply.get('error')}"))
+            d.errback(MemmqError(f"HTTP {reply.get('code')}: {reply.get('error')}"))
 
     # -- flow and closing ----------------------------------------------------
 

@@ -46,11 +46,14 @@ class PersistingBroker:
         self._append = persister.append
 
     def publish(self, topic: str, payload: bytes, hops: int = 0) -> Deferred[None]:
+        # Stamped before it is handed out, so that subscribers see the
+        # stamp (a Server-Sent Events id) the file will hold.
+        stamp = self.persister.stamp()
         try:
-            self._publish_now(topic, payload)
+            self._publish_now(topic, payload, stamp)
         except (InvalidTopic, BackplaneUnavailable):
             return fail()
-        written = self._append(topic, payload)
+        written = self._append(topic, payload, stamp)
         return succeed(None) if written is None else written
 
     def stats(self) -> Stats:

@@ -166,19 +166,28 @@ class Persister(Service):
             known = self._topics[topic] = (file_name(topic), encode_topic(topic))
         return known
 
-    def append(self, topic: str, payload: bytes) -> Deferred[None] | None:
+    def stamp(self) -> int:
         """
-        Accept one message of C{topic} (a checked topic).
+        The timestamp of the next message, taken now (see L{append}).
+        """
+        timestamp = self._now()
+        if timestamp <= self.last_timestamp:
+            timestamp = self.last_timestamp + 1
+        self.last_timestamp = timestamp
+        return timestamp
+
+    def append(self, topic: str, payload: bytes, timestamp: int | None = None) -> Deferred[None] | None:
+        """
+        Accept one message of C{topic} (a checked topic), stamped
+        C{timestamp} (from L{stamp}, in this reactor turn), or now.
 
         @return: L{None} when the caller need not wait (the default mode,
             with room in memory); otherwise a Deferred that fires once the
             message is written (and, in durable mode, fsynced), or fails
             with L{PersistError}.
         """
-        timestamp = self._now()
-        if timestamp <= self.last_timestamp:
-            timestamp = self.last_timestamp + 1
-        self.last_timestamp = timestamp
+        if timestamp is None:
+            timestamp = self.stamp()
         name, part = self._topic(topic)
         data = line(timestamp, part, payload)
         pending = self._pending.get(name)

@@ -9,7 +9,9 @@ C{0.0.0.0}.
 
 C{--listen} takes any Twisted server endpoint description (C{tcp:8081},
 C{unix:/run/memmq/memmq.sock}, C{systemd:domain=INET6:name=memmq}, ...);
-memmq adds TLS over it, as it does over C{--address}.
+memmq adds TLS over it, as it does over C{--address} -- unless the
+description starts with C{plain:} (L{PLAIN}), for a server behind a proxy
+that terminates TLS itself (README, "Behind a proxy").
 """
 
 from __future__ import annotations
@@ -31,8 +33,11 @@ from memmq.errors import MemmqError
 
 __all__ = [
     "Address", "EndpointError", "ListenError", "parse_address", "parse_endpoint", "listen_tls", "listen_endpoint",
-    "describe_port",
+    "describe_port", "is_plain", "PLAIN",
 ]
+
+# The prefix of a --listen description served without TLS.
+PLAIN = "plain:"
 
 
 class ListenError(MemmqError):
@@ -157,6 +162,8 @@ def parse_endpoint(reactor, description: str) -> IStreamServerEndpoint:
     @raise ListenError: a C{systemd:} description names a socket that
         systemd did not pass (Twisted looks inherited sockets up here).
     """
+    if is_plain(description):
+        description = description[len(PLAIN):]
     kind = description.split(":", 1)[0].strip().lower()
     if kind in _TLS_TYPES:
         raise EndpointError(
@@ -171,6 +178,13 @@ def parse_endpoint(reactor, description: str) -> IStreamServerEndpoint:
         raise EndpointError(f"--listen={description}: {_reason(e)}") from None
     except (ValueError, TypeError, AttributeError, OSError) as e:
         raise EndpointError(f"--listen={description}: {_reason(e)}") from None
+
+
+def is_plain(description: str) -> bool:
+    """
+    Whether a C{--listen} description asks for plain HTTP (C{plain:tcp:8080}).
+    """
+    return description[: len(PLAIN)].lower() == PLAIN
 
 
 def _reason(error: Exception) -> str:
@@ -193,11 +207,14 @@ def _no_systemd_socket(error: Exception) -> str:
 
 def listen_endpoint(reactor, description: str, options, factory) -> IListeningPort:
     """
-    Listen on the endpoint C{description} with TLS C{options}; raise
-    L{ListenError} with a one-line reason if that cannot be done (or
-    L{EndpointError} for a description that was not validated before).
+    Listen on the endpoint C{description} with TLS C{options} (without TLS
+    for a C{plain:} description); raise L{ListenError} with a one-line
+    reason if that cannot be done (or L{EndpointError} for a description
+    that was not validated before).
     """
-    endpoint = wrapServerTLS(options, parse_endpoint(reactor, description), reactor)
+    endpoint = parse_endpoint(reactor, description)
+    if not is_plain(description):
+        endpoint = wrapServerTLS(options, endpoint, reactor)
     try:
         return _listen_now(endpoint, factory)
     except CannotListenError as e:
@@ -212,13 +229,14 @@ def listen_endpoint(reactor, description: str, options, factory) -> IListeningPo
 def describe_port(port: IListeningPort, description: str | None = None) -> tuple[str, str]:
     """
     How the start-up line names where C{port} listens: C{("https://",
-    "HOST:PORT")} for TCP, C{("", "unix:PATH")} for a UNIX socket, else
-    C{("", description)}.
+    "HOST:PORT")} for TCP (C{"http://"} for a C{plain:} description),
+    C{("", "unix:PATH")} for a UNIX socket, else C{("", description)}.
     """
     host = port.getHost()
     if isinstance(host, (IPv4Address, IPv6Address)):
         shown = f"[{host.host}]" if ":" in host.host else host.host
-        return "https://", f"{shown}:{host.port}"
+        scheme = "http://" if description is not None and is_plain(description) else "https://"
+        return scheme, f"{shown}:{host.port}"
     if isinstance(host, UNIXAddress) and host.name:
         name = host.name.decode("utf-8", "replace") if isinstance(host.name, bytes) else host.name
         return "", f"unix:{name}"

@@ -19,6 +19,7 @@ counts and topic names; whoever may subscribe may see those.
 
 from __future__ import annotations
 
+import heapq
 import json
 import time
 
@@ -29,10 +30,14 @@ from zope.interface import implementer
 from memmq.interfaces import IBrokerStats
 from memmq.stats import Stats, TopicStats
 
-__all__ = ["Metrics", "STATS_LIMIT"]
+__all__ = ["Metrics", "STATS_LIMIT", "STATS_SORTS"]
 
 STATS_LIMIT = 100
 _STATS_MAX_LIMIT = 1000
+# What /stats?sort= may order topics by (ties by name).
+STATS_SORTS = ("subscribers", "topic", "published", "dropped", "buffered")
+# How old the per-topic figures of /stats may be, in seconds.
+_TOPICS_FRESH = 1.0
 
 
 @implementer(IBrokerStats)
@@ -113,12 +118,16 @@ class Metrics:
 
     @param broker: the server's broker; one that does not declare
         L{IBrokerStats} (an L{IBroker} of a test, say) shows no figures.
+    @param now: a monotonic clock, in seconds.
     """
 
-    def __init__(self, broker) -> None:
+    def __init__(self, broker, now=time.monotonic) -> None:
         if not IBrokerStats.providedBy(broker):
             broker = _NoStats()
         self.broker: IBrokerStats = broker
+        self.now = now
+        self._topics: list[TopicStats] | None = None
+        self._topics_read = 0.0
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_BrokerCollector(broker))
         self.publish_seconds = Histogram(
@@ -128,29 +137,46 @@ class Metrics:
             registry=self.registry,
         )
 
+    def _topic_stats(self) -> list[TopicStats]:
+        """
+        Every topic's figures, read at most once a second: with 100,000
+        topics a read takes a good part of a second, and dashboards paging
+        and sorting them would otherwise each pay it on every poll.
+        """
+        now = self.now()
+        if self._topics is None or now - self._topics_read >= _TOPICS_FRESH:
+            self._topics = self.broker.topic_stats()
+            self._topics_read = now
+        return self._topics
+
     def exposition(self) -> tuple[bytes, str]:
         """
         The Prometheus text exposition, and its content type.
         """
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
-    def stats(self, offset: int = 0, limit: int = STATS_LIMIT) -> bytes:
+    def stats(
+        self, offset: int = 0, limit: int = STATS_LIMIT, sort: str = "subscribers", descending: bool = True,
+        match: str = "",
+    ) -> bytes:
         """
         JSON: totals, and per-topic figures for at most C{limit} topics
-        (most subscribers first), from C{offset}.
+        from C{offset}, ordered by C{sort} (one of L{STATS_SORTS}; most
+        subscribers first by default; ties by name), of the topics whose
+        name holds C{match} (any case) if given.
         """
         limit = max(0, min(limit, _STATS_MAX_LIMIT))
         stats = self.broker.stats()
         body: dict = {"time": time.time()}
         delivery = stats.delivery
         if delivery is not None:
-            topics = sorted(self.broker.topic_stats(), key=lambda t: (-t.subscribers, t.topic))
+            topics = _ordered(self._topic_stats(), offset + limit, sort, descending, match)
             body.update(
                 published=delivery.published,
                 delivered=delivery.delivered,
                 dropped=delivery.dropped,
                 subscribers=delivery.subscribers,
-                topic_count=len(topics),
+                topic_count=topics.count,
                 offset=offset,
                 limit=limit,
                 topics=[
@@ -161,7 +187,7 @@ class Metrics:
                         "dropped": t.dropped,
                         "buffered": t.buffered,
                     }
-                    for t in topics[offset : offset + limit]
+                    for t in topics.first[offset : offset + limit]
                 ],
             )
         persistence = stats.persistence
@@ -188,3 +214,32 @@ class Metrics:
             body["upstream_topics"] = upstream.topics
             body["upstream_servers"] = list(upstream.servers)
         return json.dumps(body, ensure_ascii=False).encode("utf-8") + b"\n"
+
+
+class _Page:
+    def __init__(self, first: list[TopicStats], count: int) -> None:
+        self.first = first
+        self.count = count
+
+
+def _ordered(topics: list[TopicStats], wanted: int, sort: str, descending: bool, match: str) -> _Page:
+    """
+    The first C{wanted} of C{topics} in order, and how many matched: a
+    partial sort (a heap of C{wanted}) when that is a small part of them,
+    so a page of 100,000 topics costs little more than reading them.
+    """
+    if match:
+        needle = match.casefold()
+        topics = [t for t in topics if needle in t.topic.casefold()]
+    sign = -1 if descending else 1
+
+    def key(t: TopicStats):
+        return t.topic if sort == "topic" else (sign * getattr(t, sort), t.topic)
+
+    reverse = sort == "topic" and descending
+    if wanted * 8 < len(topics):
+        pick = heapq.nlargest if reverse else heapq.nsmallest
+        first = pick(wanted, topics, key=key)
+    else:
+        first = sorted(topics, key=key, reverse=reverse)
+    return _Page(first, len(topics))

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 
 from memmq.errors import MemmqError
 from memmq.internals.twisted_private import open_connections
-from memmq.server.listen import Address, describe_port, listen_endpoint, listen_tls
+from memmq.server.listen import Address, describe_port, is_plain, listen_endpoint, listen_tls
 from memmq.server.web import MemmqSite
 from memmq.tls import ServerCertificate
 
@@ -96,6 +96,16 @@ class HTTPService(Service):
         # all of them.
         for port, description in zip(self.ports, self._descriptions, strict=True):
             scheme, address = describe_port(port, description)
+            if description is not None and is_plain(description):
+                # Loud on purpose: anyone on the path reads this traffic
+                # unless a proxy in front terminates TLS (README, "Behind a
+                # proxy").
+                _log.warn(
+                    "memmq listening on {scheme}{address} WITHOUT TLS (plain HTTP: put a proxy that "
+                    "terminates TLS in front of it){role}",
+                    scheme=scheme, address=address, endpoint=description, role=self.role,
+                )
+                continue
             _log.info(
                 "memmq listening on {scheme}{address} (certificate {origin}){role}",
                 scheme=scheme, address=address, origin=self.certificate.origin, endpoint=description,

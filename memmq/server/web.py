@@ -5,6 +5,10 @@ The HTTP front-end: one twisted.web L{Site} serving asim/mq's API.
     GET /pub?topic=T           (WebSocket upgrade) publish each message received
     GET /sub?topic=T           (WebSocket upgrade) one binary frame per message
     GET /sub?topic=T           (no upgrade) a chunked stream of the payloads
+    GET /sub?topic=T           (Accept: text/event-stream) Server-Sent Events
+    OPTIONS /pub               a browser's CORS preflight (memmq.server.cors)
+    GET /, /dashboard/NAME     the dashboard (memmq.server.dashboard)
+    GET /api/server            what the dashboard shows of the server
     GET /sub?topic=T&since=N   either, persisted messages after N first (--persist)
     GET /sub?pattern=P&group=G either form, a pattern of topics, a queue group
     GET /sub                   (upgrade offering memmq.v1) many subscriptions (memmq.server.mux)
@@ -35,10 +39,15 @@ from memmq.hops import HOPS_HEADER, BadHops, TooManyHops, check_hops
 from memmq.interfaces import IBroker, IReplaySource
 from memmq.server.combine import Combiner
 from memmq.server.connections import Connections
-from memmq.server.metrics import STATS_LIMIT, Metrics
+from memmq.server.cors import Origins
+from memmq.server.dashboard import DashboardFiles
+from memmq.server.forwarded import NO_PROXIES, ClientAddress, TrustedProxies, client_address
+from memmq.server.metrics import STATS_LIMIT, STATS_SORTS, Metrics
 from memmq.server.mux import mux_resource, wants_mux
-from memmq.server.query import NO_REPLAY, since_from_query, subject_from_query, topic_from_query
+from memmq.server.query import NO_REPLAY, since_from_query, subject_from_query, subscribe_subject, topic_from_query
+from memmq.server.sse import EventStreamSubscriber, last_event_id, wants_event_stream
 from memmq.server.stream import StreamingSubscriber
+from memmq.server.summary import ServerSummary
 from memmq.server.websocket import PublisherProtocol, SubscriberProtocol, WebSocketFactory
 
 __all__ = ["MemmqSite", "DEFAULT_MAX_MESSAGE_SIZE"]
@@ -141,6 +150,10 @@ class MemmqSite(server.Site):
         C{/metrics} and C{/stats} show.
     @param replay: where a subscriber's C{?since=N} is read from (a server
         run with C{--persist}); without it, C{since} is refused.
+    @param allowed_origins: the page origins browsers may publish and
+        subscribe from (CORS); L{None}, the default, allows any.
+    @param trusted_proxies: the proxies whose C{X-Forwarded-For} and
+        C{X-Forwarded-Proto} are believed (L{client_address}).
     @param mux: serve C{memmq.v1} on C{/sub} (README, "One connection, many
         subscriptions"); without it the subprotocol is refused, as by a
         server that predates it.
@@ -161,12 +174,16 @@ class MemmqSite(server.Site):
         access_log: bool = False,
         clock: IReactorTime | None = None,
         replay: IReplaySource | None = None,
+        allowed_origins: list[str] | None = None,
+        trusted_proxies: TrustedProxies = NO_PROXIES,
         upstreams=None,
         mux: bool = True,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
         self.broker = broker
+        self.origins = Origins(allowed_origins)
+        self.trusted_proxies = trusted_proxies
         self.upstreams = upstreams
         self.combiner = Combiner(clock)
         self.max_message_size = max_message_size
@@ -179,7 +196,7 @@ class MemmqSite(server.Site):
             b"pub",
             PublishResource(broker, WebSocketResource(
                 WebSocketFactory(PublisherProtocol, broker, self.connections, max_message_size)
-            ), self.metrics),
+            ), self.metrics, self.origins),
         )
         root.putChild(
             b"sub",
@@ -187,17 +204,29 @@ class MemmqSite(server.Site):
                 WebSocketFactory(
                     SubscriberProtocol, broker, self.connections, max_message_size, self.combiner, replay
                 )
-            ), replay, multiplexed),
+            ), replay, self.origins, self.combiner, clock, multiplexed),
         )
         root.putChild(b"health", HealthResource(self))
         root.putChild(b"metrics", MetricsResource(self.metrics))
-        root.putChild(b"stats", StatsResource(self.metrics))
+        root.putChild(b"stats", StatsResource(self.metrics, self.origins))
+        root.putChild(b"", DashboardFiles("index.html"))
+        root.putChild(b"dashboard", DashboardFiles())
+        api = _Root()
+        api.putChild(b"server", SummaryResource(ServerSummary(self.metrics.broker, clock), self.origins))
+        root.putChild(b"api", api)
         super().__init__(root)
         self.access_log = access_log
         self.stopping = False
         # Callables answering None while all is well, else (status, one
         # line): what /health says (a backplane, README: Redis backplane).
         self.health_checks: list = []
+
+    def client_of(self, request) -> ClientAddress:
+        """
+        Where C{request} comes from, believing the trusted proxies'
+        forwarding headers (L{client_address}): for access control.
+        """
+        return client_address(request, self.trusted_proxies)
 
     def log(self, request) -> None:
         """
@@ -206,7 +235,26 @@ class MemmqSite(server.Site):
         """
         if self.access_log:
             stamp = http.datetimeToLogString(self.reactor.seconds())
+            if self.trusted_proxies:
+                request = _AsSeen(request, client_address(request, self.trusted_proxies).twisted_address())
             _access_log.info("{line}", line=http.combinedLogFormatter(stamp, request))
+
+
+class _AsSeen:
+    """
+    A request as the access log shows it: from its client behind the
+    trusted proxies rather than from the last proxy.
+    """
+
+    def __init__(self, request, address) -> None:
+        self._request = request
+        self._address = address
+
+    def getClientAddress(self):
+        return self._address
+
+    def __getattr__(self, name):
+        return getattr(self._request, name)
 
 
 class _Resource(resource.Resource):
@@ -330,24 +378,57 @@ class MetricsResource(_Resource):
 
 class StatsResource(_Resource):
     """
-    C{/stats?offset=N&limit=M}: totals and per-topic figures as JSON.
+    C{/stats?offset=N&limit=M&sort=KEY&order=asc|desc&match=TEXT}: totals
+    and per-topic figures as JSON.
     """
 
     allowedMethods = (b"GET",)
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, origins: Origins) -> None:
         super().__init__()
         self._metrics = metrics
+        self._origins = origins
 
     def render_GET(self, request):
-        numbers = {}
+        numbers: dict = {}
         for name, default in ((b"offset", 0), (b"limit", STATS_LIMIT)):
             value = request.args.get(name, [b"%d" % default])[0]
             if not (value.isascii() and value.isdigit()):
                 raise _HTTPError(400, f"{name.decode()} must be a whole number")
             numbers[name.decode()] = int(value)
+        sort = request.args.get(b"sort", [b"subscribers"])[0].decode("latin-1")
+        if sort not in STATS_SORTS:
+            raise _HTTPError(400, f"sort must be one of {', '.join(STATS_SORTS)}")
+        order = request.args.get(b"order", [b""])[0]
+        if order not in (b"", b"asc", b"desc"):
+            raise _HTTPError(400, "order must be asc or desc")
+        try:
+            match = request.args.get(b"match", [b""])[0].decode("utf-8")
+        except UnicodeDecodeError:
+            raise _HTTPError(400, "match is not valid UTF-8") from None
+        descending = order == b"desc" if order else sort != "topic"
+        self._origins.answer(request)
         request.setHeader(b"content-type", b"application/json")
-        return self._metrics.stats(**numbers)
+        return self._metrics.stats(**numbers, sort=sort, descending=descending, match=match)
+
+
+class SummaryResource(_Resource):
+    """
+    C{/api/server}: the dashboard's view of the server (L{ServerSummary}).
+    """
+
+    allowedMethods = (b"GET",)
+
+    def __init__(self, summary: ServerSummary, origins: Origins) -> None:
+        super().__init__()
+        self._summary = summary
+        self._origins = origins
+
+    def render_GET(self, request):
+        self._origins.answer(request)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-cache")
+        return self._summary.render()
 
 
 class PublishResource(_Resource):
@@ -362,13 +443,19 @@ class PublishResource(_Resource):
 
     allowedMethods = (b"POST", b"PUT")
 
-    def __init__(self, broker: IBroker, websocket: WebSocketResource, metrics: Metrics) -> None:
+    def __init__(self, broker: IBroker, websocket: WebSocketResource, metrics: Metrics, origins: Origins) -> None:
         super().__init__()
         self._broker = broker
         self._websocket = websocket
         self._observe = metrics.publish_seconds.observe
+        self._origins = origins
+
+    def render_OPTIONS(self, request):
+        return self._origins.preflight(request)
 
     def render_POST(self, request):
+        if request.getHeader(b"origin") is not None:
+            self._origins.answer(request)
         topic = topic_from_query(request.args)
         hops = check_hops(request.getHeader(HOPS_HEADER))
         started = perf_counter()
@@ -429,14 +516,22 @@ class SubscribeResource(_Resource):
 
     def __init__(
         self, broker: IBroker, connections: Connections, websocket: WebSocketResource,
-        replay: IReplaySource | None = None, mux: WebSocketResource | None = None,
+        replay: IReplaySource | None = None, origins: Origins | None = None, combiner: Combiner | None = None,
+        clock: IReactorTime | None = None,
+        mux: WebSocketResource | None = None,
     ) -> None:
         super().__init__()
         self._broker = broker
         self._connections = connections
         self._websocket = websocket
         self._replay = replay
+        self._origins = origins or Origins()
+        self._combiner = combiner
+        self._clock = clock
         self._mux = mux
+
+    def render_OPTIONS(self, request):
+        return self._origins.preflight(request)
 
     def render_GET(self, request):
         if self._mux is not None and _is_websocket_upgrade(request) and wants_mux(request):
@@ -447,5 +542,15 @@ class SubscribeResource(_Resource):
             raise _HTTPError(400, NO_REPLAY)
         if _is_websocket_upgrade(request):
             return self._websocket.render(request)
+        if wants_event_stream(request) and self._combiner is not None:
+            if since is None and self._replay is not None:
+                since = last_event_id(request)
+            self._origins.answer(request)
+            EventStreamSubscriber(
+                self._broker, self._connections, self._combiner, self._clock, getattr(topic, "text", topic),
+                request, since, self._replay,
+                subscribe=lambda subscriber: subscribe_subject(self._broker, topic, subscriber, group),
+            )
+            return server.NOT_DONE_YET
         StreamingSubscriber(self._broker, self._connections, topic, request, since, self._replay, group)
         return server.NOT_DONE_YET
