@@ -67,6 +67,7 @@ def client_from_options(options, reactor) -> Client:
         ca_file=options["ca_file"],
         resolve_interval=options["resolve_interval"],
         reactor=reactor,
+        token=options.get("token"),
     )
 
 

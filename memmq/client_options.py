@@ -6,6 +6,7 @@ they and a proxy talk to, and a proxy's own; each group checks its own.
 
 from __future__ import annotations
 
+import os
 import socket
 
 from twisted.python import usage
@@ -182,7 +183,33 @@ CLIENT = Group(
 
 # The options of a client's side: of --client and -i, and of a proxy's
 # upstream side.
-_CLIENT_SIDE = ("servers", "select", "resolver", "retries", "ca_file", "dns_server", "resolve_interval")
+_CLIENT_SIDE = (
+    "servers", "select", "resolver", "retries", "ca_file", "dns_server", "resolve_interval", "token_file",
+)
+
+#: The environment variable a client's token may come from, rather than a
+#: file; never from the command line, where ps shows it.
+TOKEN_VARIABLE = "MEMMQ_TOKEN"
+
+
+def _token(options) -> str | None:
+    """
+    The token to present: the first line of --token_file, else
+    $MEMMQ_TOKEN, else none.
+    """
+    path = options["token_file"]
+    if path is None:
+        return os.environ.get(TOKEN_VARIABLE, "").strip() or None
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.readline().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise usage.UsageError(f"--token_file: cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    if not token:
+        raise usage.UsageError(f"--token_file: {path} holds no token")
+    if token.lower().startswith("bearer "):
+        token = token[7:].strip()
+    return token
 
 
 def check_upstream(options) -> None:
@@ -220,6 +247,7 @@ def check_upstream(options) -> None:
             except MemmqError as e:
                 raise refuse(e) from None
     options["server_list"] = servers
+    options["token"] = _token(options)
     if options["ca_file"] is not None:
         from memmq.tls import ClientTLS
 
@@ -248,6 +276,9 @@ UPSTREAM = Group(
          "system's (e.g. Consul's 127.0.0.1:8600).", host_port("dns_server")],
         ["resolve_interval", None, None, "With --resolver=dns: seconds between lookups "
          f"[default: {defaults.RESOLVE_INTERVAL:g}].", seconds("resolve_interval")],
+        ["token_file", None, None, "Present the token (or JWT) on this file's first line to the servers, "
+         f"for their access control [default: ${TOKEN_VARIABLE}, if set]. There is no --token: ps would "
+         "show it."],
     ],
     check=check_upstream,
 )

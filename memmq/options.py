@@ -98,6 +98,52 @@ def _check_server(options) -> None:
             raise refuse(e) from None
 
 
+def _check_access(options) -> None:
+    """
+    Access control (README: Access control): the auth file and JWT key,
+    loaded now (a bad or group/world-readable file is one line, exit 2),
+    the client CA, and the allowed WebSocket origins.  A server's or a
+    proxy's: its own rules for its own clients.
+    """
+    names = ("auth_file", "jwt_key", "client_ca_file", "allowed_origins")
+    if options["client"] or options["interactive"]:
+        for name in names:
+            if options[name] is not None:
+                raise usage.UsageError(f"--{name} is for a server or proxy, not for --client or -i")
+        return
+    from memmq.auth import AuthConfigError, make_authority
+
+    try:
+        options["authority"] = make_authority(auth_file=options["auth_file"], jwt_key=options["jwt_key"])
+    except AuthConfigError as e:
+        raise refuse(e) from None
+    options["client_authorities"] = None
+    if options["client_ca_file"] is not None:
+        if options["auth_file"] is None:
+            raise usage.UsageError(
+                "--client_ca_file goes with --auth_file, which names the certificates' subjects"
+            )
+        from memmq.tls import load_client_authorities
+
+        try:
+            options["client_authorities"] = load_client_authorities(options["client_ca_file"])
+        except MemmqError as e:
+            raise refuse(e, "--client_ca_file: ") from None
+    origins = options["allowed_origins"]
+    options["origin_list"] = None
+    if origins is not None:
+        listed = [o.strip() for o in origins.split(",") if o.strip()]
+        for origin in listed:
+            if "://" not in origin or origin.rstrip("/").count("/") != 2:
+                raise usage.UsageError(
+                    f"--allowed_origins: {origin!r} is not an origin, scheme://host[:port] "
+                    "(as https://chat.example.com)"
+                )
+        if not listed:
+            raise usage.UsageError("--allowed_origins is empty")
+        options["origin_list"] = listed
+
+
 def _opt_listen(self, description: str) -> None:
     """
     Listen on this Twisted server endpoint too, with TLS added; repeatable.
@@ -132,6 +178,19 @@ SERVER = Group(
         ["max_buffered_bytes", None, defaults.MAX_BUFFERED_BYTES,
          "Per subscriber: payload bytes held while its connection is full (a size); whichever "
          "limit is reached first applies.", size("max_buffered_bytes")],
+        ["auth_file", None, None,
+         "Access control: the TOML file of tokens (as hashes), certificate names and their permissions "
+         "(README: Access control); it must be private (chmod 600). SIGHUP reloads it. Without it and "
+         "--jwt_key, access control is off: anyone may do anything."],
+        ["jwt_key", None, None,
+         "Access control: accept JWTs checked with this key file (an HS256 secret of 32 bytes or more, "
+         "or an RS256/ES256 PEM public key), with their permissions in the memmq claim."],
+        ["client_ca_file", None, None,
+         "With --auth_file: ask clients for a TLS certificate (not required), verified against this "
+         "PEM CA file; its CN or a SAN names the user in the auth file."],
+        ["allowed_origins", None, None,
+         "Comma-separated origins (https://chat.example.com) a browser's WebSocket may come from; "
+         "others get 403 [default: any]."],
         ["trusted_proxies", None, None,
          "Comma-separated addresses and networks (10.0.0.0/8), or unix, of proxies whose "
          "X-Forwarded-For and X-Forwarded-Proto are believed (access log, access control)."],
@@ -275,6 +334,7 @@ _CHECKS = (
     check_backplane,
     _check_transport,
     _check_server,
+    _check_access,
     check_proxy_listens,
 )
 
@@ -289,7 +349,8 @@ class MemmqOptions(usage.Options):
         "Usage: memmq [server options]\n"
         "       memmq --proxy --servers=LIST [server options] [options of the servers to talk to]\n"
         "       memmq --client --topic=T (--publish | --subscribe) [client options]\n"
-        "       memmq -i --topic=T [client options]"
+        "       memmq -i --topic=T [client options]\n"
+        "       memmq auth token | hash < FILE | check FILE   (tokens for --auth_file)"
     )
     longdesc = (
         "memmq is an in-memory publish/subscribe message broker, wire-compatible with "

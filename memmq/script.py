@@ -78,8 +78,13 @@ class ProcessRoot(MultiService):
     SIGTERM and SIGINT stop it cleanly from the moment it listens; and it
     exits 0 once stopped by them.
 
+    SIGHUP reloads access control's auth file and JWT key (the tree's
+    C{access}) without dropping a connection.
+
     @ivar broker: the broker every front-end serves.
     """
+
+    access = None
 
     def __init__(self, broker, reactor) -> None:
         super().__init__()
@@ -100,7 +105,13 @@ class ProcessRoot(MultiService):
         if not self._reactor.running and threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, self._stop_once_running)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGHUP, self._reload)
         super().startService()
+
+    def _reload(self, signum, frame) -> None:
+        if self.access is not None:
+            self._reactor.callFromThread(self.access.reload)
 
     def _stop_once_running(self, signum, frame) -> None:
         self._reactor.callFromThread(self._reactor.stop)
@@ -118,8 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     Parse C{argv} (default: C{sys.argv[1:]}), serve, and return the exit
     status once the reactor has stopped.
     """
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["auth"]:
+        from memmq.auth.command import main as auth
+
+        return auth(argv[1:])
     options = Options()
-    options.parseOptions(sys.argv[1:] if argv is None else argv)
+    options.parseOptions(argv)
 
     from twisted.internet import reactor
 

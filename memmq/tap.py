@@ -7,6 +7,7 @@ plugin names it), and twistd is a command too.
 
     MemmqService (MultiService)
       ├─ Persister: writes every message to its topic's file (--persist only)
+      ├─ AccessService: says at start whether access control is on
       ├─ BackplaneService: the link to the other nodes' Redis (--backplane only)
       ├─ UpstreamService: a proxy's upstream connections (--proxy only)
       ├─ HTTPService: the HTTP/WebSocket front-end over the broker, on
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 from twisted.application.service import MultiService, Service
 
+from memmq.auth import OFF
 from memmq.backplane.broker import BackplaneBroker
 from memmq.backplane.redis import RedisBackplane
 from memmq.backplane.service import BackplaneService
@@ -31,6 +33,7 @@ from memmq.cli import client_from_options
 from memmq.persist import Persister, PersistingBroker
 from memmq.proxy import ProxyBroker, role
 from memmq.script import ProcessRoot, TwistdOptions
+from memmq.server.access import Access, AccessService
 from memmq.server.drops import drop_reporter
 from memmq.server.forwarded import NO_PROXIES
 from memmq.server.rpc import GRPCService
@@ -91,6 +94,8 @@ def makeService(options, reactor=None, root=ProcessRoot) -> MultiService:
         from twisted.internet import reactor
     address = options["listen_address"]
     certificate = options["certificate"] or self_signed_certificate(address.host if address else "")
+    certificate.client_authorities = options.get("client_authorities")
+    access = Access(options.get("authority") or OFF, options.get("origin_list"), clock=reactor)
     broker = Broker(
         max_buffered_messages=options["max_buffered_messages"],
         max_buffered_bytes=options["max_buffered_bytes"],
@@ -113,6 +118,9 @@ def makeService(options, reactor=None, root=ProcessRoot) -> MultiService:
         )
         broker = PersistingBroker(broker, persister)
     root = root(broker, reactor)
+    # What SIGHUP reloads (memmq.script.ProcessRoot).
+    root.access = access
+    AccessService(access).setServiceParent(root)
     if persister is not None:
         # First to start, last to stop; it also writes whatever is
         # published while the front-end closes, so the order is not what
@@ -128,9 +136,9 @@ def makeService(options, reactor=None, root=ProcessRoot) -> MultiService:
     proxy_role = role(options) if options["proxy"] else ""
     site = MemmqSite(
         broker, max_message_size=options["max_message_size"], access_log=options["access_log"], clock=reactor,
-        replay=persister, upstreams=broker.upstream_health if options["proxy"] else None,
+        replay=persister, upstreams=broker.upstream_health if options["proxy"] else None, access=access,
         # Any origin unless the access-control options say otherwise.
-        allowed_origins=options.get("allowed_origins") or None,
+        allowed_origins=options.get("origin_list") or None,
         trusted_proxies=options.get("trusted_proxy_list") or NO_PROXIES,
     )
     if backplane is not None:
@@ -146,7 +154,7 @@ def makeService(options, reactor=None, root=ProcessRoot) -> MultiService:
     grpc_address = address if serves_grpc else options["grpc_listen_address"]
     if grpc_address is not None:
         GRPCService(
-            broker, grpc_address, certificate, reactor, options["max_message_size"], proxy_role
+            broker, grpc_address, certificate, reactor, options["max_message_size"], proxy_role, access
         ).setServiceParent(root)
     # Last to start (after the front-end listens), first to stop.
     NotifyService(reactor).setServiceParent(root)

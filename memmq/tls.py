@@ -25,7 +25,10 @@ from zope.interface import implementer
 
 from memmq.errors import MemmqError
 
-__all__ = ["ClientTLS", "ServerCertificate", "TLSConfigError", "load_certificate", "self_signed_certificate"]
+__all__ = [
+    "ClientTLS", "ServerCertificate", "TLSConfigError", "load_certificate", "load_client_authorities",
+    "self_signed_certificate",
+]
 
 _DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
 
@@ -42,7 +45,13 @@ class ServerCertificate:
 
     @ivar origin: how it came to be, for the start-up log line: C{"generated"}
         or C{"loaded from <file>"}.
+    @ivar client_authorities: with C{--client_ca_file}, the CA certificates
+        a client certificate is verified against: the server then asks for
+        one (a client without one is still served, as anonymous or by its
+        token); L{None}: it asks for none.
     """
+
+    client_authorities: list[x509.Certificate] | None = None
 
     def __init__(self, key, chain: Sequence[x509.Certificate], origin: str) -> None:
         self.key = key
@@ -65,13 +74,22 @@ class ServerCertificate:
 
     def options(self) -> ssl.CertificateOptions:
         """
-        Server-side TLS options: this chain, TLS 1.2 or newer.
+        Server-side TLS options: this chain, TLS 1.2 or newer; a client
+        certificate asked for (not required) and verified when there are
+        L{client_authorities}.
         """
+        verify = {}
+        if self.client_authorities:
+            verify = dict(
+                verify=True, requireCertificate=False,
+                caCerts=[crypto.X509.from_cryptography(c) for c in self.client_authorities],
+            )
         return ssl.CertificateOptions(
             privateKey=crypto.PKey.from_cryptography_key(self.key),
             certificate=crypto.X509.from_cryptography(self.chain[0]),
             extraCertChain=[crypto.X509.from_cryptography(c) for c in self.chain[1:]],
             raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+            **verify,
         )
 
 
@@ -138,6 +156,19 @@ def _read(path: str, what: str) -> bytes:
         raise TLSConfigError(f"cannot read {what} {path}: {e.strerror or e}") from None
 
 
+def load_client_authorities(ca_file: str) -> list[x509.Certificate]:
+    """
+    The CA certificates in C{ca_file} (C{--client_ca_file}).
+
+    @raise TLSConfigError: unreadable, or no PEM certificate in it.
+    """
+    pem = _read(ca_file, "client CA file")
+    try:
+        return x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        raise TLSConfigError(f"no PEM certificate in client CA file {ca_file}") from None
+
+
 def load_certificate(cert_file: str, key_file: str) -> ServerCertificate:
     """
     Load a PEM certificate chain and its private key, used as they are.
@@ -180,11 +211,21 @@ class ClientTLS:
     (checked by service_identity).
     """
 
-    def __init__(self, ca_file: str | None = None) -> None:
+    def __init__(self, ca_file: str | None = None, client_cert: str | tuple[str, str] | None = None) -> None:
         self._unverified = None
         self._root = None
         #: The CA file's PEM bytes, or L{None} when not verifying.
         self.ca_pem: bytes | None = None
+        #: The client certificate chain and key presented to servers (PEM),
+        #: or L{None}: from C{client_cert}, one PEM file holding both or a
+        #: (certificate file, key file) pair.
+        self.client_pem: tuple[bytes, bytes] | None = None
+        self._client = None
+        if client_cert is not None:
+            cert_file, key_file = (client_cert, client_cert) if isinstance(client_cert, str) else client_cert
+            loaded = load_certificate(cert_file, key_file)
+            self.client_pem = (loaded.chain_pem(), loaded.key_pem())
+            self._client = ssl.PrivateCertificate.loadPEM(self.client_pem[1] + self.client_pem[0])
         if ca_file is not None:
             pem = self.ca_pem = _read(ca_file, "CA file")
             try:
@@ -201,9 +242,14 @@ class ClientTLS:
         """
         if self._root is None:
             if self._unverified is None:
-                self._unverified = ssl.CertificateOptions(verify=False, raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+                mine = {}
+                if self._client is not None:
+                    mine = dict(privateKey=self._client.privateKey.original, certificate=self._client.original)
+                self._unverified = ssl.CertificateOptions(
+                    verify=False, raiseMinimumTo=ssl.TLSVersion.TLSv1_2, **mine
+                )
             return self._unverified
-        return ssl.optionsForClientTLS(host, trustRoot=self._root)
+        return ssl.optionsForClientTLS(host, trustRoot=self._root, clientCertificate=self._client)
 
     def creatorForNetloc(self, hostname: bytes, port: int):
         return self.creator(hostname.decode("ascii"))

@@ -82,6 +82,8 @@ RULES: list[tuple[str, str, str]] = [
      "installs into /etc/systemd and needs systemd as PID 1 (tests/test_units.py verifies the units)"),
     (r"^systemd-socket-activate ", "elsewhere", "tests/test_deploy.py"),
     (r"^grpcurl ", "grpcurl", ""),
+    (r"^memmq auth ", "elsewhere", "tests/test_auth_command.py and tests/test_access.py (files under /etc/memmq)"),
+    (r"^memmq --auth_file=", "elsewhere", "tests/test_access.py: servers with an auth file and a JWT key"),
     (r"^python -m grpc_tools\.protoc ", "protoc", ""),
     (r"^curl .*-H \"Upgrade: websocket\"", "curl_subscribe", ""),
     (r"^curl -k -d ", "curl_publish", ""),

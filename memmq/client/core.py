@@ -69,6 +69,14 @@ class Client:
         without it they are not verified (README, "TLS").
     @param transport: makes the L{ITransport} for this client, given the
         client (L{memmq.client.websocket.WebSocketTransport}, the default).
+    @param token: a token or JWT for servers with access control, sent as
+        C{Authorization: Bearer} (gRPC: C{authorization} metadata).  A
+        refusal (HTTP 401/403, gRPC UNAUTHENTICATED/PERMISSION_DENIED) fails
+        with L{memmq.auth.Unauthenticated} or L{memmq.auth.Forbidden} and
+        is not retried.
+    @param client_cert: a TLS client certificate to present: a PEM file
+        holding the certificate (chain) and its key, or a (certificate
+        file, key file) pair.
 
     The client is not itself an L{IBroker}: L{memmq.proxy.ProxyBroker} is
     the broker made of one.
@@ -84,6 +92,8 @@ class Client:
         resolve_interval: float = DEFAULT_RESOLVE_INTERVAL,
         reactor=None,
         transport: Callable[[Client], ITransport] | None = None,
+        token: str | None = None,
+        client_cert: str | tuple[str, str] | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -99,7 +109,8 @@ class Client:
         self.retries = retries
         self.selector = selector if selector is not None else All()
         self.resolver = resolver if resolver is not None else IP()
-        self.tls = ClientTLS(ca_file)
+        self.token = token or None
+        self.tls = ClientTLS(ca_file, client_cert)
         self.reactor = self._reactor = reactor
         self._subscriptions: set[Subscription] = set()
         self._closed = False

@@ -31,7 +31,7 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
-from memmq.client.reasons import reason_of
+from memmq.client.reasons import reason_of, refusal
 from memmq.client.servers import endpoint_of, publish_url
 from memmq.client.transport import CONNECT_TIMEOUT, backoff
 from memmq.eager import ImmediateTLSFactory, make_eager
@@ -248,13 +248,14 @@ class PublishConnection:
     message) or L{TooManyHops}.
     """
 
-    def __init__(self, server: str, reactor, tls_policy, attempts: int, reconnected=None) -> None:
+    def __init__(self, server: str, reactor, tls_policy, attempts: int, reconnected=None, token=None) -> None:
         """
         @param reconnected: called with the server when a connection is
             made after one was lost or could not be made (so others
             waiting to reconnect there can try now), or L{None}.
         """
         self.server = server
+        self._token = token
         self._reconnected = reconnected
         self._was_down = False
         self._reactor = reactor
@@ -288,6 +289,8 @@ class PublishConnection:
             text = f"POST {parts.path}?{parts.query} HTTP/1.1\r\nHost: {host}\r\n"
             if hops:
                 text += f"{HOPS_HEADER}: {hops}\r\n"
+            if self._token:
+                text += f"Authorization: Bearer {self._token}\r\n"
             head = self._heads[topic, hops] = (text + "Content-Length: ").encode("ascii")
         return b"%s%d\r\n\r\n%s" % (head, len(payload), payload)
 
@@ -432,6 +435,8 @@ class PublishConnection:
             self._reactor.callLater(backoff(request.attempt - 1, _RETRY_FIRST, _RETRY_MAX), self._resend, request)
         elif code == 508:
             request.done.errback(TooManyHops(reason))  # a loop does not heal by asking again
+        elif code in (401, 403):
+            request.done.errback(refusal(code, reason))  # nor does access control's refusal
         else:
             request.done.errback(MemmqError(reason))
 
@@ -510,8 +515,11 @@ class Publisher:
     in the order they were made) and different topics spread over them.
     """
 
-    def __init__(self, reactor, tls_policy, attempts: int, connections_per_server: int = 4, reconnected=None) -> None:
+    def __init__(
+        self, reactor, tls_policy, attempts: int, connections_per_server: int = 4, reconnected=None, token=None
+    ) -> None:
         self._reactor = reactor
+        self._token = token
         self._reconnected = reconnected
         self._tls_policy = tls_policy
         self._attempts = attempts
@@ -526,7 +534,7 @@ class Publisher:
         connection = self._connections.get(key)
         if connection is None:
             connection = self._connections[key] = PublishConnection(
-                server, self._reactor, self._tls_policy, self._attempts, self._reconnected
+                server, self._reactor, self._tls_policy, self._attempts, self._reconnected, self._token
             )
         return connection
 

@@ -5,6 +5,7 @@ name each failing server ("connection refused", "TLS error: ...").
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from OpenSSL import SSL
@@ -14,7 +15,36 @@ from twisted.python.failure import Failure
 
 from memmq.errors import MemmqError
 
-__all__ = ["reason_of"]
+__all__ = ["reason_of", "refusal", "refusal_of_handshake"]
+
+# How autobahn's client says that a WebSocket handshake was answered with
+# another status: "WebSocket connection upgrade failed [401]: <reason>".
+_HANDSHAKE_STATUS = re.compile(r"upgrade failed \[(40[13])\]:?\s*(.*)")
+
+
+def refusal(code: int, reason: str):
+    """
+    The error of access control's refusal C{code} (401 or 403) with the
+    server's one-line C{reason}; L{None} for another code.
+    """
+    from memmq.auth.errors import Forbidden, Unauthenticated
+
+    if code == 401:
+        return Unauthenticated(reason)
+    if code == 403:
+        return Forbidden(reason)
+    return None
+
+
+def refusal_of_handshake(reason: str):
+    """
+    The access-control refusal a failed WebSocket handshake's C{reason}
+    says (the server puts its reason in the status line), or L{None}.
+    """
+    found = _HANDSHAKE_STATUS.search(reason)
+    if found is None:
+        return None
+    return refusal(int(found.group(1)), f"HTTP {found.group(1)}: {found.group(2).strip()}")
 
 _REASONS = [
     (error.ConnectionRefusedError, "connection refused"),

@@ -43,7 +43,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from memmq.client.core import CONNECT_TIMEOUT, DEFAULT_SERVER, Client, IStream, ITransport, Link, backoff
-from memmq.client.reasons import reason_of
+from memmq.client.reasons import reason_of, refusal
 from memmq.client.servers import endpoint_of
 from memmq.errors import MemmqError
 from memmq.hops import TooManyHops
@@ -65,6 +65,10 @@ _FINAL = {
     grpc.StatusCode.DATA_LOSS,
     grpc.StatusCode.ABORTED,
 }
+
+
+# Access control's refusals, as HTTP says them (memmq.client.reasons.refusal).
+_REFUSALS = {grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.PERMISSION_DENIED: 403}
 
 
 def new(servers=(DEFAULT_SERVER,), selector=None, resolver=None, retries: int = 1, **options) -> GRPCClient:
@@ -168,8 +172,13 @@ class _Channel:
     One server's channel and stub; used on the loop only.
     """
 
-    def __init__(self, target: str, roots: bytes | None, override: str | None, tls: bool) -> None:
+    def __init__(
+        self, target: str, roots: bytes | None, override: str | None, tls: bool,
+        token: str | None = None, client_pem: tuple[bytes, bytes] | None = None,
+    ) -> None:
         self.target = target
+        self._client_pem = client_pem
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._roots = roots
         self._override = override
         self._tls = tls
@@ -189,7 +198,10 @@ class _Channel:
         if self._override:
             options.append(("grpc.ssl_target_name_override", self._override))
         if self._tls:
-            credentials = grpc.ssl_channel_credentials(root_certificates=self._roots)
+            chain, key = self._client_pem or (None, None)
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=self._roots, private_key=key, certificate_chain=chain
+            )
             self.channel = grpc.aio.secure_channel(self.target, credentials, options=options)
         else:
             self.channel = grpc.aio.insecure_channel(self.target, options=options)
@@ -197,7 +209,7 @@ class _Channel:
         return self
 
     async def publish(self, topic: str, payload: bytes, hops: int) -> None:
-        metadata = ((HOPS_METADATA, str(hops)),) if hops else None
+        metadata = self.metadata + ((HOPS_METADATA, str(hops)),) if hops else self.metadata or None
         await self.stub.Pub(mq_pb2.PubRequest(topic=topic, payload=payload), metadata=metadata, timeout=30)
 
     async def close(self) -> None:
@@ -249,11 +261,11 @@ class _Call:
         for payload in payloads:
             self._link.received(self, payload)
 
-    def _ended(self, reason: str, unavailable: bool) -> None:
+    def _ended(self, reason: str, unavailable: bool, refused: int = 0) -> None:
         if unavailable:
             self._transport._forget(self._link.server)
         if not self.opened.called:
-            self.opened.errback(MemmqError(reason))
+            self.opened.errback(refusal(refused, reason) or MemmqError(reason))
         else:
             self._link.lost(self, reason)
 
@@ -272,11 +284,11 @@ class _Call:
 
     async def run(self, channel: _Channel, topic: str) -> None:
         to_reactor = self._thread.to_reactor
-        reason, unavailable = "stream ended", False
+        reason, unavailable, refused = "stream ended", False, 0
         if self._cancelled:
             to_reactor.call(self._ended, "closed", False)
             return
-        call = self._call = channel.stub.Sub(mq_pb2.SubRequest(topic=topic))
+        call = self._call = channel.stub.Sub(mq_pb2.SubRequest(topic=topic), metadata=channel.metadata or None)
         try:
             # The server answers with its headers once subscribed.
             await call.initial_metadata()
@@ -293,13 +305,14 @@ class _Call:
                 to_reactor.call(self._received, [response.payload])
         except grpc.aio.AioRpcError as e:
             reason, unavailable = _rpc_reason(e), e.code() == grpc.StatusCode.UNAVAILABLE
+            refused = _REFUSALS.get(e.code(), 0)
         except asyncio.CancelledError:
             reason = "closed"
         except Exception as e:
             reason = _rpc_reason(e)
         finally:
             call.cancel()
-            to_reactor.call(self._ended, reason, unavailable)
+            to_reactor.call(self._ended, reason, unavailable, refused)
 
 
 class GRPCClient(Client):
@@ -365,7 +378,7 @@ class GRPCTransport:
             roots = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
             override = _name_override(chain[0], host)
         target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        channel = _Channel(target, roots, override, tls)
+        channel = _Channel(target, roots, override, tls, self._client.token, self._client.tls.client_pem)
         return (yield self._thread.run(channel.open))
 
     def _channel_made(self, result, server: str) -> None:
@@ -420,6 +433,8 @@ class GRPCTransport:
                 reason = _rpc_reason(e)
                 if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
                     raise TooManyHops(reason) from None  # a loop does not heal by asking again
+                if e.code() in _REFUSALS:
+                    raise refusal(_REFUSALS[e.code()], reason) from None
                 if e.code() in _FINAL:
                     break
                 if e.code() == grpc.StatusCode.UNAVAILABLE:

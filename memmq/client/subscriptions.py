@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from memmq.auth.errors import AuthError
 from memmq.broker import Message
 from memmq.client.reasons import reason_of
 from memmq.client.servers import base_url
@@ -283,7 +284,23 @@ class Link:
         self._connecting = None
         if failure.check(CancelledError) and self._closed:
             return
+        if failure.check(AuthError):
+            # Access control refused: asking again would be refused again.
+            self._refused(failure.value)
+            return
         self._lost(reason_of(failure))
+
+    def _refused(self, error: AuthError) -> None:
+        self.stream = None
+        self._closed = True
+        self.subscription.client.upstream_errors += 1
+        if not self.opened.called:
+            self.opened.errback(error)
+        else:
+            _log.warn(
+                "subscription to {topic!r} on {server} refused ({reason}); not retrying",
+                topic=self.subscription.topic, server=self.server, reason=str(error),
+            )
 
     def _open(self, stream: IStream) -> None:
         self._connecting = None

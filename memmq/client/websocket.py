@@ -24,6 +24,7 @@ from zope.interface import implementer
 from memmq.client.core import CONNECT_TIMEOUT, Client, IStream, ITransport, Link
 from memmq.client.probe import refusal_reason
 from memmq.client.publisher import Publisher
+from memmq.client.reasons import refusal_of_handshake
 from memmq.client.servers import endpoint_of, websocket_url
 from memmq.errors import MemmqError
 
@@ -39,7 +40,8 @@ class WebSocketTransport:
     def __init__(self, client: Client) -> None:
         self._client = client
         self._publisher = Publisher(
-            client.reactor, client.tls, attempts=1 + client.retries, reconnected=client.server_reachable
+            client.reactor, client.tls, attempts=1 + client.retries, reconnected=client.server_reachable,
+            token=client.token,
         )
 
     def publish(self, server: str, topic: str, payload: bytes, hops: int) -> Deferred[None]:
@@ -55,7 +57,8 @@ class WebSocketTransport:
             url += "&group=" + quote(link.group, safe="")
         if link.since is not None:
             url += f"&since={link.since:d}"
-        factory = WebSocketClientFactory(url)
+        token = self._client.token
+        factory = WebSocketClientFactory(url, headers={"Authorization": f"Bearer {token}"} if token else None)
         factory.protocol = _SubscriberClient
         factory.noisy = False
         factory.setProtocolOptions(openHandshakeTimeout=CONNECT_TIMEOUT, autoPingInterval=30, autoPingTimeout=30)
@@ -110,7 +113,11 @@ class _SubscriberClient(WebSocketClientProtocol):
         why = f"closed with {code}" + (f": {reason}" if reason else "") if code else (reason or "connection lost")
         opened = self.factory.opened
         if not opened.called:
-            if _refused(self):
+            refused = refusal_of_handshake(reason or "")
+            if refused is not None:
+                # Access control said why in the status line: final.
+                opened.errback(refused)
+            elif _refused(self):
                 said = self.factory.ask_why()
                 said.addCallback(lambda told: opened.called or opened.errback(MemmqError(told or why)))
             else:

@@ -29,12 +29,14 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from memmq.auth import Forbidden, Unauthenticated
 from memmq.broker import Message, check_topic
 from memmq.errors import InvalidTopic, MemmqError, MessageTooLarge, PersistError, PublishError
 from memmq.hops import BadHops, TooManyHops, check_hops
 from memmq.interfaces import IBroker, ISubscriber
 from memmq.rpc import HOPS_METADATA, SERVICE, mq_pb2
 from memmq.rpc.bridge import LoopThread
+from memmq.server.access import Access
 from memmq.server.listen import Address, ListenError
 from memmq.server.service import SHUTDOWN_GRACE
 from memmq.tls import ServerCertificate
@@ -71,6 +73,10 @@ def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
     The gRPC status that says what went wrong: the one place the gRPC
     front-end turns memmq's errors into answers.
     """
+    if isinstance(error, Unauthenticated):
+        return grpc.StatusCode.UNAUTHENTICATED, str(error)
+    if isinstance(error, Forbidden):
+        return grpc.StatusCode.PERMISSION_DENIED, str(error)
     if isinstance(error, (InvalidTopic, BadHops)):
         return grpc.StatusCode.INVALID_ARGUMENT, str(error)
     if isinstance(error, MessageTooLarge):
@@ -123,6 +129,11 @@ def _hops(context) -> int:
     return 0
 
 
+# What ends a stream whose JWT expired (instead of None, the server
+# stopping); compared by identity, so not a bytes value (b"" is one object).
+_EXPIRED = object()
+
+
 @implementer(ISubscriber)
 class _Stream:
     """
@@ -139,14 +150,24 @@ class _Stream:
         self._in_flight_bytes = 0
         self._held = False
         # The loop's half.
-        self._pending: deque[bytes | None] = deque()
+        self._pending: deque = deque()
         self._waiter: asyncio.Future | None = None
+        self._expiry = None
+        #: The stream ended because its JWT expired.
+        self.expired = False
 
     # -- on the reactor ----------------------------------------------------
 
-    def subscribe(self, topic: str) -> None:
+    def subscribe(self, topic: str, metadata=(), peer: str = "") -> None:
+        access = self._service.access
+        identity = access.check_call(metadata, "subscribe", topic, peer)
         self.subscription = self._service.broker.subscribe(topic, self)
         self._service.streams.add(self)
+        self._expiry = access.at_expiry(identity, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        self._thread.to_loop.call(self._push, _EXPIRED)
 
     def deliver(self, message: Message) -> None:
         data = message.encoded(_sub_response)
@@ -166,6 +187,8 @@ class _Stream:
                 self.subscription.resume()
 
     def unsubscribe(self) -> None:
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
         self._service.streams.discard(self)
         subscription, self.subscription = self.subscription, None
         if subscription is not None:
@@ -180,7 +203,7 @@ class _Stream:
 
     # -- on the loop -------------------------------------------------------
 
-    def _push(self, data: bytes | None) -> None:
+    def _push(self, data) -> None:
         self._pending.append(data)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -201,6 +224,9 @@ class _Stream:
             pending.clear()
             for data in batch:
                 if data is None:
+                    return
+                if data is _EXPIRED:
+                    self.expired = True
                     return
                 await context.write(data)
             self._thread.to_reactor.call(self._written, len(batch), sum(map(len, batch)))
@@ -227,12 +253,20 @@ class _MQ:
             hops = _hops(context)
             if self._service.stopping:
                 raise MemmqError("server shutting down")
-            await self._thread.in_reactor(self._service.broker.publish, topic, payload, hops)
+            await self._thread.in_reactor(
+                self._publish, (context.invocation_metadata(), context.peer()), topic, payload, hops
+            )
         except Exception as e:  # the one boundary: every error becomes a status
             code, details = status_of(e)
         else:
             return _PUB_RESPONSE
         await context.abort(code, details)
+
+    def _publish(self, caller, topic: str, payload: bytes, hops: int):
+        # On the reactor: access control (with the call's metadata and
+        # peer), then the broker.
+        self._service.access.check_call(caller[0], "publish", topic, caller[1])
+        return self._service.broker.publish(topic, payload, hops)
 
     async def Sub(self, request, context):
         stream = _Stream(self._service)
@@ -240,7 +274,7 @@ class _MQ:
             topic = check_topic(request.topic)
             if self._service.stopping:
                 raise MemmqError("server shutting down")
-            await self._thread.in_reactor(stream.subscribe, topic)
+            await self._thread.in_reactor(stream.subscribe, topic, context.invocation_metadata(), context.peer())
         except Exception as e:
             code, details = status_of(e)
         else:
@@ -251,7 +285,9 @@ class _MQ:
                 await stream.send(context)
             finally:
                 self._thread.to_reactor.call(stream.unsubscribe)
-            return
+            if not stream.expired:
+                return
+            code, details = grpc.StatusCode.UNAUTHENTICATED, "token expired: subscribe again with a new one"
         await context.abort(code, details)
 
 
@@ -268,9 +304,10 @@ class GRPCService(Service):
 
     def __init__(
         self, broker: IBroker, address: Address, certificate: ServerCertificate, reactor, max_message_size: int,
-        role: str = "",
+        role: str = "", access: Access | None = None,
     ) -> None:
         self.broker = broker
+        self.access = access or Access(clock=reactor)
         self.address = address
         self.certificate = certificate
         self.max_message_size = max_message_size

@@ -27,16 +27,18 @@ from __future__ import annotations
 import io
 from time import perf_counter
 
-from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 
+from memmq.auth import AuthError
 from memmq.defaults import MAX_MESSAGE_SIZE as DEFAULT_MAX_MESSAGE_SIZE
 from memmq.errors import BackplaneUnavailable, BadQuery, InvalidTopic, PersistError
 from memmq.hops import HOPS_HEADER, BadHops, TooManyHops, check_hops
 from memmq.interfaces import IBroker, IReplaySource
+from memmq.patterns import parse_pattern
+from memmq.server.access import Access, redact_tokens, refusal
 from memmq.server.combine import Combiner
 from memmq.server.connections import Connections
 from memmq.server.cors import Origins
@@ -48,7 +50,7 @@ from memmq.server.query import NO_REPLAY, since_from_query, subject_from_query, 
 from memmq.server.sse import EventStreamSubscriber, last_event_id, wants_event_stream
 from memmq.server.stream import StreamingSubscriber
 from memmq.server.summary import ServerSummary
-from memmq.server.websocket import PublisherProtocol, SubscriberProtocol, WebSocketFactory
+from memmq.server.websocket import PublisherProtocol, SubscriberProtocol, UpgradeResource, WebSocketFactory
 
 __all__ = ["MemmqSite", "DEFAULT_MAX_MESSAGE_SIZE"]
 
@@ -159,6 +161,8 @@ class MemmqSite(server.Site):
         server that predates it.
     @param upstreams: for a proxy, fires with a line per upstream server
         for C{/health} (L{memmq.proxy.ProxyBroker.upstream_health}).
+    @param access: who may do what (L{memmq.server.access}); by default
+        access control is off.
     @ivar connections: the open WebSocket connections and streaming
         responses, closed by the server when it stops.
     """
@@ -177,10 +181,12 @@ class MemmqSite(server.Site):
         allowed_origins: list[str] | None = None,
         trusted_proxies: TrustedProxies = NO_PROXIES,
         upstreams=None,
+        access: Access | None = None,
         mux: bool = True,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
+        self.access = access = access or Access(clock=clock)
         self.broker = broker
         self.origins = Origins(allowed_origins)
         self.trusted_proxies = trusted_proxies
@@ -189,26 +195,28 @@ class MemmqSite(server.Site):
         self.max_message_size = max_message_size
         self.connections = Connections()
         self.metrics = Metrics(broker)
+        self.metrics.registry.register(access)
         self.replay = replay
         root = _Root()
         multiplexed = mux_resource(broker, self.connections, max_message_size, self.combiner, replay) if mux else None
         root.putChild(
             b"pub",
-            PublishResource(broker, WebSocketResource(
-                WebSocketFactory(PublisherProtocol, broker, self.connections, max_message_size)
-            ), self.metrics, self.origins),
+            PublishResource(broker, UpgradeResource(
+                WebSocketFactory(PublisherProtocol, broker, self.connections, max_message_size, access=access)
+            ), self.metrics, self.origins, access),
         )
         root.putChild(
             b"sub",
-            SubscribeResource(broker, self.connections, WebSocketResource(
+            SubscribeResource(broker, self.connections, UpgradeResource(
                 WebSocketFactory(
-                    SubscriberProtocol, broker, self.connections, max_message_size, self.combiner, replay
+                    SubscriberProtocol, broker, self.connections, max_message_size, self.combiner, replay,
+                    access=access,
                 )
-            ), replay, self.origins, self.combiner, clock, multiplexed),
+            ), replay, self.origins, self.combiner, clock, access, multiplexed),
         )
         root.putChild(b"health", HealthResource(self))
-        root.putChild(b"metrics", MetricsResource(self.metrics))
-        root.putChild(b"stats", StatsResource(self.metrics, self.origins))
+        root.putChild(b"metrics", MetricsResource(self.metrics, access))
+        root.putChild(b"stats", StatsResource(self.metrics, self.origins, access))
         root.putChild(b"", DashboardFiles("index.html"))
         root.putChild(b"dashboard", DashboardFiles())
         api = _Root()
@@ -231,13 +239,14 @@ class MemmqSite(server.Site):
     def log(self, request) -> None:
         """
         One combined-log-format line per request, through twisted.logger,
-        when the access log is on; nothing otherwise.
+        when the access log is on; nothing otherwise.  A C{token=} in the
+        query string is logged as C{token=REDACTED}.
         """
         if self.access_log:
             stamp = http.datetimeToLogString(self.reactor.seconds())
             if self.trusted_proxies:
                 request = _AsSeen(request, client_address(request, self.trusted_proxies).twisted_address())
-            _access_log.info("{line}", line=http.combinedLogFormatter(stamp, request))
+            _access_log.info("{line}", line=redact_tokens(http.combinedLogFormatter(stamp, request)))
 
 
 class _AsSeen:
@@ -278,6 +287,8 @@ class _Resource(resource.Resource):
             return handler(request)
         except _HTTPError as e:
             return _error(request, e.code, e.reason, e.headers)
+        except AuthError as e:
+            return refusal(request, e)
         except _REFUSALS as e:
             return _error(request, _status_of(e), str(e))
 
@@ -366,11 +377,13 @@ class MetricsResource(_Resource):
 
     allowedMethods = (b"GET",)
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, access: Access) -> None:
         super().__init__()
         self._metrics = metrics
+        self._access = access
 
     def render_GET(self, request):
+        self._access.check_read_stats(request)
         body, content_type = self._metrics.exposition()
         request.setHeader(b"content-type", content_type.encode("ascii"))
         return body
@@ -384,12 +397,14 @@ class StatsResource(_Resource):
 
     allowedMethods = (b"GET",)
 
-    def __init__(self, metrics: Metrics, origins: Origins) -> None:
+    def __init__(self, metrics: Metrics, origins: Origins, access: Access) -> None:
         super().__init__()
         self._metrics = metrics
         self._origins = origins
+        self._access = access
 
     def render_GET(self, request):
+        self._access.check_read_stats(request)
         numbers: dict = {}
         for name, default in ((b"offset", 0), (b"limit", STATS_LIMIT)):
             value = request.args.get(name, [b"%d" % default])[0]
@@ -443,12 +458,15 @@ class PublishResource(_Resource):
 
     allowedMethods = (b"POST", b"PUT")
 
-    def __init__(self, broker: IBroker, websocket: WebSocketResource, metrics: Metrics, origins: Origins) -> None:
+    def __init__(
+        self, broker: IBroker, websocket: UpgradeResource, metrics: Metrics, origins: Origins, access: Access
+    ) -> None:
         super().__init__()
         self._broker = broker
         self._websocket = websocket
         self._observe = metrics.publish_seconds.observe
         self._origins = origins
+        self._access = access
 
     def render_OPTIONS(self, request):
         return self._origins.preflight(request)
@@ -457,6 +475,7 @@ class PublishResource(_Resource):
         if request.getHeader(b"origin") is not None:
             self._origins.answer(request)
         topic = topic_from_query(request.args)
+        self._access.check_publish(request, topic)
         hops = check_hops(request.getHeader(HOPS_HEADER))
         started = perf_counter()
         published = self._broker.publish(topic, request.content.read(), hops)
@@ -481,9 +500,12 @@ class PublishResource(_Resource):
                 405, "GET /pub needs a WebSocket upgrade; publish with POST or PUT",
                 {b"allow": b"POST, PUT"},
             )
-        topic_from_query(request.args)
+        topic = topic_from_query(request.args)
         check_hops(request.getHeader(HOPS_HEADER))
-        return self._websocket.render(request)
+        self._access.check_origin(request)
+        # Checked once, for the connection's topic.
+        identity = self._access.check_publish(request, topic)
+        return self._websocket.upgrade(request, identity)
 
     def _answer(self, outcome, request, started: float) -> bytes:
         """
@@ -515,10 +537,10 @@ class SubscribeResource(_Resource):
     allowedMethods = (b"GET",)
 
     def __init__(
-        self, broker: IBroker, connections: Connections, websocket: WebSocketResource,
+        self, broker: IBroker, connections: Connections, websocket: UpgradeResource,
         replay: IReplaySource | None = None, origins: Origins | None = None, combiner: Combiner | None = None,
-        clock: IReactorTime | None = None,
-        mux: WebSocketResource | None = None,
+        clock: IReactorTime | None = None, access: Access | None = None,
+        mux: resource.Resource | None = None,
     ) -> None:
         super().__init__()
         self._broker = broker
@@ -528,29 +550,46 @@ class SubscribeResource(_Resource):
         self._origins = origins or Origins()
         self._combiner = combiner
         self._clock = clock
+        self._access = access or Access()
         self._mux = mux
 
     def render_OPTIONS(self, request):
         return self._origins.preflight(request)
 
     def render_GET(self, request):
-        if self._mux is not None and _is_websocket_upgrade(request) and wants_mux(request):
+        upgrade = _is_websocket_upgrade(request)
+        if self._mux is not None and upgrade and wants_mux(request):
+            # Every subscription and publish of the connection is allowed
+            # only to a client that may subscribe and publish to everything.
+            self._access.check_origin(request)
+            self._access.check_subscribe(request, parse_pattern(">"))
+            self._access.check_publish(request, ">")
             return self._mux.render(request)
         topic, group = subject_from_query(request.args)
+        if upgrade:
+            self._access.check_origin(request)
+        identity = self._access.check_subscribe(request, topic)
         since = since_from_query(request.args)
         if since is not None and self._replay is None:
             raise _HTTPError(400, NO_REPLAY)
-        if _is_websocket_upgrade(request):
-            return self._websocket.render(request)
+        if upgrade:
+            return self._websocket.upgrade(request, identity)
         if wants_event_stream(request) and self._combiner is not None:
             if since is None and self._replay is not None:
                 since = last_event_id(request)
             self._origins.answer(request)
-            EventStreamSubscriber(
+            streaming = EventStreamSubscriber(
                 self._broker, self._connections, self._combiner, self._clock, getattr(topic, "text", topic),
                 request, since, self._replay,
                 subscribe=lambda subscriber: subscribe_subject(self._broker, topic, subscriber, group),
             )
-            return server.NOT_DONE_YET
-        StreamingSubscriber(self._broker, self._connections, topic, request, since, self._replay, group)
+        else:
+            streaming = StreamingSubscriber(
+                self._broker, self._connections, topic, request, since, self._replay, group
+            )
+        # A JWT that expires ends the response.
+        expiry = self._access.at_expiry(identity, streaming.close_going_away)
+        if expiry is not None:
+            request.notifyFinish().addBoth(lambda _: expiry.active() and expiry.cancel())
         return server.NOT_DONE_YET
+

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.interfaces import IPushProducer
@@ -25,6 +26,7 @@ from memmq.hops import HOPS_HEADER, check_hops
 from memmq.interfaces import IBroker, IReplaySource, ISubscriber
 from memmq.internals.autobahn_private import LenientKeyHandshake, send_close_frame, unmasked_binary_frame
 from memmq.persist.replay import Replay, replay_subject
+from memmq.server.access import EXPIRED_CLOSE_CODE, Access, select_subprotocol
 from memmq.server.combine import Combiner
 from memmq.server.connections import Connections
 from memmq.server.query import (
@@ -36,7 +38,7 @@ from memmq.server.query import (
     topic_from_query,
 )
 
-__all__ = ["PublisherProtocol", "SubscriberProtocol", "WebSocketFactory", "binary_frame"]
+__all__ = ["PublisherProtocol", "SubscriberProtocol", "UpgradeResource", "WebSocketFactory", "binary_frame"]
 
 _log = Logger()
 
@@ -72,6 +74,10 @@ class _ServerProtocol(LenientKeyHandshake, WebSocketServerProtocol):
 
     topic: str | None = None
     hops = 0
+    # Who the client is (access control, checked by the resource before the
+    # handshake), and the call that closes the connection when its JWT expires.
+    identity = None
+    _expiry = None
 
     def onConnect(self, request):
         try:
@@ -79,16 +85,25 @@ class _ServerProtocol(LenientKeyHandshake, WebSocketServerProtocol):
             self.hops = check_hops(request.headers.get(HOPS_HEADER.lower()))
         except MemmqError as e:
             raise ConnectionDeny(400, str(e)) from None
-        return None
+        return select_subprotocol(request.protocols)
 
     def _read_subject(self, params) -> None:
         self.topic = topic_from_query(params)
 
     def onOpen(self) -> None:
         self.factory.connections.add(self)
+        self._expiry = self.factory.access.at_expiry(self.identity, self._expired)
+
+    def _expired(self) -> None:
+        self._expiry = None
+        if self.state == self.STATE_OPEN:
+            self.sendClose(EXPIRED_CLOSE_CODE, "token expired: reconnect with a new one")
 
     def onClose(self, wasClean, code, reason) -> None:
         self.factory.connections.discard(self)
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = None
 
     def close_going_away(self) -> None:
         """
@@ -130,14 +145,14 @@ class SubscriberProtocol(_ServerProtocol):
         self.topic = getattr(self.subject, "text", self.subject)
 
     def onConnect(self, request):
-        super().onConnect(request)
+        subprotocol = super().onConnect(request)
         try:
             self.since = since_from_query(request.params)
         except MemmqError as e:
             raise ConnectionDeny(400, str(e)) from None
         if self.since is not None and self.factory.replay is None:
             raise ConnectionDeny(400, NO_REPLAY)
-        return None
+        return subprotocol
 
     def onOpen(self) -> None:
         super().onOpen()
@@ -275,9 +290,12 @@ class WebSocketFactory(WebSocketServerFactory):
         max_message_size: int,
         combiner: Combiner | None = None,
         replay: IReplaySource | None = None,
+        access: Access | None = None,
     ) -> None:
         # No URL: one with port 0 is refused, and the Site serves the path.
         super().__init__()
+        self.access = access or Access()
+        self.handing = None
         self.protocol = protocol
         self.broker = broker
         self.connections = connections
@@ -293,3 +311,30 @@ class WebSocketFactory(WebSocketServerFactory):
             autoPingInterval=30,
             autoPingTimeout=30,
         )
+
+    def buildProtocol(self, addr):
+        protocol = super().buildProtocol(addr)
+        protocol.identity = self.handing
+        return protocol
+
+
+class UpgradeResource(WebSocketResource):
+    """
+    The WebSocket side of C{/pub} or C{/sub}: takes over a request the
+    resource has checked, its protocol made knowing who the client is.
+    """
+
+    def __init__(self, factory: WebSocketFactory) -> None:
+        super().__init__(factory)
+        self.factory = factory
+
+    def upgrade(self, request, identity):
+        """
+        Hand C{request} over; the protocol, built within this call, takes
+        C{identity}.
+        """
+        self.factory.handing = identity
+        try:
+            return self.render(request)
+        finally:
+            self.factory.handing = None
