@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from memmq.broker import Message
-from memmq.client.reasons import reason_of
+from memmq.client.reasons import reason_of, refusal_of_handshake
 from memmq.client.servers import base_url, endpoint_of
 from memmq.client.subscriptions import Link
 from memmq.client.transport import CONNECT_TIMEOUT, IStream, ITransport
@@ -161,7 +161,10 @@ class _Connection:
         tls, host, port = endpoint_of(self.server)
         url = base_url(self.server)
         url = ("wss" if url.startswith("https:") else "ws") + url[url.index(":"):] + "/sub"
-        factory = WebSocketClientFactory(url, protocols=[SUBPROTOCOL])
+        token = getattr(client, "token", None)
+        factory = WebSocketClientFactory(
+            url, protocols=[SUBPROTOCOL], headers={"Authorization": f"Bearer {token}"} if token else None
+        )
         factory.protocol = _MuxClient
         factory.noisy = False
         factory.connection = self
@@ -367,10 +370,20 @@ class _MuxClient(WebSocketClientProtocol):
 
     def onClose(self, wasClean: bool, code, reason) -> None:
         connection = self.factory.connection
-        if not connection.lost and connection.protocol is None and reason and "upgrade failed" in reason:
-            # The server refused the handshake: a server without memmq.v1
-            # answers a /sub without a topic with an error.
+        if (
+            not connection.lost and connection.protocol is None and reason and "upgrade failed" in reason
+            and "[401]" not in reason
+        ):
+            # Refused: no memmq.v1 there (400), or not for this client's
+            # rights (403, allowed per topic only): one connection per topic.
+            # No credentials (401) would be refused per topic too.
             connection._ended(_Legacy(reason))
             return
+        if connection.protocol is None:
+            refused = refusal_of_handshake(reason or "")
+            if refused is not None:
+                # Access control said why: final, as on a /sub connection.
+                connection._ended(refused)
+                return
         why = f"closed with {code}" + (f": {reason}" if reason else "") if code else (reason or "connection lost")
         connection._ended(MemmqError(why))
