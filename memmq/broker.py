@@ -22,13 +22,16 @@ from memmq.defaults import MAX_BUFFERED_BYTES as DEFAULT_MAX_BUFFERED_BYTES
 from memmq.defaults import MAX_BUFFERED_MESSAGES as DEFAULT_MAX_BUFFERED_MESSAGES
 from memmq.errors import InvalidTopic
 from memmq.interfaces import IBroker, IBrokerStats, ISubscriber, ISubscription
-from memmq.stats import Delivery, Stats, TopicStats
+from memmq.patterns import Pattern
+from memmq.stats import Delivery, GroupStats, Interest, PatternStats, Stats, TopicStats
+from memmq.sublist import Sublist
 
 __all__ = [
     "Broker",
     "Message",
     "Subscription",
     "Topic",
+    "check_group",
     "check_topic",
     "DEFAULT_MAX_BUFFERED_MESSAGES",
     "DEFAULT_MAX_BUFFERED_BYTES",
@@ -53,6 +56,19 @@ def check_topic(topic: str) -> str:
     if _CONTROL.search(topic):
         raise InvalidTopic("topic holds control characters")
     return topic
+
+
+def check_group(group: str) -> str:
+    """
+    Return C{group} if it is an acceptable queue group name (the rules of a
+    topic), else raise L{InvalidTopic} saying why.
+    """
+    if not group:
+        raise InvalidTopic("empty group: give one as group=NAME, or none")
+    try:
+        return check_topic(group)
+    except InvalidTopic as e:
+        raise InvalidTopic(str(e).replace("topic", "group", 1)) from None
 
 
 class Message:
@@ -91,6 +107,22 @@ class Message:
         encoded = encodings[encoding] = encoding(self.payload)
         return encoded
 
+    def framed(self, framing: Callable[[Message], bytes]) -> bytes:
+        """
+        Return C{framing(self)}, computed at most once per message: for a
+        frame that carries the topic as well as the payload.
+        """
+        encodings = self._encodings
+        if encodings is None:
+            encodings = self._encodings = {}
+        else:
+            try:
+                return encodings[framing]
+            except KeyError:
+                pass
+        framed = encodings[framing] = framing(self)
+        return framed
+
     def __repr__(self) -> str:
         return f"<Message topic={self.topic!r} size={self.size}>"
 
@@ -105,6 +137,8 @@ class Subscription:
         "topic",
         "subscriber",
         "dropped",
+        "group",
+        "pattern",
         "_topic",
         "_paused",
         "_active",
@@ -115,10 +149,16 @@ class Subscription:
         "_dropping",
     )
 
-    def __init__(self, topic: Topic, subscriber: ISubscriber, max_messages: int, max_bytes: int) -> None:
+    def __init__(
+        self, topic: Topic, subscriber: ISubscriber, max_messages: int, max_bytes: int,
+        group: str | None = None, pattern: Pattern | None = None,
+    ) -> None:
+        # The topic subscribed to, or the pattern's text.
         self.topic = topic.name
         self.subscriber = subscriber
         self.dropped = 0
+        self.group = group
+        self.pattern = pattern
         self._topic = topic
         self._paused = False
         self._active = True
@@ -150,6 +190,18 @@ class Subscription:
         Whether the subscription still receives messages.
         """
         return self._active
+
+    def has_room(self) -> bool:
+        """
+        Whether one more message would be delivered or kept rather than
+        dropped (what a queue group asks of its members).
+        """
+        if not self._paused:
+            return True
+        pending = self._pending
+        if pending is None:
+            return self._max_messages > 0
+        return len(pending) < self._max_messages and self._pending_bytes < self._max_bytes
 
     def pause(self) -> None:
         self._paused = True
@@ -260,6 +312,14 @@ class Broker:
         self._dropped_gone = 0  # drops of topics since freed
         self._dropped_bytes_gone = 0
         self._topics: dict[str, Topic] = {}
+        # Pattern and queue group subscriptions: matched through the
+        # subscription tree, which publishing consults only while
+        # C{_matching} is set (there is at least one), so that a broker
+        # without any pays nothing for them.  Their counters are kept by
+        # subject: (topic or pattern text, is a pattern, group).
+        self._sublist: Sublist[Subscription] = Sublist()
+        self._matching: Sublist[Subscription] | None = None
+        self._subjects: dict[tuple[str, bool, str | None], Topic] = {}
 
     def publish(self, topic: str, payload: bytes, hops: int = 0) -> Deferred[None]:
         # The end of the line: hops are for brokers that forward.
@@ -278,6 +338,17 @@ class Broker:
         this form is for callers that know they hold the in-memory broker.
         """
         entry = self._topics.get(topic)
+        matching = self._matching
+        if matching is not None:
+            if entry is None:
+                check_topic(topic)
+            matches = matching.match(topic)
+            if matches:
+                return self._publish_matched(topic, payload, entry, matches.recipients())
+            if entry is None:
+                self.published += 1
+                self.published_bytes += len(payload)
+                return 0
         if entry is None:
             # Topics with subscribers were checked when subscribed to.
             check_topic(topic)
@@ -298,7 +369,63 @@ class Broker:
                 subscription.subscriber.deliver(message)
         return len(subscriptions)
 
-    def subscribe(self, topic: str, subscriber: ISubscriber) -> Subscription:
+    def _publish_matched(
+        self, topic: str, payload: bytes, entry: Topic | None, chosen: list[Subscription],
+    ) -> int:
+        """
+        Publish to a topic that patterns or queue groups reach: its exact
+        subscribers, then every plain pattern subscriber, then one member of
+        each group.
+        """
+        message = Message(topic, payload)
+        self.published += 1
+        self.published_bytes += message.size
+        recipients: list[Subscription] = list(entry.subscriptions) if entry is not None else []
+        if entry is not None:
+            entry.published += 1
+        recipients.extend(chosen)
+        for subject in {subscription._topic for subscription in chosen}:
+            subject.published += 1
+        self.handed += len(recipients)
+        self.handed_bytes += message.size * len(recipients)
+        for subscription in recipients:
+            if subscription._paused:
+                subscription._offer(message)
+            else:
+                subscription.subscriber.deliver(message)
+        return len(recipients)
+
+    def publish_local(self, topic: str, payload: bytes, group: str | None = None) -> int:
+        """
+        Publish to part of the subscribers only: with no C{group}, to those
+        outside groups; with one, to one member of that group alone.
+
+        For a proxy, whose upstream servers send it a topic's messages once
+        for its subscribers outside groups and once more for each of its
+        groups.
+        """
+        check_topic(topic)
+        entry = self._topics.get(topic) if group is None else None
+        matches = self._matching.match(topic) if self._matching is not None else None
+        chosen: list[Subscription] = []
+        if matches:
+            if group is None:
+                chosen = list(matches.plain)
+            else:
+                for queue, members in matches.groups:
+                    if queue.name == group:
+                        member = queue.choose(members)
+                        if member is not None:
+                            chosen.append(member)
+        if entry is None and not chosen:
+            self.published += 1
+            self.published_bytes += len(payload)
+            return 0
+        return self._publish_matched(topic, payload, entry, chosen)
+
+    def subscribe(self, topic: str, subscriber: ISubscriber, group: str | None = None) -> Subscription:
+        if group is not None:
+            return self._subscribe_matching(check_topic(topic), None, subscriber, check_group(group))
         entry = self._topics.get(topic)
         if entry is None:
             entry = self._topics[check_topic(topic)] = Topic(topic, self._dropping)
@@ -309,12 +436,55 @@ class Broker:
         entry._snapshot = None
         return subscription
 
+    def subscribe_pattern(self, pattern: Pattern, subscriber: ISubscriber, group: str | None = None) -> Subscription:
+        """
+        Register C{subscriber} for every message published to a topic
+        C{pattern} (a L{Pattern}) matches, in queue group C{group} if given.
+        A pattern without wildcards is its text as a topic.
+        """
+        if group is not None:
+            check_group(group)
+        if pattern.is_literal:
+            return self.subscribe(pattern.text, subscriber, group)
+        return self._subscribe_matching(pattern.text, pattern, subscriber, group)
+
+    def _subscribe_matching(
+        self, name: str, pattern: Pattern | None, subscriber: ISubscriber, group: str | None,
+    ) -> Subscription:
+        key = (name, pattern is not None, group)
+        entry = self._subjects.get(key)
+        if entry is None:
+            entry = self._subjects[key] = Topic(name, self._dropping)
+        subscription = Subscription(
+            entry, subscriber, self.max_buffered_messages, self.max_buffered_bytes, group, pattern
+        )
+        entry._subscriptions[subscription] = None
+        self._sublist.insert(name if pattern is None else pattern, subscription, group)
+        self._matching = self._sublist
+        return subscription
+
     def unsubscribe(self, subscription: Subscription) -> None:
         if not subscription._active:
             return
         subscription._end()
         entry = subscription._topic
         entry._subscriptions.pop(subscription, None)
+        group = subscription.group
+        pattern = subscription.pattern
+        if group is not None or pattern is not None:
+            sublist = self._sublist
+            queue = sublist.group(group) if group is not None else None
+            sublist.remove(entry.name if pattern is None else pattern, subscription, group)
+            if queue is not None and sublist.group(group) is None:
+                self._dropped_gone += queue.dropped
+            if not len(sublist):
+                self._matching = None
+            key = (entry.name, pattern is not None, group)
+            if not entry._subscriptions and self._subjects.get(key) is entry:
+                del self._subjects[key]
+                self._dropped_gone += entry.dropped
+                self._dropped_bytes_gone += entry.dropped_bytes
+            return
         entry._snapshot = None
         if not entry._subscriptions and self._topics.get(entry.name) is entry:
             del self._topics[entry.name]
@@ -330,7 +500,12 @@ class Broker:
         """
         Messages dropped for slow subscribers, since start.
         """
-        return self._dropped_gone + sum(t.dropped for t in self._topics.values())
+        return (
+            self._dropped_gone
+            + sum(t.dropped for t in self._topics.values())
+            + sum(t.dropped for t in self._subjects.values())
+            + sum(g.dropped for g in self._sublist.groups())
+        )
 
     @property
     def delivered(self) -> int:
@@ -344,7 +519,12 @@ class Broker:
         """
         Payload bytes of the deliveries counted by L{delivered}.
         """
-        return self.handed_bytes - self._dropped_bytes_gone - sum(t.dropped_bytes for t in self._topics.values())
+        return (
+            self.handed_bytes
+            - self._dropped_bytes_gone
+            - sum(t.dropped_bytes for t in self._topics.values())
+            - sum(t.dropped_bytes for t in self._subjects.values())
+        )
 
     def stats(self) -> Stats:
         return Stats(
@@ -356,7 +536,27 @@ class Broker:
                 dropped=self.dropped,
                 subscribers=self.subscribers,
                 topics=self.topics,
-            )
+            ),
+            interest=self.interest(),
+        )
+
+    def interest(self) -> Interest | None:
+        """
+        The pattern subscriptions and queue groups now, or L{None} when
+        there are none.
+        """
+        if self._matching is None:
+            return None
+        patterns: dict[str, int] = {}
+        groups: dict[str, list[int]] = {}
+        for (name, is_pattern, _group), entry in self._subjects.items():
+            if is_pattern:
+                patterns[name] = patterns.get(name, 0) + len(entry._subscriptions)
+        for queue in self._sublist.groups():
+            groups[queue.name] = [queue.size, queue.dropped]
+        return Interest(
+            patterns=tuple(PatternStats(p, n) for p, n in sorted(patterns.items())),
+            groups=tuple(GroupStats(g, size, dropped) for g, (size, dropped) in sorted(groups.items())),
         )
 
     def topic_stats(self) -> list[TopicStats]:
@@ -377,6 +577,15 @@ class Broker:
         """
         return list(self._topics.values())
 
+    def subject(self, name: str, is_pattern: bool = False, group: str | None = None) -> Topic | None:
+        """
+        The live entry of a topic or pattern (by its text) in a group or
+        not, or L{None} if it has no subscribers.
+        """
+        if not is_pattern and group is None:
+            return self._topics.get(name)
+        return self._subjects.get((name, is_pattern, group))
+
     def topic(self, name: str) -> Topic | None:
         """
         The live L{Topic} called C{name}, or L{None} if it has no subscribers.
@@ -395,4 +604,4 @@ class Broker:
         """
         How many subscriptions there are, over all topics.
         """
-        return sum(len(t._subscriptions) for t in self._topics.values())
+        return sum(len(t._subscriptions) for t in self._topics.values()) + len(self._sublist)

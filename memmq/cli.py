@@ -162,12 +162,21 @@ def formatter(output_format: str, topic: str, now=time.time):
     return as_json
 
 
-def _printer(output_format: str, topic: str):
-    render = formatter(output_format, topic)
+def _printer(output_format: str):
+    """
+    Print each message (a L{Message}) as C{output_format} says, with its
+    own topic (a pattern subscription's messages have many).
+    """
+    renders: dict = {}
 
-    def write(payload: bytes) -> None:
+    def write(message) -> None:
+        render = renders.get(message.topic)
+        if render is None:
+            if len(renders) > 1000:
+                renders.clear()
+            render = renders[message.topic] = formatter(output_format, message.topic)
         out = sys.stdout.buffer
-        out.write(render(payload))
+        out.write(render(message.payload))
         out.flush()
 
     return write
@@ -237,12 +246,17 @@ def run(options, reactor) -> int:
             reactor.stop()
 
     def subscribed(subscription) -> None:
-        _log.info("subscribed to {topic!r} on {servers}", topic=topic, servers=", ".join(subscription.servers))
+        _log.info(
+            "subscribed to {topic!r} on {servers}", topic=subscription.topic, servers=", ".join(subscription.servers)
+        )
 
     def start() -> None:
         waits = []
         if options["subscribe"]:
-            d = client.subscribe(topic, _printer(options["output_format"], topic), since=options["since"])
+            d = client.subscribe(
+                None if options["pattern"] else topic, _printer(options["output_format"]), since=options["since"],
+                pattern=options["pattern"], group=options["group"], as_message=True,
+            )
             d.addCallbacks(subscribed, fail)
             waits.append(d)
         if options["publish"]:

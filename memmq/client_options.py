@@ -12,8 +12,9 @@ import socket
 from twisted.python import usage
 
 from memmq import defaults
-from memmq.broker import check_topic
+from memmq.broker import check_group, check_topic
 from memmq.errors import MemmqError
+from memmq.patterns import parse_pattern
 from memmq.values import Group, count, host_port, refuse, seconds
 
 __all__ = ["CLIENT", "OUTPUT_FORMATS", "PROXY", "UPSTREAM", "check_client", "check_proxy", "check_proxy_listens",
@@ -106,6 +107,9 @@ def check_client(options) -> None:
         raise usage.UsageError("--publish and --subscribe go with --client")
     if options["topic"] is not None and not (client or interactive):
         raise usage.UsageError("--topic goes with --client or -i")
+    for name in ("pattern", "group"):
+        if options[name] is not None and not (options["subscribe"] or interactive):
+            raise usage.UsageError(f"--{name} goes with --client --subscribe or -i")
     if options["since"] is not None and not options["subscribe"]:
         raise usage.UsageError("--since goes with --client --subscribe")
     if options["output_format"] is not None and not options["subscribe"]:
@@ -113,19 +117,37 @@ def check_client(options) -> None:
     if not (client or interactive):
         return
     mode = "--client" if client else "-i"
-    if options["topic"] is None:
-        raise usage.UsageError(f"{mode} needs --topic")
-    if not options["topic"]:
-        raise usage.UsageError("--topic is empty: name a topic, as --topic=NAME")
-    try:
-        check_topic(options["topic"])
-    except MemmqError as e:
-        raise refuse(e, "--topic: ") from None
+    _check_subject(options)
+    if options["topic"] is None and (options["pattern"] is None or options["publish"] or interactive):
+        raise usage.UsageError(f"{mode} needs --topic" + (" to publish to" if options["pattern"] else ""))
     if client and not (options["publish"] or options["subscribe"]):
         raise usage.UsageError("--client needs --publish or --subscribe (or both)")
     options["output_format"] = options["output_format"] or "raw"
     if options["output_format"] not in OUTPUT_FORMATS:
         raise usage.UsageError(f"unknown --output_format {options['output_format']!r}: use raw, json or line")
+
+
+def _check_subject(options) -> None:
+    """
+    --topic, --pattern and --group, each acceptable if given.
+    """
+    if options["topic"] is not None:
+        if not options["topic"]:
+            raise usage.UsageError("--topic is empty: name a topic, as --topic=NAME")
+        try:
+            check_topic(options["topic"])
+        except MemmqError as e:
+            raise refuse(e, "--topic: ") from None
+    if options["pattern"] is not None:
+        try:
+            parse_pattern(options["pattern"])
+        except MemmqError as e:
+            raise refuse(e, "--pattern: ") from None
+    if options["group"] is not None:
+        try:
+            check_group(options["group"])
+        except MemmqError as e:
+            raise refuse(e, "--group: ") from None
 
 
 CLIENT = Group(
@@ -143,6 +165,11 @@ CLIENT = Group(
     ],
     parameters=[
         ["topic", None, None, "Client: the topic to publish or subscribe to."],
+        ["pattern", None, None, "Client, with --subscribe or -i: subscribe to every topic this pattern "
+         "matches instead of --topic (a token * matches one token, a last token > one or more: "
+         "orders.*, orders.>); -i still publishes to --topic."],
+        ["group", None, None, "Client, with --subscribe or -i: subscribe in this queue group: each "
+         "message goes to one subscriber of the group."],
         ["since", None, None, "Client, with --subscribe: first the messages the server persisted (it runs "
          "with --persist) stamped after this Unix time in nanoseconds (0: all of them), then live ones.",
          count("since")],

@@ -80,13 +80,22 @@ class IBroker(Interface):
             broker.
         """
 
-    def subscribe(topic, subscriber):
+    def subscribe(topic, subscriber, group=None):
         """
         Register C{subscriber} (an L{ISubscriber}) for every message published
-        to C{topic} from now on.
+        to C{topic} from now on; with a queue C{group} name, for its share
+        of them: each message goes to one member of each group.
 
         @return: an L{ISubscription}.
-        @raise memmq.errors.InvalidTopic: if the topic is not acceptable.
+        @raise memmq.errors.InvalidTopic: if the topic (or group) is not
+            acceptable.
+        """
+
+    def subscribe_pattern(pattern, subscriber, group=None):
+        """
+        As L{subscribe}, for every topic C{pattern} (a
+        L{memmq.patterns.Pattern}) matches.  Each message a subscriber
+        takes is delivered once, whatever else it matches.
         """
 
     def unsubscribe(subscription):
@@ -142,4 +151,14 @@ class IReplaySource(Interface):
 
         @return: a L{Deferred} firing with the result of
             L{memmq.persist.replay.read_chunk}.
+        """
+
+    def read_pattern(pattern, since, last, reader):
+        """
+        Read the next chunk of the persisted messages of every topic
+        C{pattern} matches, merged in timestamp order (C{reader}: L{None}
+        at first, then what the previous call gave).
+
+        @return: a L{Deferred} firing with the result of
+            L{memmq.persist.replay.read_merged}.
         """

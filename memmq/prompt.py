@@ -76,9 +76,13 @@ class Prompt:
         input: Input | None = None,
         output: Output | None = None,
         printer: Callable[[str], Any] | None = None,
+        pattern: str | None = None,
+        group: str | None = None,
     ) -> None:
         self.client = client
         self.topic = topic
+        self.pattern = pattern
+        self.group = group
         self._reactor = reactor
         self._input = input
         self._output = output
@@ -123,7 +127,13 @@ class Prompt:
             cannot be opened.  C{ready} fires once the prompt is up.
         """
         self._done = Deferred()
-        self._subscribing = self.client.subscribe(self.topic, self._received)
+        if self.pattern is None and self.group is None:
+            self._subscribing = self.client.subscribe(self.topic, self._received)
+        else:
+            self._subscribing = self.client.subscribe(
+                None if self.pattern else self.topic, self._received_message, pattern=self.pattern,
+                group=self.group, as_message=True,
+            )
         self._subscribing.addCallbacks(self._subscribed, self._not_subscribed)
         return self._done
 
@@ -220,6 +230,17 @@ class Prompt:
             self._forget(payload, 1)
             return
         self._show(payload.decode("utf-8", "replace").translate(_CONTROLS))
+
+    def _received_message(self, message) -> None:
+        """
+        A message of a pattern or group subscription: shown with its topic
+        when it is not the prompt's own.
+        """
+        if message.topic == self.topic:
+            self._received(message.payload)
+        else:
+            text = f"{message.topic}: {message.payload.decode('utf-8', 'replace')}"
+            self._show(text.translate(_CONTROLS))
 
     def _show(self, text: str) -> None:
         try:
@@ -368,7 +389,7 @@ def run(options, reactor) -> int:
     cannot be subscribed to.
     """
     client = client_from_options(options, reactor)
-    prompt = Prompt(client, options["topic"], reactor)
+    prompt = Prompt(client, options["topic"], reactor, pattern=options["pattern"], group=options["group"])
     status = [0]
 
     def stop_reactor() -> None:

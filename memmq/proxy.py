@@ -10,6 +10,13 @@ connection per subscriber per server); the fan-out to them is done by an
 in-memory L{Broker}, with its bounded buffers and drop policy, so a slow
 subscriber of the proxy slows no one.
 
+Patterns and queue groups pass upstream as they are, one upstream
+subscription per (topic or pattern, group), over the client's one
+connection per upstream server (and group).  A message the upstream
+server sends once for several of the proxy's subscriptions arrives as one
+L{Message} for each of their relays, and is handed on once; a group's
+message goes to one of the proxy's members of that group.
+
 A proxy says what it is in its start-up line (L{role}), and its C{/health}
 reports each upstream (L{ProxyBroker.upstream_health}).
 """
@@ -28,6 +35,7 @@ from memmq.client.probe import reachable
 from memmq.errors import PublishError
 from memmq.interfaces import IBroker, IBrokerStats, ISubscriber
 from memmq.logs import RateLimited
+from memmq.patterns import Pattern
 from memmq.stats import Stats, TopicStats, Upstream
 
 __all__ = ["ProxyBroker", "role"]
@@ -50,16 +58,26 @@ def role(options) -> str:
 @implementer(ISubscriber)
 class _Relay:
     """
-    The one upstream subscriber of a topic: hands each message to the
-    proxy's own subscribers of it.
+    The one upstream subscriber of a subject (a topic or pattern, in a
+    group or not): hands each message to the proxy's own subscribers, once.
     """
 
-    def __init__(self, local: Broker, topic: str) -> None:
-        self._local = local
-        self._topic = topic
+    def __init__(self, proxy: ProxyBroker, group: str | None) -> None:
+        self._proxy = proxy
+        self._group = group
 
     def deliver(self, message: Message) -> None:
-        self._local.publish_now(self._topic, message.payload)
+        proxy = self._proxy
+        if self._group is None:
+            # The relays of overlapping subjects are handed one message
+            # one after the other: the first hands it on for all.
+            if message is proxy._last:
+                return
+            proxy._last = message
+            if proxy.local._matching is None:
+                proxy.local.publish_now(message.topic, message.payload)
+                return
+        proxy.local.publish_local(message.topic, message.payload, self._group)
 
 
 @implementer(IBroker, IBrokerStats)
@@ -79,7 +97,8 @@ class ProxyBroker:
         self.client = client
         self.local = local
         self._clock = clock
-        self._upstream: dict[str, object] = {}
+        self._upstream: dict[tuple[str, bool, str | None], object] = {}
+        self._last: Message | None = None
         self._failures = RateLimited(_log, clock)
 
     def publish(self, topic: str, payload: bytes, hops: int = 0) -> Deferred[None]:
@@ -92,26 +111,45 @@ class ProxyBroker:
             self._failures.warn("upstream publish failed: {reason}", reason=failure.getErrorMessage())
         return failure
 
-    def subscribe(self, topic: str, subscriber: ISubscriber) -> Subscription:
-        subscription = self.local.subscribe(topic, subscriber)
-        if topic not in self._upstream:
-            self._upstream[topic] = self.client.attach(topic, _Relay(self.local, topic))
+    def subscribe(self, topic: str, subscriber: ISubscriber, group: str | None = None) -> Subscription:
+        subscription = self.local.subscribe(topic, subscriber, group)
+        self._hold((topic, False, group))
         return subscription
+
+    def subscribe_pattern(self, pattern: Pattern, subscriber: ISubscriber, group: str | None = None) -> Subscription:
+        subscription = self.local.subscribe_pattern(pattern, subscriber, group)
+        self._hold((subscription.topic, subscription.pattern is not None, group))
+        return subscription
+
+    def _hold(self, key: tuple[str, bool, str | None]) -> None:
+        """
+        Subscribe upstream to C{key}'s subject, unless already subscribed.
+        """
+        if key not in self._upstream:
+            name, is_pattern, group = key
+            relay = _Relay(self, group)
+            if is_pattern:
+                self._upstream[key] = self.client.attach(None, relay, pattern=name, group=group)
+            elif group is not None:
+                self._upstream[key] = self.client.attach(name, relay, group=group)
+            else:
+                self._upstream[key] = self.client.attach(name, relay)
 
     def unsubscribe(self, subscription: Subscription) -> None:
         self.local.unsubscribe(subscription)
-        topic = subscription.topic
-        if self.local.topic(topic) is None:
-            upstream = self._upstream.pop(topic, None)
+        key = (subscription.topic, subscription.pattern is not None, subscription.group)
+        if self.local.subject(*key) is None:
+            upstream = self._upstream.pop(key, None)
             if upstream is not None:
                 self.client.unsubscribe(upstream)
 
     @property
     def upstream_topics(self) -> list[str]:
         """
-        The topics this proxy holds an upstream subscription for.
+        The topics (and patterns) this proxy holds an upstream subscription
+        for.
         """
-        return list(self._upstream)
+        return list(dict.fromkeys(name for name, _, _ in self._upstream))
 
     def stats(self) -> Stats:
         return replace(

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Delivery", "Persistence", "Stats", "TopicStats", "Upstream", "Worker"]
+__all__ = [
+    "Delivery", "GroupStats", "Interest", "PatternStats", "Persistence", "Stats", "TopicStats", "Upstream", "Worker",
+]
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,38 @@ class TopicStats:
     published: int
     dropped: int
     buffered: int
+
+
+@dataclass(frozen=True)
+class PatternStats:
+    """
+    One pattern subscribed to, and how many subscriptions it has.
+    """
+
+    pattern: str
+    subscribers: int
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """
+    One queue group: its members (over every topic and pattern it spans)
+    and the messages it dropped because every member was full.
+    """
+
+    group: str
+    members: int
+    dropped: int
+
+
+@dataclass(frozen=True)
+class Interest:
+    """
+    Pattern subscriptions and queue groups, by pattern and by group.
+    """
+
+    patterns: tuple[PatternStats, ...] = ()
+    groups: tuple[GroupStats, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -113,3 +147,4 @@ class Stats:
     persistence: Persistence | None = None
     upstream: Upstream | None = None
     workers: tuple[Worker, ...] = ()
+    interest: Interest | None = None

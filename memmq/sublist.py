@@ -219,6 +219,12 @@ class Sublist(Generic[T]):
         cache[topic] = found
         return found
 
+    def group(self, name: str) -> QueueGroup | None:
+        """
+        The queue group called C{name}, or L{None} if it has no members.
+        """
+        return self._groups.get(name)
+
     def groups(self) -> list[QueueGroup]:
         """
         Every queue group with at least one member (for the figures a

@@ -48,10 +48,14 @@ class _MemoryStream:
     def __init__(self, broker: Broker, link: Link) -> None:
         self._broker = broker
         self._link = link
-        self._subscription: BrokerSubscription | None = broker.subscribe(link.topic, self)
+        if link.pattern is not None:
+            subscription = broker.subscribe_pattern(link.pattern, self, link.group)
+        else:
+            subscription = broker.subscribe(link.topic, self, link.group)
+        self._subscription: BrokerSubscription | None = subscription
 
     def deliver(self, message: Message) -> None:
-        self._link.received(self, message.payload)
+        self._link.received(self, message.payload, message)
 
     def pause(self) -> None:
         if self._subscription is not None:

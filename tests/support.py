@@ -9,6 +9,7 @@ tests/grpc_support.py), never from each other.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import shutil
@@ -149,14 +150,17 @@ class TLSClient:
         body = yield bounded(treq.content(response))
         return response.code, body
 
-    def connect(self, url: str, path: str, topic: str | None, protocol=None, headers=None) -> Deferred:
+    def connect(
+        self, url: str, path: str, topic: str | None, protocol=None, headers=None, protocols=None
+    ) -> Deferred:
         """
         Open a WebSocket to C{path}; fire with the open protocol (an
-        L{Collector} unless told otherwise).
+        L{Collector} unless told otherwise), offering the subprotocols
+        C{protocols} if given.
         """
         query = "" if topic is None else "?topic=" + topic
         host, port = url.rsplit("/", 1)[-1].rsplit(":", 1)
-        factory = WebSocketClientFactory(f"wss://{host}:{port}{path}{query}", headers=headers)
+        factory = WebSocketClientFactory(f"wss://{host}:{port}{path}{query}", headers=headers, protocols=protocols)
         factory.protocol = protocol or Collector
         factory.opened = Deferred()
         factory.closed = Deferred()
@@ -238,6 +242,49 @@ class Collector(WebSocketClientProtocol):
         d: Deferred = Deferred()
         self._closed_waiters.append(d)
         return bounded(d, seconds)
+
+
+class MuxCollector(Collector):
+    """
+    A scripted C{memmq.v1} client: keeps the messages (topic, payload) and
+    the replies it receives, and the subprotocol the server chose.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.replies: list[dict] = []
+        self.subprotocol: str | None = None
+
+    def onConnect(self, response) -> None:
+        self.subprotocol = response.protocol
+
+    def onMessage(self, payload, isBinary) -> None:
+        from memmq.mux_protocol import decode_message
+
+        if isBinary:
+            self.messages.append(decode_message(payload))
+        else:
+            self.replies.append(json.loads(payload))
+        self._check()
+
+    def request(self, **fields) -> Deferred:
+        """
+        Send one control message; fire with the next reply.
+        """
+        count = len(self.replies) + 1
+        self.sendMessage(json.dumps(fields).encode(), isBinary=False)
+        return self.wait_replies(count).addCallback(lambda replies: replies[count - 1])
+
+    def wait_replies(self, count: int, seconds: float = WAIT) -> Deferred:
+        d: Deferred = Deferred()
+        self._waiters.append((lambda: len(self.replies) >= count, d))
+        self._check()
+        return bounded(d, seconds).addCallback(lambda _: self.replies)
+
+    def publish(self, topic: str, payload: bytes, ack: int = 0) -> None:
+        from memmq.mux_protocol import encode_publish
+
+        self.sendMessage(encode_publish(ack, topic, payload), isBinary=True)
 
 
 def spawn(testcase, proto, argv: list[str], env: dict[str, str] | None = None, usePTY: bool = False) -> None:

@@ -170,6 +170,29 @@ class SubscribeTests(TestCase):
         yield until(lambda: server.broker.topic("out") is None)
 
     @inlineCallbacks
+    def test_pattern_and_group(self) -> None:
+        """
+        --pattern subscribes to every matching topic, printing each message
+        with its own topic; two subscribers in one --group share them.
+        """
+        server = RunningServer(self)
+        children = [
+            spawn_memmq(self, "--client", "--pattern=orders.*", "--group=g", "--subscribe",
+                        "--output_format=line", f"--servers={server.url}")
+            for _ in range(2)
+        ]
+        yield until(lambda: server.broker.subscribers == 2)
+        for n in range(10):
+            yield server.client.publish(server.url, "orders.eu" if n % 2 else "orders.us", b"%d" % n)
+        yield until(lambda: sum(c.stdout.count(b"\n") for c in children) == 10)
+        lines = sorted(line for c in children for line in c.stdout.splitlines())
+        self.assertEqual(lines, sorted(b"orders.%s: %d" % (b"eu" if n % 2 else b"us", n) for n in range(10)))
+        self.assertTrue(all(c.stdout for c in children))
+        for child in children:
+            child.transport.signalProcess("TERM")
+            self.assertEqual((yield bounded(child.ended)), 0, child.stderr)
+
+    @inlineCallbacks
     def _formatted(self, output_format: str, payloads: list[bytes]) -> bytes:
         server = RunningServer(self)
         child = spawn_memmq(self, "--client", "--topic=fmt", "--subscribe", f"--output_format={output_format}",

@@ -396,4 +396,4 @@ class ClientOverPipelineTests(TestCase):
         self.addCleanup(c.close)
         yield bounded(gatherResults([c.publish(f"topic-{i}", b"x") for i in range(200)]))
         self.assertEqual(server.broker.published, 200)
-        self.assertLessEqual(len(c.transport._publisher._connections), 4)
+        self.assertLessEqual(len(c.transport._plain._publisher._connections), 4)

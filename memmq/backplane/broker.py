@@ -96,9 +96,14 @@ class BackplaneBroker:
         self.backplane.publish(topic, payload).addErrback(lambda f: f.trap(BackplaneUnavailable))
         return delivered
 
-    def subscribe(self, topic: str, subscriber: ISubscriber) -> Subscription:
-        subscription = self.local.subscribe(topic, subscriber)
-        self._more(topic, None)
+    def subscribe(self, topic: str, subscriber: ISubscriber, group: str | None = None) -> Subscription:
+        subscription = self.local.subscribe(topic, subscriber, group)
+        self._more(topic, group)
+        return subscription
+
+    def subscribe_pattern(self, pattern, subscriber: ISubscriber, group: str | None = None) -> Subscription:
+        subscription = self.local.subscribe_pattern(pattern, subscriber, group)
+        self._more(subscription.pattern or subscription.topic, group)
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
@@ -109,7 +114,7 @@ class BackplaneBroker:
         if self.local.topic(topic) is None:
             # Its counters went with it.
             self._received_by_topic.pop(topic, None)
-        self._less(topic, None)
+        self._less(subscription.pattern or topic, subscription.group)
 
     # Interest, by (subject, group); a subject is a topic or, once the
     # broker takes them, a pattern.

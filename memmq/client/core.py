@@ -20,7 +20,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from memmq.broker import check_topic
+from memmq.broker import Message, check_group, check_topic
 from memmq.client.reasons import reason_of
 from memmq.client.resolver import IP, IResolver
 from memmq.client.selector import All, ISelector
@@ -30,6 +30,7 @@ from memmq.client.transport import CONNECT_TIMEOUT, IStream, ITransport, backoff
 from memmq.errors import InvalidTopic, MemmqError, PublishError
 from memmq.hops import TooManyHops
 from memmq.interfaces import ISubscriber
+from memmq.patterns import Pattern, parse_pattern
 from memmq.tls import ClientTLS
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "IStream",
     "ITransport",
     "Link",
+    "Message",
     "Subscription",
     "backoff",
 ]
@@ -96,7 +98,7 @@ class Client:
         if reactor is None:
             from twisted.internet import reactor
         if transport is None:
-            from memmq.client.websocket import WebSocketTransport as transport
+            from memmq.client.mux import MuxTransport as transport
         if isinstance(servers, str):
             servers = [s for s in servers.split(",") if s.strip()]
         self._names = [s.strip() for s in servers]
@@ -255,15 +257,40 @@ class Client:
 
     # -- subscribing -----------------------------------------------------
 
+    def _subject(self, topic: str | None, pattern: str | None, group: str | None) -> tuple[str, Pattern | None]:
+        """
+        The subscription's name and parsed pattern, checked.
+
+        @raise InvalidTopic: neither or both of C{topic} and C{pattern}, or
+            one of them (or the group) not acceptable.
+        """
+        if self._closed:
+            raise MemmqError("client is closed")
+        if group is not None:
+            check_group(group)
+        if (topic is None) == (pattern is None):
+            raise InvalidTopic("give a topic or a pattern, one of them")
+        if pattern is not None:
+            parsed = parse_pattern(pattern)
+            return parsed.text, None if parsed.is_literal else parsed
+        return check_topic(topic), None
+
     def subscribe(
         self,
-        topic: str,
+        topic: str | None = None,
         callback: Callable[[bytes], Any] | None = None,
         max_queued: int = DEFAULT_MAX_QUEUED,
         since: int | None = None,
+        *,
+        pattern: str | None = None,
+        group: str | None = None,
+        as_message: bool = False,
     ) -> Deferred[Subscription]:
         """
-        Subscribe to C{topic} on every server the selector picks.
+        Subscribe to C{topic}, or to every topic C{pattern} matches
+        (C{orders.*}; README, "Patterns and queue groups"), on every server
+        the selector picks (a pattern: on every server).  With a queue
+        C{group}, each message goes to one subscriber of the group.
 
         A Deferred that fires with a L{Subscription} once a connection to
         each server is open (each tried C{1 + retries} times), or fails
@@ -279,11 +306,19 @@ class Client:
         then live ones; a server without persistence refuses (400).  Only
         the first connection to a server asks for them: a re-established
         one carries on with live messages.
+
+        C{get()} gives a message's payload, C{get_message()} the
+        L{Message} with its topic; a C{callback} is given the payload, or
+        the L{Message} with C{as_message=True}.
         """
-        refused = self._refuse(topic)
-        if refused is not None:
-            return refused
-        subscription = Subscription(self, topic, deliver=callback, max_queued=max_queued, since=since)
+        try:
+            name, parsed = self._subject(topic, pattern, group)
+        except MemmqError:
+            return fail()
+        subscription = Subscription(
+            self, name, deliver=callback, as_message=as_message, max_queued=max_queued, since=since,
+            pattern=parsed, group=group,
+        )
         self._subscriptions.add(subscription)
 
         def opened(_):
@@ -295,7 +330,15 @@ class Client:
 
         return self._when_resolved().addCallback(opened).addErrback(failed)
 
-    def attach(self, topic: str, subscriber: ISubscriber, since: int | None = None) -> Subscription:
+    def attach(
+        self,
+        topic: str | None,
+        subscriber: ISubscriber,
+        since: int | None = None,
+        *,
+        pattern: str | None = None,
+        group: str | None = None,
+    ) -> Subscription:
         """
         Subscribe C{subscriber} (an L{ISubscriber}) to C{topic}, as a broker
         would: the L{Subscription} is returned at once and connects in the
@@ -305,10 +348,10 @@ class Client:
 
         @raise InvalidTopic: C{topic} cannot be subscribed to.
         """
-        if self._closed:
-            raise MemmqError("client is closed")
-        check_topic(topic)
-        subscription = Subscription(self, topic, deliver=subscriber.deliver, as_message=True, since=since)
+        name, parsed = self._subject(topic, pattern, group)
+        subscription = Subscription(
+            self, name, deliver=subscriber.deliver, as_message=True, since=since, pattern=parsed, group=group
+        )
         self._subscriptions.add(subscription)
         self._when_resolved().addCallbacks(
             lambda _: subscription._follow(),

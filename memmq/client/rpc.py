@@ -32,7 +32,7 @@ from typing import Any
 
 import grpc
 from cryptography.hazmat.primitives import serialization
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -361,6 +361,9 @@ class GRPCTransport:
         raise MemmqError(reason)
 
     def subscribe(self, link: Link) -> Deferred[IStream]:
+        if link.pattern is not None or link.group is not None:
+            # asim/mq's proto carries a topic and nothing else.
+            return fail(MemmqError("gRPC carries topics only: patterns and queue groups need the HTTP transport"))
         call = _Call(self, link)
         self._channel(link.server).addCallbacks(
             lambda channel: self._thread.run(call.run, channel, link.topic),

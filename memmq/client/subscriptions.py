@@ -22,6 +22,7 @@ from memmq.client.servers import base_url
 from memmq.client.transport import IStream, backoff
 from memmq.errors import MemmqError, SubscribeError
 from memmq.interfaces import ISubscription
+from memmq.patterns import Pattern
 
 if TYPE_CHECKING:
     from memmq.client.core import Client
@@ -36,10 +37,15 @@ DEFAULT_MAX_QUEUED = 10_000
 @implementer(ISubscription)
 class Subscription:
     """
-    A subscription to one topic, over a connection to each of its servers.
+    A subscription to one topic, or to a pattern of topics, in a queue
+    group or not, over a connection to each of its servers.
 
     With the L{All} selector over several servers, a message published to
     several of them arrives once from each.
+
+    @ivar topic: the topic, or the pattern's text.
+    @ivar pattern: the L{Pattern}, or L{None} for a topic.
+    @ivar group: the queue group, or L{None}.
     """
 
     def __init__(
@@ -50,16 +56,20 @@ class Subscription:
         as_message: bool = False,
         max_queued: int = DEFAULT_MAX_QUEUED,
         since: int | None = None,
+        pattern: Pattern | None = None,
+        group: str | None = None,
     ) -> None:
         self.client = client
         self.topic = topic
+        self.pattern = pattern
+        self.group = group
         self.since = since
         self.dropped = 0
         self._deliver = deliver
         self._as_message = as_message
         self._max_queued = max_queued
-        self._queue: deque[bytes] = deque()
-        self._getters: deque[Deferred[bytes]] = deque()
+        self._queue: deque[Message] = deque()
+        self._getters: deque[Deferred[Message]] = deque()
         self._links: dict[str, Link] = {}
         self._closed = False
         self._paused = False
@@ -84,11 +94,19 @@ class Subscription:
         """
         The next message's payload (Go's C{data := <-ch}).
         """
+        return self.get_message().addCallback(lambda message: message.payload)
+
+    def get_message(self) -> Deferred[Message]:
+        """
+        The next message, with its topic (a L{Message}: C{.topic},
+        C{.payload}); what a pattern subscription needs to tell its topics
+        apart.
+        """
         if self._queue:
             return succeed(self._queue.popleft())
         if self._closed:
             return fail(MemmqError(f"subscription to {self.topic!r} is closed"))
-        d: Deferred[bytes] = Deferred(lambda d: self._getters.remove(d))
+        d: Deferred[Message] = Deferred(lambda d: self._getters.remove(d))
         self._getters.append(d)
         return d
 
@@ -105,15 +123,15 @@ class Subscription:
                 raise StopAsyncIteration from None
             raise
 
-    def _receive(self, payload: bytes) -> None:
+    def _receive(self, message: Message) -> None:
         if self._closed:
             return
         if self._deliver is not None:
-            self._deliver(Message(self.topic, payload) if self._as_message else payload)
+            self._deliver(message if self._as_message else message.payload)
         elif self._getters:
-            self._getters.popleft().callback(payload)
+            self._getters.popleft().callback(message)
         elif len(self._queue) < self._max_queued:
-            self._queue.append(payload)
+            self._queue.append(message)
         else:
             self.dropped += 1
 
@@ -145,7 +163,12 @@ class Subscription:
         if self._closed:
             return succeed(None)
         try:
-            wanted = [base_url(s) for s in self.client.selector.get(self.topic)]
+            if self.pattern is None:
+                wanted = [base_url(s) for s in self.client.selector.get(self.topic)]
+            else:
+                # A pattern's topics may live on any server (with a shard
+                # too): every one.
+                wanted = list(self.client.servers)
         except MemmqError as e:
             if wait:
                 return fail(SubscribeError(self.topic, {"(none)": str(e)}))
@@ -218,6 +241,14 @@ class Link:
         return self.subscription.topic
 
     @property
+    def pattern(self) -> Pattern | None:
+        return self.subscription.pattern
+
+    @property
+    def group(self) -> str | None:
+        return self.subscription.group
+
+    @property
     def since(self) -> int | None:
         """
         What to ask the server to replay from: only on the first connection
@@ -227,12 +258,13 @@ class Link:
 
     # -- what the transport's stream reports -------------------------------
 
-    def received(self, stream: IStream, payload: bytes) -> None:
+    def received(self, stream: IStream, payload: bytes, message: Message | None = None) -> None:
         """
-        A message from C{stream}.
+        A message from C{stream}: its payload, or, from a transport that
+        knows its topic, the L{Message} itself.
         """
         if self.stream is stream:
-            self.subscription._receive(payload)
+            self.subscription._receive(message if message is not None else Message(self.topic, payload))
 
     def lost(self, stream: IStream, reason: str) -> None:
         """

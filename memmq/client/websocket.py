@@ -1,7 +1,9 @@
 """
 The client's HTTP transport (the default): publish with POST /pub over
 pipelined persistent connections (L{memmq.client.publisher}), subscribe
-with one WebSocket per subscription and server (autobahn).
+with one WebSocket per subscription and server (autobahn), the old form of
+C{/sub} that asim/mq speaks (with C{pattern=} and C{group=} when asked
+for; messages then carry no topic of their own).
 
 A refused handshake fails with the server's own reason (the body of its
 answer, asked for again as a plain request: autobahn reads only the status
@@ -11,7 +13,7 @@ the log: the client says what failed, once.
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import txaio
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
@@ -47,7 +49,12 @@ class WebSocketTransport:
 
     def subscribe(self, link: Link) -> Deferred[IStream]:
         tls, host, port = endpoint_of(link.server)
-        url = websocket_url(link.server, "/sub", link.topic)
+        if link.pattern is not None:
+            url = websocket_url(link.server, "/sub", "").replace("?topic=", "?pattern=" + quote(link.topic, safe=""))
+        else:
+            url = websocket_url(link.server, "/sub", link.topic)
+        if link.group is not None:
+            url += "&group=" + quote(link.group, safe="")
         if link.since is not None:
             url += f"&since={link.since:d}"
         token = self._client.token

@@ -38,6 +38,7 @@ class PersistingBroker:
         self.local = local
         self.persister = persister
         self.subscribe = local.subscribe
+        self.subscribe_pattern = local.subscribe_pattern
         self.unsubscribe = local.unsubscribe
         # The replay seam needs publish and stamping in one step: both
         # happen here, in one reactor turn.

@@ -20,15 +20,22 @@ while the subscriber's connection has room.
 
 from __future__ import annotations
 
+import heapq
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from urllib.parse import unquote_to_bytes
 
 from twisted.logger import Logger
 
 from memmq.interfaces import IReplaySource, ISubscription
+from memmq.patterns import Pattern
+from memmq.persist.names import SUFFIX
 from memmq.persist.record import parse
 
-__all__ = ["Replay", "read_chunk", "read_lines", "CHUNK_BYTES"]
+__all__ = [
+    "CHUNK_BYTES", "MergedReader", "PatternReplay", "Replay",
+    "read_chunk", "read_lines", "read_merged", "replay_subject",
+]
 
 _log = Logger()
 
@@ -185,3 +192,171 @@ class Replay:
         # once it drains.
         if not self._paused:
             self._subscription.resume()
+
+
+def replay_subject(
+    source: IReplaySource,
+    subject,
+    since: int,
+    subscription: ISubscription,
+    send: Callable[[bytes], object],
+    fail: Callable[[str], object],
+):
+    """
+    The replay of a topic (L{Replay}) or of a pattern's topics
+    (L{PatternReplay}), for a subscriber that is sent payloads alone.
+    """
+    if isinstance(subject, str):
+        return Replay(source, subject, since, subscription, send, fail)
+    return PatternReplay(source, subject, since, subscription, lambda topic, payload: send(payload), fail)
+
+
+class MergedReader:
+    """
+    The persisted messages of every topic a pattern matches, stamped in
+    C{(since, last]}, merged in timestamp order: each file is read line by
+    line (each is in timestamp order already), up to its size when the
+    reader was made.  Used from one thread at a time.
+    """
+
+    def __init__(self, directory: str, pattern: Pattern, since: int, last: int) -> None:
+        self._files = []
+        streams = []
+        for name in sorted(os.listdir(directory)):
+            if not name.endswith(SUFFIX):
+                continue
+            path = os.path.join(directory, name)
+            topic = _topic_of(path, name[: -len(SUFFIX)])
+            if topic is None or not pattern.matches(topic):
+                continue
+            try:
+                f = open(path, "rb")
+            except OSError:
+                continue
+            self._files.append(f)
+            streams.append(_records(f, topic, since, last))
+        self._merged = heapq.merge(*streams)
+
+    def next(self, size: int = CHUNK_BYTES) -> tuple[list[tuple[str, bytes]], bool]:
+        """
+        The next messages, about C{size} payload bytes, as C{(topic,
+        payload)}; and whether they are the last.
+        """
+        chunk: list[tuple[str, bytes]] = []
+        taken = 0
+        for _, topic, payload in self._merged:
+            chunk.append((topic, payload))
+            taken += len(payload) + 64
+            if taken >= size:
+                return chunk, False
+        self.close()
+        return chunk, True
+
+    def close(self) -> None:
+        for f in self._files:
+            f.close()
+        self._files = []
+
+
+def _topic_of(path: str, stem: str) -> str | None:
+    """
+    The topic a file holds: its name decoded, or, for a name cut short
+    (with C{~} and a hash), the topic of its first record.
+    """
+    if "~" not in stem:
+        try:
+            return unquote_to_bytes(stem).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                try:
+                    return parse(line).topic
+                except ValueError:
+                    continue
+    except OSError:
+        return None
+    return None
+
+
+def _records(f, topic: str, since: int, last: int) -> Iterator[tuple[int, str, bytes]]:
+    bound = os.fstat(f.fileno()).st_size
+    read = 0
+    for line in f:
+        read += len(line)
+        if read > bound:
+            return
+        try:
+            record = parse(line)
+        except ValueError:
+            continue
+        if record.timestamp > last:
+            return
+        if record.timestamp > since and record.topic == topic:
+            yield record.timestamp, topic, record.payload
+
+
+def read_merged(
+    directory: str, pattern: Pattern, since: int, last: int, reader: MergedReader | None
+) -> tuple[list[tuple[str, bytes]], MergedReader, bool]:
+    """
+    One step of a pattern's replay, in a thread: the next chunk of
+    L{MergedReader}, made on the first call (C{reader} L{None}).
+    """
+    if reader is None:
+        reader = MergedReader(directory, pattern, since, last)
+    chunk, done = reader.next()
+    return chunk, reader, done
+
+
+class PatternReplay(Replay):
+    """
+    The replay of every topic C{pattern} matches, merged in timestamp
+    order, with the seam of L{Replay}: the subscription is paused in the
+    turn it was made, and resumed once the files are read up to C{last}.
+
+    @param send: writes one message, given its topic and payload.
+    """
+
+    def __init__(
+        self,
+        source: IReplaySource,
+        pattern: Pattern,
+        since: int,
+        subscription: ISubscription,
+        send: Callable[[str, bytes], object],
+        fail: Callable[[str], object],
+    ) -> None:
+        self._reader: MergedReader | None = None
+        self._pattern = pattern
+        super().__init__(source, pattern.text, since, subscription, send, fail)  # type: ignore[arg-type]
+
+    def _next(self) -> None:
+        self._waiting = False
+        if not self.active or self._paused:
+            return
+        self._waiting = True
+        self._source.read_pattern(self._pattern, self._since, self.last, self._reader).addCallbacks(
+            self._got_merged, self._failed
+        )
+
+    def _got_merged(self, result) -> None:
+        self._waiting = False
+        chunk, self._reader, done = result
+        if not self.active:
+            self._reader.close()
+            return
+        send = self._send
+        for topic, payload in chunk:
+            send(topic, payload)  # type: ignore[call-arg]
+        self.sent += len(chunk)
+        if done:
+            self._finish()
+        else:
+            self._next()
+
+    def cancel(self) -> None:
+        super().cancel()
+        if self._reader is not None and not self._waiting:
+            self._reader.close()

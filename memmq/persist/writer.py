@@ -44,7 +44,7 @@ from memmq.interfaces import IReplaySource
 from memmq.persist.files import Files, Outcome
 from memmq.persist.names import file_name
 from memmq.persist.record import encode_topic, line
-from memmq.persist.replay import read_lines
+from memmq.persist.replay import read_lines, read_merged
 
 __all__ = ["Persister", "BATCH_BYTES", "MAX_PENDING_BYTES", "DEFAULT_FLUSH_INTERVAL"]
 
@@ -315,6 +315,15 @@ class Persister(Service):
             self._flush_soon()
 
     # -- reading back -----------------------------------------------------
+
+    def read_pattern(self, pattern, since: int, last: int, reader) -> Deferred:
+        """
+        Read the next part of a pattern's replay, in a thread of the
+        reactor's pool; see L{memmq.persist.replay.read_merged}.
+        """
+        return deferToThreadPool(
+            self._reactor, self._reactor.getThreadPool(), read_merged, self.directory, pattern, since, last, reader
+        )
 
     def read(self, topic: str, since: int, last: int, offset: int, bound: int | None) -> Deferred:
         """

@@ -250,6 +250,14 @@ class Metrics:
                 for w in stats.workers
             ]
             body["cross_worker_messages"] = sum(w.sent for w in stats.workers)
+        interest = stats.interest
+        if interest is not None:
+            body["patterns"] = [
+                {"pattern": p.pattern, "subscribers": p.subscribers} for p in interest.patterns[:limit]
+            ]
+            body["groups"] = [
+                {"group": g.group, "members": g.members, "dropped": g.dropped} for g in interest.groups[:limit]
+            ]
         upstream = stats.upstream
         if upstream is not None:
             body["upstream_topics"] = upstream.topics

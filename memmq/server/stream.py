@@ -10,8 +10,9 @@ from zope.interface import implementer
 
 from memmq.broker import Message
 from memmq.interfaces import IBroker, IReplaySource, ISubscriber
-from memmq.persist.replay import Replay
+from memmq.persist.replay import Replay, replay_subject
 from memmq.server.connections import Connections
+from memmq.server.query import Subject, subscribe_subject
 
 __all__ = ["StreamingSubscriber"]
 
@@ -29,8 +30,8 @@ class StreamingSubscriber:
     _over = False
 
     def __init__(
-        self, broker: IBroker, connections: Connections, topic: str, request, since: int | None = None,
-        replay: IReplaySource | None = None,
+        self, broker: IBroker, connections: Connections, topic: Subject, request, since: int | None = None,
+        replay: IReplaySource | None = None, group: str | None = None,
     ) -> None:
         self._broker = broker
         self._connections = connections
@@ -39,9 +40,9 @@ class StreamingSubscriber:
         request.setHeader(b"cache-control", b"no-cache")
         request.write(b"")  # the headers, now: the stream has begun
         request.registerProducer(self, True)
-        self.subscription = broker.subscribe(topic, self)
+        self.subscription = subscribe_subject(broker, topic, self, group)
         if since is not None:
-            self._replay = Replay(replay, topic, since, self.subscription, self._write, self._fail)
+            self._replay = replay_subject(replay, topic, since, self.subscription, self._write, self._fail)
         connections.add(self)
         request.notifyFinish().addBoth(self._finished)
 

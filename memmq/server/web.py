@@ -10,6 +10,8 @@ The HTTP front-end: one twisted.web L{Site} serving asim/mq's API.
     GET /, /dashboard/NAME     the dashboard (memmq.server.dashboard)
     GET /api/server            what the dashboard shows of the server
     GET /sub?topic=T&since=N   either, persisted messages after N first (--persist)
+    GET /sub?pattern=P&group=G either form, a pattern of topics, a queue group
+    GET /sub                   (upgrade offering memmq.v1) many subscriptions (memmq.server.mux)
     GET /health                200 while serving, 503 while shutting down (a
                                proxy's says how each upstream is)
     GET /metrics, /stats       Prometheus metrics; JSON figures (memmq.server.metrics)
@@ -35,6 +37,7 @@ from memmq.defaults import MAX_MESSAGE_SIZE as DEFAULT_MAX_MESSAGE_SIZE
 from memmq.errors import BackplaneUnavailable, BadQuery, InvalidTopic, PersistError
 from memmq.hops import HOPS_HEADER, BadHops, TooManyHops, check_hops
 from memmq.interfaces import IBroker, IReplaySource
+from memmq.patterns import parse_pattern
 from memmq.server.access import Access, redact_tokens, refusal
 from memmq.server.combine import Combiner
 from memmq.server.connections import Connections
@@ -43,7 +46,8 @@ from memmq.server.dashboard import DashboardFiles
 from memmq.server.forwarded import NO_PROXIES, ClientAddress, TrustedProxies, client_address
 from memmq.server.limits import Guard, GuardedChannel, hang_up
 from memmq.server.metrics import STATS_LIMIT, STATS_SORTS, Metrics
-from memmq.server.query import NO_REPLAY, since_from_query, topic_from_query
+from memmq.server.mux import mux_resource, wants_mux
+from memmq.server.query import NO_REPLAY, since_from_query, subject_from_query, subscribe_subject, topic_from_query
 from memmq.server.sse import EventStreamSubscriber, last_event_id, wants_event_stream
 from memmq.server.stream import StreamingSubscriber
 from memmq.server.summary import ServerSummary
@@ -160,6 +164,9 @@ class MemmqSite(server.Site):
         subscribe from (CORS); L{None}, the default, allows any.
     @param trusted_proxies: the proxies whose C{X-Forwarded-For} and
         C{X-Forwarded-Proto} are believed (L{client_address}).
+    @param mux: serve C{memmq.v1} on C{/sub} (README, "One connection, many
+        subscriptions"); without it the subprotocol is refused, as by a
+        server that predates it.
     @param upstreams: for a proxy, fires with a line per upstream server
         for C{/health} (L{memmq.proxy.ProxyBroker.upstream_health}).
     @param access: who may do what (L{memmq.server.access}); by default
@@ -184,6 +191,7 @@ class MemmqSite(server.Site):
         trusted_proxies: TrustedProxies = NO_PROXIES,
         upstreams=None,
         access: Access | None = None,
+        mux: bool = True,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
@@ -201,6 +209,7 @@ class MemmqSite(server.Site):
         self.metrics.registry.register(self.guard)
         self.replay = replay
         root = _Root()
+        multiplexed = mux_resource(broker, self.connections, max_message_size, self.combiner, replay) if mux else None
         root.putChild(
             b"pub",
             PublishResource(broker, UpgradeResource(
@@ -217,7 +226,7 @@ class MemmqSite(server.Site):
                     access=access,
                     guard=self.guard,
                 )
-            ), replay, self.origins, self.combiner, clock, access),
+            ), replay, self.origins, self.combiner, clock, access, multiplexed),
         )
         root.putChild(b"health", HealthResource(self))
         root.putChild(b"metrics", MetricsResource(self.metrics, access))
@@ -576,6 +585,7 @@ class SubscribeResource(_Resource):
         self, broker: IBroker, connections: Connections, websocket: UpgradeResource,
         replay: IReplaySource | None = None, origins: Origins | None = None, combiner: Combiner | None = None,
         clock: IReactorTime | None = None, access: Access | None = None,
+        mux: resource.Resource | None = None,
     ) -> None:
         super().__init__()
         self._broker = broker
@@ -586,13 +596,21 @@ class SubscribeResource(_Resource):
         self._combiner = combiner
         self._clock = clock
         self._access = access or Access()
+        self._mux = mux
 
     def render_OPTIONS(self, request):
         return self._origins.preflight(request)
 
     def render_GET(self, request):
-        topic = topic_from_query(request.args)
         upgrade = _is_websocket_upgrade(request)
+        if self._mux is not None and upgrade and wants_mux(request):
+            # Every subscription and publish of the connection is allowed
+            # only to a client that may subscribe and publish to everything.
+            self._access.check_origin(request)
+            self._access.check_subscribe(request, parse_pattern(">"))
+            self._access.check_publish(request, ">")
+            return self._mux.render(request)
+        topic, group = subject_from_query(request.args)
         if upgrade:
             self._access.check_origin(request)
         identity = self._access.check_subscribe(request, topic)
@@ -605,13 +623,15 @@ class SubscribeResource(_Resource):
             if since is None and self._replay is not None:
                 since = last_event_id(request)
             self._origins.answer(request)
-            # Patterns and queue groups: pass subscribe= (a callable taking
-            # the subscriber, returning its subscription) for those forms.
             streaming = EventStreamSubscriber(
-                self._broker, self._connections, self._combiner, self._clock, topic, request, since, self._replay
+                self._broker, self._connections, self._combiner, self._clock, getattr(topic, "text", topic),
+                request, since, self._replay,
+                subscribe=lambda subscriber: subscribe_subject(self._broker, topic, subscriber, group),
             )
         else:
-            streaming = StreamingSubscriber(self._broker, self._connections, topic, request, since, self._replay)
+            streaming = StreamingSubscriber(
+                self._broker, self._connections, topic, request, since, self._replay, group
+            )
         # A JWT that expires ends the response.
         expiry = self._access.at_expiry(identity, streaming.close_going_away)
         if expiry is not None:

@@ -30,12 +30,19 @@ from memmq.internals.autobahn_private import (
     send_close_frame,
     unmasked_binary_frame,
 )
-from memmq.persist.replay import Replay
+from memmq.persist.replay import Replay, replay_subject
 from memmq.server.access import EXPIRED_CLOSE_CODE, Access, select_subprotocol
 from memmq.server.combine import Combiner
 from memmq.server.connections import Connections
 from memmq.server.limits import MAX_FRAGMENTS, Guard, OutputStall, default_guard
-from memmq.server.query import NO_REPLAY, since_from_query, topic_from_query
+from memmq.server.query import (
+    NO_REPLAY,
+    Subject,
+    since_from_query,
+    subject_from_query,
+    subscribe_subject,
+    topic_from_query,
+)
 
 __all__ = ["PublisherProtocol", "SubscriberProtocol", "UpgradeResource", "WebSocketFactory", "binary_frame"]
 
@@ -81,11 +88,14 @@ class _ServerProtocol(LenientKeyHandshake, WebSocketServerProtocol):
 
     def onConnect(self, request):
         try:
-            self.topic = topic_from_query(request.params)
+            self._read_subject(request.params)
             self.hops = check_hops(request.headers.get(HOPS_HEADER.lower()))
         except MemmqError as e:
             raise ConnectionDeny(400, str(e)) from None
         return select_subprotocol(request.protocols)
+
+    def _read_subject(self, params) -> None:
+        self.topic = topic_from_query(params)
 
     def onOpen(self) -> None:
         self.factory.connections.add(self)
@@ -143,9 +153,15 @@ class SubscriberProtocol(_ServerProtocol):
 
     subscription = None
     since: int | None = None
+    group: str | None = None
+    subject: Subject | None = None
     _replay: Replay | None = None
     _frames: list[bytes] | None = None
     _stall: OutputStall | None = None
+
+    def _read_subject(self, params) -> None:
+        self.subject, self.group = subject_from_query(params)
+        self.topic = getattr(self.subject, "text", self.subject)
 
     def onConnect(self, request):
         subprotocol = super().onConnect(request)
@@ -164,10 +180,10 @@ class SubscriberProtocol(_ServerProtocol):
         self.transport.unregisterProducer()
         self.transport.registerProducer(self, True)
         self._stall = OutputStall(self.factory.guard, self.transport)
-        self.subscription = self.factory.broker.subscribe(self.topic, self)
+        self.subscription = subscribe_subject(self.factory.broker, self.subject, self, self.group)
         if self.since is not None:
-            self._replay = Replay(
-                self.factory.replay, self.topic, self.since, self.subscription, self._send_now, self._fail
+            self._replay = replay_subject(
+                self.factory.replay, self.subject, self.since, self.subscription, self._send_now, self._fail
             )
 
     def _send_now(self, payload: bytes) -> None:
