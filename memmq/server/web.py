@@ -18,7 +18,7 @@ The HTTP front-end: one twisted.web L{Site} serving asim/mq's API.
 
 Errors are plain text, one line, with a status that says what is wrong
 (README, the table under "Errors are one line of plain text");
-L{_status_of} is the one table that turns memmq's errors into statuses.
+L{memmq.server.resources.status_of} is the one table that turns memmq's errors into statuses.
 Nothing is logged per request unless the access log is asked for.
 """
 
@@ -32,22 +32,22 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 
-from memmq.auth import AuthError
 from memmq.defaults import MAX_MESSAGE_SIZE as DEFAULT_MAX_MESSAGE_SIZE
-from memmq.errors import BackplaneUnavailable, BadQuery, InvalidTopic, PersistError
-from memmq.hops import HOPS_HEADER, BadHops, TooManyHops, check_hops
+from memmq.hops import HOPS_HEADER, check_hops
 from memmq.interfaces import IBroker, IReplaySource
 from memmq.patterns import parse_pattern
-from memmq.server.access import Access, redact_tokens, refusal
+from memmq.server.access import Access, redact_tokens
 from memmq.server.combine import Combiner
 from memmq.server.connections import Connections
 from memmq.server.cors import Origins
 from memmq.server.dashboard import DashboardFiles
 from memmq.server.forwarded import NO_PROXIES, ClientAddress, TrustedProxies, client_address
 from memmq.server.limits import Guard, GuardedChannel, hang_up
-from memmq.server.metrics import STATS_LIMIT, STATS_SORTS, Metrics
+from memmq.server.metrics import Metrics
 from memmq.server.mux import mux_resource, wants_mux
 from memmq.server.query import NO_REPLAY, since_from_query, subject_from_query, subscribe_subject, topic_from_query
+from memmq.server.readouts import HealthResource, MetricsResource, StatsResource, SummaryResource
+from memmq.server.resources import Branch, HTTPError, LeafResource, error, is_websocket_upgrade, status_of
 from memmq.server.sse import EventStreamSubscriber, last_event_id, wants_event_stream
 from memmq.server.stream import StreamingSubscriber
 from memmq.server.summary import ServerSummary
@@ -61,18 +61,6 @@ _access_log = Logger(namespace="memmq.access")
 # How much of a refused body is read and thrown away before hanging up, so
 # that the client is reading our 413 rather than a reset when we close.
 _DISCARD_LIMIT = 4 * 1024 * 1024
-
-
-class _HTTPError(Exception):
-    """
-    An answer other than 200, with its one-line reason.
-    """
-
-    def __init__(self, code: int, reason: str, headers: dict[bytes, bytes] | None = None) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-        self.headers = headers or {}
 
 
 def _plain_text(code: int, reason: str) -> bytes:
@@ -208,7 +196,7 @@ class MemmqSite(server.Site):
         self.guard = Guard(clock)
         self.metrics.registry.register(self.guard)
         self.replay = replay
-        root = _Root()
+        root = Branch()
         multiplexed = mux_resource(broker, self.connections, max_message_size, self.combiner, replay) if mux else None
         root.putChild(
             b"pub",
@@ -233,7 +221,7 @@ class MemmqSite(server.Site):
         root.putChild(b"stats", StatsResource(self.metrics, self.origins, access))
         root.putChild(b"", DashboardFiles("index.html"))
         root.putChild(b"dashboard", DashboardFiles())
-        api = _Root()
+        api = Branch()
         api.putChild(b"server", SummaryResource(ServerSummary(self.metrics.broker, clock), self.origins))
         root.putChild(b"api", api)
         super().__init__(root)
@@ -280,218 +268,7 @@ class _AsSeen:
         return getattr(self._request, name)
 
 
-class _Resource(resource.Resource):
-    """
-    A leaf whose errors are plain one-line text with the right status.
-    """
-
-    isLeaf = True
-
-    def render(self, request):
-        try:
-            if request.postpath:
-                raise _HTTPError(404, f"unknown path: {request.path.decode('latin-1')}")
-            handler = getattr(self, "render_" + request.method.decode("ascii", "replace"), None)
-            if handler is None:
-                allowed = ", ".join(m.decode() for m in self.allowedMethods)
-                raise _HTTPError(
-                    405, f"method {request.method.decode('latin-1')} not allowed here; use {allowed}",
-                    {b"allow": allowed.encode()},
-                )
-            return handler(request)
-        except _HTTPError as e:
-            return _error(request, e.code, e.reason, e.headers)
-        except AuthError as e:
-            return refusal(request, e)
-        except _REFUSALS as e:
-            return _error(request, _status_of(e), str(e))
-
-
-# memmq's errors and the status that says each: the one table.  The first
-# four refuse a request before the broker is asked; what else a publish
-# fails with (a proxy's upstream did not take it) is a 502.
-_STATUSES = (
-    (InvalidTopic, 400), (BadHops, 400), (BadQuery, 400), (TooManyHops, 508), (PersistError, 507),
-    (BackplaneUnavailable, 503),
-)
-_REFUSALS = (InvalidTopic, BadHops, BadQuery, TooManyHops)
-
-
-def _status_of(error: BaseException) -> int:
-    for kind, code in _STATUSES:
-        if isinstance(error, kind):
-            return code
-    return 502
-
-
-def _error(request, code: int, reason: str, headers: dict[bytes, bytes] | None = None) -> bytes:
-    request.setResponseCode(code)
-    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-    for name, value in (headers or {}).items():
-        request.setHeader(name, value)
-    return reason.encode("utf-8") + b"\n"
-
-
-def _is_websocket_upgrade(request) -> bool:
-    upgrade = request.getHeader(b"upgrade")
-    return upgrade is not None and b"websocket" in upgrade.lower()
-
-
-class _Root(resource.Resource):
-    def getChild(self, path, request):
-        return _NotFound()
-
-    def render(self, request):
-        return _NotFound().render(request)
-
-
-class _NotFound(_Resource):
-    def render(self, request):
-        return _error(request, 404, f"unknown path: {request.path.decode('latin-1')}")
-
-
-class HealthResource(_Resource):
-    """
-    C{/health}: 200 while the server serves, 503 once it is shutting down,
-    for load balancers and supervisors.
-    """
-
-    allowedMethods = (b"GET", b"HEAD")
-
-    def __init__(self, site: MemmqSite) -> None:
-        super().__init__()
-        self._site = site
-
-    def render_GET(self, request):
-        if self._site.stopping:
-            return _error(request, 503, "shutting down")
-        for problem in filter(None, (check() for check in self._site.health_checks)):
-            return _error(request, *problem)
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        request.setHeader(b"cache-control", b"no-cache")
-        if self._site.upstreams is None:
-            return b"ok\n"
-        # A proxy serves while its upstreams are down (README: Proxy mode):
-        # still 200, with each upstream's state in the body.
-        gone = []
-        request.notifyFinish().addErrback(gone.append)
-
-        def answer(lines: list[str]) -> None:
-            if not gone:
-                request.write("".join(f"{line}\n" for line in ["ok", *lines]).encode("utf-8"))
-                request.finish()
-
-        self._site.upstreams().addCallback(answer)
-        return server.NOT_DONE_YET
-
-    render_HEAD = render_GET
-
-
-class MetricsResource(_Resource):
-    """
-    C{/metrics}: the Prometheus text format.
-    """
-
-    allowedMethods = (b"GET",)
-
-    def __init__(self, metrics: Metrics, access: Access) -> None:
-        super().__init__()
-        self._metrics = metrics
-        self._access = access
-
-    def render_GET(self, request):
-        self._access.check_read_stats(request)
-        return _when_gathered(self._metrics, request, self._render)
-
-    def _render(self, request) -> bytes:
-        body, content_type = self._metrics.exposition()
-        request.setHeader(b"content-type", content_type.encode("ascii"))
-        return body
-
-
-class StatsResource(_Resource):
-    """
-    C{/stats?offset=N&limit=M&sort=KEY&order=asc|desc&match=TEXT}: totals
-    and per-topic figures as JSON.
-    """
-
-    allowedMethods = (b"GET",)
-
-    def __init__(self, metrics: Metrics, origins: Origins, access: Access) -> None:
-        super().__init__()
-        self._metrics = metrics
-        self._origins = origins
-        self._access = access
-
-    def render_GET(self, request):
-        self._access.check_read_stats(request)
-        numbers: dict = {}
-        for name, default in ((b"offset", 0), (b"limit", STATS_LIMIT)):
-            value = request.args.get(name, [b"%d" % default])[0]
-            if not (value.isascii() and value.isdigit()):
-                raise _HTTPError(400, f"{name.decode()} must be a whole number")
-            numbers[name.decode()] = int(value)
-        sort = request.args.get(b"sort", [b"subscribers"])[0].decode("latin-1")
-        if sort not in STATS_SORTS:
-            raise _HTTPError(400, f"sort must be one of {', '.join(STATS_SORTS)}")
-        order = request.args.get(b"order", [b""])[0]
-        if order not in (b"", b"asc", b"desc"):
-            raise _HTTPError(400, "order must be asc or desc")
-        try:
-            match = request.args.get(b"match", [b""])[0].decode("utf-8")
-        except UnicodeDecodeError:
-            raise _HTTPError(400, "match is not valid UTF-8") from None
-        descending = order == b"desc" if order else sort != "topic"
-        self._origins.answer(request)
-        request.setHeader(b"content-type", b"application/json")
-        return _when_gathered(
-            self._metrics,
-            request,
-            lambda request: self._metrics.stats(**numbers, sort=sort, descending=descending, match=match),
-        )
-
-
-class SummaryResource(_Resource):
-    """
-    C{/api/server}: the dashboard's view of the server (L{ServerSummary}).
-    """
-
-    allowedMethods = (b"GET",)
-
-    def __init__(self, summary: ServerSummary, origins: Origins) -> None:
-        super().__init__()
-        self._summary = summary
-        self._origins = origins
-
-    def render_GET(self, request):
-        self._origins.answer(request)
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"cache-control", b"no-cache")
-        return self._summary.render()
-
-
-def _when_gathered(metrics: Metrics, request, render):
-    """
-    C{render(request)} once the figures are gathered: at once, or (a worker
-    of a server run with C{--workers}, asking the others) later.
-    """
-    gathered = metrics.gathered()
-    if gathered.called:
-        return render(request)
-
-    gone: list = []
-    request.notifyFinish().addErrback(gone.append)
-
-    def write(_):
-        if not gone:
-            request.write(render(request))
-            request.finish()
-
-    gathered.addCallback(write)
-    return server.NOT_DONE_YET
-
-
-class PublishResource(_Resource):
+class PublishResource(LeafResource):
     """
     C{/pub}: the body of a POST or PUT is one message; a GET with a
     WebSocket upgrade publishes each message of the connection.
@@ -540,8 +317,8 @@ class PublishResource(_Resource):
     render_PUT = render_POST
 
     def render_GET(self, request):
-        if not _is_websocket_upgrade(request):
-            raise _HTTPError(
+        if not is_websocket_upgrade(request):
+            raise HTTPError(
                 405, "GET /pub needs a WebSocket upgrade; publish with POST or PUT",
                 {b"allow": b"POST, PUT"},
             )
@@ -561,9 +338,9 @@ class PublishResource(_Resource):
         if not isinstance(outcome, Failure):
             request.setHeader(b"content-length", b"0")
             return b""
-        code = _status_of(outcome.value)
+        code = status_of(outcome.value)
         reason = outcome.getErrorMessage()
-        return _error(request, code, f"publish failed: {reason}" if code == 502 else reason)
+        return error(request, code, f"publish failed: {reason}" if code == 502 else reason)
 
     def _answer_later(self, outcome, request, started: float) -> None:
         body = self._answer(outcome, request, started)
@@ -573,7 +350,7 @@ class PublishResource(_Resource):
         request.finish()
 
 
-class SubscribeResource(_Resource):
+class SubscribeResource(LeafResource):
     """
     C{/sub}: a WebSocket subscriber when the request asks for an upgrade,
     otherwise a streaming response carrying each payload as published.
@@ -602,7 +379,7 @@ class SubscribeResource(_Resource):
         return self._origins.preflight(request)
 
     def render_GET(self, request):
-        upgrade = _is_websocket_upgrade(request)
+        upgrade = is_websocket_upgrade(request)
         if self._mux is not None and upgrade and wants_mux(request):
             # Every subscription and publish of the connection is allowed
             # only to a client that may subscribe and publish to everything.
@@ -616,7 +393,7 @@ class SubscribeResource(_Resource):
         identity = self._access.check_subscribe(request, topic)
         since = since_from_query(request.args)
         if since is not None and self._replay is None:
-            raise _HTTPError(400, NO_REPLAY)
+            raise HTTPError(400, NO_REPLAY)
         if upgrade:
             return self._websocket.upgrade(request, identity)
         if wants_event_stream(request) and self._combiner is not None:
