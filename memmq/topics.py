@@ -1,0 +1,279 @@
+"""
+What the broker is made of: a published L{Message} (shared by every
+subscriber it goes to, framed once per transport), what a topic may be
+called, and the per-topic L{Topic} and per-subscriber L{Subscription} with
+its bounded queue and drop policy (see L{memmq.broker} for the map that
+holds them).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Callable
+
+from zope.interface import implementer
+
+from memmq.defaults import MAX_BUFFERED_BYTES as DEFAULT_MAX_BUFFERED_BYTES
+from memmq.defaults import MAX_BUFFERED_MESSAGES as DEFAULT_MAX_BUFFERED_MESSAGES
+from memmq.errors import InvalidTopic
+from memmq.interfaces import ISubscriber, ISubscription
+from memmq.patterns import Pattern
+
+__all__ = [
+    "Message",
+    "Subscription",
+    "Topic",
+    "check_group",
+    "check_topic",
+    "DEFAULT_MAX_BUFFERED_MESSAGES",
+    "DEFAULT_MAX_BUFFERED_BYTES",
+    "MAX_TOPIC_BYTES",
+]
+
+MAX_TOPIC_BYTES = 255
+
+# C0 controls, DEL and C1 controls: nothing a topic name should hold, and
+# what would break a log line, a header or a file name built from it.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def check_topic(topic: str) -> str:
+    """
+    Return C{topic} if it is acceptable, else raise L{InvalidTopic} saying why.
+    """
+    if not topic:
+        raise InvalidTopic("no topic: give one as ?topic=NAME")
+    if len(topic) > MAX_TOPIC_BYTES or len(topic.encode("utf-8")) > MAX_TOPIC_BYTES:
+        raise InvalidTopic(f"topic longer than {MAX_TOPIC_BYTES} bytes")
+    if _CONTROL.search(topic):
+        raise InvalidTopic("topic holds control characters")
+    return topic
+
+
+def check_group(group: str) -> str:
+    """
+    Return C{group} if it is an acceptable queue group name (the rules of a
+    topic), else raise L{InvalidTopic} saying why.
+    """
+    if not group:
+        raise InvalidTopic("empty group: give one as group=NAME, or none")
+    try:
+        return check_topic(group)
+    except InvalidTopic as e:
+        raise InvalidTopic(str(e).replace("topic", "group", 1)) from None
+
+
+class Message:
+    """
+    One published message, shared by every subscriber it goes to.
+
+    Transports frame a message once, not once per subscriber: L{encoded}
+    keeps each transport's encoding of it for the others to reuse.
+
+    @ivar stamp: its persisted timestamp (Unix ns) on a server run with
+        C{--persist}, else L{None}: what a Server-Sent Events subscriber
+        resumes from.
+    """
+
+    __slots__ = ("topic", "payload", "size", "stamp", "_encodings")
+
+    def __init__(self, topic: str, payload: bytes, stamp: int | None = None) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.size = len(payload)
+        self.stamp = stamp
+        self._encodings: dict | None = None
+
+    def encoded(self, encoding: Callable[[bytes], bytes]) -> bytes:
+        """
+        Return C{encoding(self.payload)}, computed at most once per message.
+        """
+        encodings = self._encodings
+        if encodings is None:
+            encodings = self._encodings = {}
+        else:
+            try:
+                return encodings[encoding]
+            except KeyError:
+                pass
+        encoded = encodings[encoding] = encoding(self.payload)
+        return encoded
+
+    def framed(self, framing: Callable[[Message], bytes]) -> bytes:
+        """
+        Return C{framing(self)}, computed at most once per message: for a
+        frame that carries the topic as well as the payload.
+        """
+        encodings = self._encodings
+        if encodings is None:
+            encodings = self._encodings = {}
+        else:
+            try:
+                return encodings[framing]
+            except KeyError:
+                pass
+        framed = encodings[framing] = framing(self)
+        return framed
+
+    def __repr__(self) -> str:
+        return f"<Message topic={self.topic!r} size={self.size}>"
+
+
+@implementer(ISubscription)
+class Subscription:
+    """
+    One subscriber on one topic, with its bounded outbound queue.
+    """
+
+    __slots__ = (
+        "topic",
+        "subscriber",
+        "dropped",
+        "group",
+        "pattern",
+        "topic_entry",
+        "paused",
+        "_active",
+        "_pending",
+        "_pending_bytes",
+        "_max_messages",
+        "_max_bytes",
+        "_dropping",
+    )
+
+    def __init__(
+        self, topic: Topic, subscriber: ISubscriber, max_messages: int, max_bytes: int,
+        group: str | None = None, pattern: Pattern | None = None,
+    ) -> None:
+        # The topic subscribed to, or the pattern's text.
+        self.topic = topic.name
+        self.subscriber = subscriber
+        self.dropped = 0
+        self.group = group
+        self.pattern = pattern
+        self.topic_entry = topic
+        self.paused = False
+        self._active = True
+        # Made when first needed: most subscribers are never paused, and an
+        # empty deque costs some 600 bytes per subscriber.
+        self._pending: deque[Message] | None = None
+        self._pending_bytes = 0
+        self._max_messages = max_messages
+        self._max_bytes = max_bytes
+        self._dropping = False
+
+    @property
+    def buffered(self) -> int:
+        """
+        Messages waiting for this subscriber's connection to drain.
+        """
+        return len(self._pending) if self._pending else 0
+
+    @property
+    def buffered_bytes(self) -> int:
+        """
+        Payload bytes waiting for this subscriber's connection to drain.
+        """
+        return self._pending_bytes
+
+    @property
+    def active(self) -> bool:
+        """
+        Whether the subscription still receives messages.
+        """
+        return self._active
+
+    def has_room(self) -> bool:
+        """
+        Whether one more message would be delivered or kept rather than
+        dropped (what a queue group asks of its members).
+        """
+        if not self.paused:
+            return True
+        pending = self._pending
+        if pending is None:
+            return self._max_messages > 0
+        return len(pending) < self._max_messages and self._pending_bytes < self._max_bytes
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        pending = self._pending
+        if not pending:
+            return
+        deliver = self.subscriber.deliver
+        # deliver() may fill the connection again and pause us mid-way.
+        while pending and not self.paused and self._active:
+            message = pending.popleft()
+            self._pending_bytes -= message.size
+            deliver(message)
+        if not pending:
+            self._dropping = False
+
+    def offer(self, message: Message) -> None:
+        """
+        Queue C{message} while paused, or drop it past the limits.
+        """
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = deque()
+        if len(pending) >= self._max_messages or self._pending_bytes + message.size > self._max_bytes:
+            self.dropped += 1
+            self.topic_entry.dropped += 1
+            self.topic_entry.dropped_bytes += message.size
+            if not self._dropping:
+                self._dropping = True
+                self.topic_entry.on_drop(self)
+            return
+        pending.append(message)
+        self._pending_bytes += message.size
+
+    def end(self) -> None:
+        self._active = False
+        self._pending = None
+        self._pending_bytes = 0
+
+    def __repr__(self) -> str:
+        return f"<Subscription topic={self.topic!r} buffered={self.buffered} dropped={self.dropped}>"
+
+
+class Topic:
+    """
+    A topic that has subscribers, and its counters.  It exists only while it
+    has subscribers: the last one leaving frees it.
+    """
+
+    __slots__ = ("name", "published", "dropped", "dropped_bytes", "members", "_snapshot", "on_drop")
+
+    def __init__(self, name: str, on_drop) -> None:
+        self.name = name
+        self.on_drop = on_drop
+        self.published = 0
+        self.dropped = 0
+        self.dropped_bytes = 0
+        self.members: dict[Subscription, None] = {}
+        self._snapshot: tuple[Subscription, ...] | None = None
+
+    @property
+    def subscriptions(self) -> tuple[Subscription, ...]:
+        """
+        The current subscriptions, in the order they were made.
+
+        Kept as a tuple between changes, so that publishing iterates over a
+        stable sequence without copying it for every message.
+        """
+        snapshot = self._snapshot
+        if snapshot is None:
+            snapshot = self._snapshot = tuple(self.members)
+        return snapshot
+
+    def add(self, subscription: Subscription) -> None:
+        self.members[subscription] = None
+        self._snapshot = None
+
+    def remove(self, subscription: Subscription) -> None:
+        self.members.pop(subscription, None)
+        self._snapshot = None
