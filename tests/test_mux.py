@@ -241,7 +241,7 @@ class ProtocolTests(TestCase):
             sent += 1
         ws.transport.resumeProducing()
         subscriptions = list(broker.topic("slow.a").subscriptions)
-        subscriptions += list(broker._subjects[("slow.*", True, None)]._subscriptions)
+        subscriptions += list(broker._subjects[("slow.*", True, None)].members)
         yield until(lambda: all(s.buffered == 0 for s in subscriptions) and ws.messages)
         yield until(lambda: len(ws.messages) == sent - subscriptions[0].dropped)
         numbers = [int(p[900:]) for _, p in ws.messages]
