@@ -44,7 +44,7 @@ class CommandTests(TestCase):
     def test_seed_commands_against_default_listener(self) -> None:
         """
         C{python -m memmq} on every interface (empty host) with a generated
-        certificate: the seed's curl subscribe and publish work unchanged
+        certificate: the README's curl subscribe and publish work unchanged
         through C{localhost}; SIGTERM closes the subscriber with 1001 and
         exits 0.
         """
