@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import txaio
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, fail, succeed
@@ -349,6 +350,10 @@ class _MuxClient(WebSocketClientProtocol):
     """
     The WebSocket of one L{_Connection}.
     """
+
+    # As for the per-topic transport's WebSockets: what fails is reported by
+    # the client, so autobahn's own warnings would say it twice.
+    log = txaio.make_logger(level="error")
 
     def onConnect(self, response) -> None:
         if response.protocol != SUBPROTOCOL:
