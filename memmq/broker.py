@@ -87,6 +87,14 @@ class Broker:
         self._matching: Sublist[Subscription] | None = None
         self._subjects: dict[tuple[str, bool, str | None], Topic] = {}
 
+    @property
+    def matches_patterns(self) -> bool:
+        """
+        Whether any pattern or queue group subscription is registered (a
+        publish then consults the subscription tree).
+        """
+        return self._matching is not None
+
     def publish(self, topic: str, payload: bytes, hops: int = 0) -> Deferred[None]:
         # The end of the line: hops are for brokers that forward.
         try:

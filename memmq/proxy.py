@@ -74,7 +74,7 @@ class _Relay:
             if message is proxy._last:
                 return
             proxy._last = message
-            if proxy.local._matching is None:
+            if not proxy.local.matches_patterns:
                 proxy.local.publish_now(message.topic, message.payload)
                 return
         proxy.local.publish_local(message.topic, message.payload, self._group)

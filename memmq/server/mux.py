@@ -45,13 +45,12 @@ from memmq.persist.replay import PatternReplay, Replay
 from memmq.server.combine import Combiner
 from memmq.server.connections import Connections
 from memmq.server.query import NO_REPLAY, subscribe_subject
+from memmq.server.websocket import GOING_AWAY, INTERNAL_ERROR, close_reason
 
 __all__ = ["MAX_SUBSCRIPTIONS", "MuxProtocol", "mux_frame", "mux_resource", "wants_mux"]
 
 _log = Logger()
 
-GOING_AWAY = 1001
-INTERNAL_ERROR = 1011
 
 #: Subscriptions one connection may hold.
 MAX_SUBSCRIPTIONS = 100_000
@@ -289,7 +288,7 @@ class MuxProtocol(LenientKeyHandshake, WebSocketServerProtocol):
 
     def _fail(self, reason: str) -> None:
         if self.state == self.STATE_OPEN:
-            send_close_frame(self, INTERNAL_ERROR, reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode())
+            send_close_frame(self, INTERNAL_ERROR, close_reason(reason))
 
     # -- flow ----------------------------------------------------------------
 

@@ -44,7 +44,10 @@ from memmq.server.query import (
     topic_from_query,
 )
 
-__all__ = ["PublisherProtocol", "SubscriberProtocol", "UpgradeResource", "WebSocketFactory", "binary_frame"]
+__all__ = [
+    "GOING_AWAY", "INTERNAL_ERROR", "PublisherProtocol", "SubscriberProtocol", "UpgradeResource",
+    "WebSocketFactory", "binary_frame", "close_reason",
+]
 
 _log = Logger()
 
@@ -52,7 +55,7 @@ GOING_AWAY = 1001
 INTERNAL_ERROR = 1011
 
 
-def _close_reason(reason: str) -> bytes:
+def close_reason(reason: str) -> bytes:
     """
     C{reason} as a close frame carries it: at most 123 bytes of UTF-8,
     not cut inside a character.
@@ -192,7 +195,7 @@ class SubscriberProtocol(_ServerProtocol):
 
     def _fail(self, reason: str) -> None:
         if self.state == self.STATE_OPEN:
-            send_close_frame(self, INTERNAL_ERROR, _close_reason(reason))
+            send_close_frame(self, INTERNAL_ERROR, close_reason(reason))
 
     def deliver(self, message: Message) -> None:
         frames = self._frames
@@ -299,7 +302,7 @@ class PublisherProtocol(_ServerProtocol):
             # The writer logs the file's failure once; say it to this
             # publisher, once, by closing.
             if self.state == self.STATE_OPEN:
-                reason = _close_reason(failure.getErrorMessage())
+                reason = close_reason(failure.getErrorMessage())
                 send_close_frame(self, INTERNAL_ERROR, reason)
             return
         _log.warn(
