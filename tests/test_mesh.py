@@ -14,7 +14,7 @@ from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from memmq.backplane.interface import IBackplane
-from memmq.backplane.mesh import MeshBackplane
+from memmq.backplane.mesh import MeshBackplane, message_frame, parse_message
 from tests.support import bounded, short_directory, until
 
 
@@ -22,8 +22,25 @@ class _Recorder:
     def __init__(self) -> None:
         self.messages: list[tuple[str, bytes]] = []
 
-    def received(self, topic, payload, plain=True, groups=None) -> None:
+    def received(self, topic, payload, plain=True, groups=None, stamp=None) -> None:
         self.messages.append((topic, payload))
+
+
+class MessageFrameTests(TestCase):
+    """
+    A message frame reads back as it was written.
+    """
+
+    def test_round_trip(self) -> None:
+        for fields in [
+            ("t", b"", None, True, ()),
+            ("t\u00e9", b"\x00payload\xff", 1_700_000_000_000_000_001, False, ("g1", "workers\u00e9")),
+            ("a.b", b"x" * 70000, 5, True, ("g",)),
+        ]:
+            frame = message_frame(*fields)
+            kind, length = frame[0], int.from_bytes(frame[1:5], "big")
+            self.assertEqual((chr(kind), length), ("M", len(frame) - 5))
+            self.assertEqual(parse_message(frame[5:]), fields)
 
 
 class MeshTests(TestCase):

@@ -145,7 +145,7 @@ class BackplaneBroker:
 
     # IBackplaneReceiver
 
-    def received(self, topic: str, payload: bytes, plain: bool = True, groups=None) -> None:
+    def received(self, topic: str, payload: bytes, plain: bool = True, groups=None, stamp: int | None = None) -> None:
         self.received_count += 1
         self.received_bytes += len(payload)
         if self.local.topic(topic) is not None:
@@ -154,7 +154,7 @@ class BackplaneBroker:
         # Queue groups arrive with the broker that has them; until then
         # every local subscriber is plain.
         if plain:
-            self.local.publish_now(topic, payload)
+            self.local.publish_now(topic, payload, stamp)
 
     # IBrokerStats
 

@@ -23,7 +23,7 @@ class IBackplaneReceiver(Interface):
     What a backplane hands its incoming traffic to: the local broker wrapper.
     """
 
-    def received(topic, payload, plain=True, groups=None):
+    def received(topic, payload, plain=True, groups=None, stamp=None):
         """
         A message published elsewhere, for this process's own subscribers
         only (never to be sent back out).

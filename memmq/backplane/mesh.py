@@ -15,8 +15,12 @@ What goes over a stream, as frames of one type byte and a 4-byte length:
     H index             first: who is sending
     I subject / i       the sender's subscribers now follow / no longer
                         follow this topic
-    M topic payload     a message published on the sender, for the
-                        receiver's subscribers of its topic
+    M message           a message published on the sender, for the
+                        receiver's subscribers of its topic: the topic,
+                        its persisted stamp (0: none), whether it is for
+                        the subscribers outside queue groups, the queue
+                        groups the sender chose the receiver for, and the
+                        payload (L{message_frame}, L{parse_message})
     S id / R id body    a request for the receiver's figures, and the
                         answer (a pickle: the workers are one program, and
                         the sockets are in a directory only its user can
@@ -42,12 +46,15 @@ from zope.interface import implementer
 
 from memmq.backplane.interface import IBackplane
 
-__all__ = ["MeshBackplane"]
+__all__ = ["MeshBackplane", "message_frame", "parse_message"]
 
 _log = Logger()
 
 _HEADER = struct.Struct(">BI")
 _TOPIC = struct.Struct(">H")
+# stamp, flags, how many groups
+_MESSAGE_FIELDS = struct.Struct(">QBB")
+_PLAIN = 1
 _ID = struct.Struct(">I")
 
 _HELLO, _ON, _OFF, _MESSAGE, _ASK, _ANSWER = b"HIiMSR"
@@ -60,6 +67,40 @@ _RECONNECT = 0.05
 
 def _frame(kind: int, body: bytes) -> bytes:
     return _HEADER.pack(kind, len(body)) + body
+
+
+def message_frame(
+    topic: str, payload: bytes, stamp: int | None = None, plain: bool = True, groups: tuple[str, ...] = (),
+) -> bytes:
+    """
+    The whole frame of one message: what L{parse_message} reads back.
+    """
+    encoded = topic.encode("utf-8")
+    parts = [_TOPIC.pack(len(encoded)), encoded, _MESSAGE_FIELDS.pack(stamp or 0, _PLAIN if plain else 0, len(groups))]
+    for group in groups:
+        name = group.encode("utf-8")
+        parts += (_TOPIC.pack(len(name)), name)
+    parts.append(payload)
+    body = b"".join(parts)
+    return _HEADER.pack(_MESSAGE, len(body)) + body
+
+
+def parse_message(body: bytes) -> tuple[str, bytes, int | None, bool, tuple[str, ...]]:
+    """
+    (topic, payload, stamp or None, plain, groups) of a message frame's body.
+    """
+    (length,) = _TOPIC.unpack_from(body)
+    offset = _TOPIC.size + length
+    topic = body[_TOPIC.size : offset].decode("utf-8")
+    stamp, flags, count = _MESSAGE_FIELDS.unpack_from(body, offset)
+    offset += _MESSAGE_FIELDS.size
+    groups = []
+    for _ in range(count):
+        (length,) = _TOPIC.unpack_from(body, offset)
+        offset += _TOPIC.size
+        groups.append(body[offset : offset + length].decode("utf-8"))
+        offset += length
+    return topic, body[offset:], stamp or None, bool(flags & _PLAIN), tuple(groups)
 
 
 class _Frames(Protocol):
@@ -101,10 +142,9 @@ class _Inbound(_Frames):
     def frame(self, kind: int, body: bytes) -> None:
         mesh = self.mesh
         if kind == _MESSAGE:
-            (length,) = _TOPIC.unpack_from(body)
-            end = 2 + length
+            topic, payload, stamp, plain, groups = parse_message(body)
             mesh.received += 1
-            mesh.receiver.received(body[2:end].decode("utf-8"), body[end:])
+            mesh.receiver.received(topic, payload, plain, groups, stamp)
         elif kind == _ON:
             mesh._follows(self.peer).add(body.decode("utf-8"))
         elif kind == _OFF:
@@ -276,11 +316,7 @@ class MeshBackplane:
             follows = peers.get(peer)
             if follows and topic in follows and link.transport is not None:
                 if frame is None:
-                    encoded = topic.encode("utf-8")
-                    frame = b"".join((
-                        _HEADER.pack(_MESSAGE, 2 + len(encoded) + len(payload)),
-                        _TOPIC.pack(len(encoded)), encoded, payload,
-                    ))
+                    frame = message_frame(topic, payload)
                 link.send(frame)
                 self.sent += 1
         return succeed(None)
