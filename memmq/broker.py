@@ -118,7 +118,7 @@ class Broker:
                 check_topic(topic)
             matches = matching.match(topic)
             if matches:
-                return self._publish_matched(topic, payload, entry, matches.recipients())
+                return self._publish_matched(topic, payload, entry, matches.recipients(), stamp)
             if entry is None:
                 self.published += 1
                 self.published_bytes += len(payload)
@@ -144,14 +144,14 @@ class Broker:
         return len(subscriptions)
 
     def _publish_matched(
-        self, topic: str, payload: bytes, entry: Topic | None, chosen: list[Subscription],
+        self, topic: str, payload: bytes, entry: Topic | None, chosen: list[Subscription], stamp: int | None = None,
     ) -> int:
         """
         Publish to a topic that patterns or queue groups reach: its exact
         subscribers, then every plain pattern subscriber, then one member of
         each group.
         """
-        message = Message(topic, payload)
+        message = Message(topic, payload, stamp)
         self.published += 1
         self.published_bytes += message.size
         recipients: list[Subscription] = list(entry.subscriptions) if entry is not None else []

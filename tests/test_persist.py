@@ -363,6 +363,10 @@ class _FakePersister:
     def seam(self) -> int:
         return self.last_timestamp
 
+    def settle(self, subject):
+        last = self.seam()
+        return self.flushing.addCallback(lambda _: last)
+
     def read(self, topic, since, last, offset, bound):
         self.reads.append(offset)
         payloads = [b"p%d" % i for i in range(offset, min(offset + 2, 6))]
@@ -381,6 +385,9 @@ class _FakeSubscription:
     def resume(self) -> None:
         self.paused = False
         self.calls.append("resume")
+
+    def forget(self, replayed) -> None:
+        self.calls.append("forget")
 
 
 class ReplayFlowTests(SynchronousTestCase):
@@ -415,7 +422,7 @@ class ReplayFlowTests(SynchronousTestCase):
         self.assertEqual(self.persister.reads, [])
         self.persister.flushing.callback(None)
         self.assertEqual(self.sent, [b"p%d" % i for i in range(6)])
-        self.assertEqual(self.subscription.calls, ["pause", "resume"])
+        self.assertEqual(self.subscription.calls, ["pause", "forget", "resume"])
         self.assertFalse(replay.active)
         self.assertFalse(replay.pause())
 
@@ -433,7 +440,7 @@ class ReplayFlowTests(SynchronousTestCase):
         self.assertTrue(replay.resume())
         self.assertEqual(self.sent, [b"p%d" % i for i in range(6)])
         self.assertEqual(self.persister.reads, [0, 2, 4])
-        self.assertEqual(self.subscription.calls, ["pause", "resume"])
+        self.assertEqual(self.subscription.calls, ["pause", "forget", "resume"])
 
     def test_full_at_the_end(self) -> None:
         """
@@ -444,7 +451,7 @@ class ReplayFlowTests(SynchronousTestCase):
         replay = self._replay()
         self.persister.flushing.callback(None)
         self.assertFalse(replay.active)
-        self.assertEqual(self.subscription.calls, ["pause"])
+        self.assertEqual(self.subscription.calls, ["pause", "forget"])
         self.assertFalse(replay.resume())
 
     def test_nothing_after_since(self) -> None:
@@ -452,8 +459,9 @@ class ReplayFlowTests(SynchronousTestCase):
         A since at or after the last message's stamp reads nothing.
         """
         self._replay(since=100)
+        self.persister.flushing.callback(None)
         self.assertEqual(self.persister.reads, [])
-        self.assertEqual(self.subscription.calls, ["pause", "resume"])
+        self.assertEqual(self.subscription.calls, ["pause", "forget", "resume"])
 
 
 class ReadChunkTests(SynchronousTestCase):

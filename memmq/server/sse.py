@@ -240,3 +240,6 @@ class _ReplayEnd:
     def resume(self) -> None:
         self._ended()
         self._subscription.resume()
+
+    def forget(self, replayed) -> None:
+        self._subscription.forget(replayed)

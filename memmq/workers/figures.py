@@ -17,7 +17,8 @@ from twisted.internet.defer import Deferred
 
 from memmq.backplane.broker import BackplaneBroker
 from memmq.backplane.mesh import MeshBackplane
-from memmq.stats import Delivery, Stats, TopicStats, Worker
+from memmq.errors import BackplaneUnavailable
+from memmq.stats import Delivery, Persistence, Stats, TopicStats, Worker
 
 __all__ = ["WorkerBroker", "merge"]
 
@@ -38,10 +39,12 @@ def merge(parts: list[tuple[Stats, list[TopicStats]]]) -> tuple[Stats, list[Topi
     (its own totals with its own L{Worker} entry, its topics).
     """
     totals = None
+    persistence = None
     workers: list[Worker] = []
     topics: dict[str, TopicStats] = {}
     for stats, topic_stats in parts:
         workers.extend(stats.workers)
+        persistence = _add_persistence(persistence, stats.persistence)
         delivery = stats.delivery
         if delivery is not None:
             if totals is None:
@@ -56,7 +59,25 @@ def merge(parts: list[tuple[Stats, list[TopicStats]]]) -> tuple[Stats, list[Topi
             )
     if totals is not None:
         totals = replace(totals, topics=len(topics))
-    return Stats(delivery=totals, workers=tuple(sorted(workers, key=lambda w: w.index))), list(topics.values())
+    workers_sorted = tuple(sorted(workers, key=lambda w: w.index))
+    return Stats(delivery=totals, persistence=persistence, workers=workers_sorted), list(topics.values())
+
+
+def _add_persistence(total: Persistence | None, one: Persistence | None) -> Persistence | None:
+    """
+    The writers' figures added up (each worker writes the files of the
+    topics it owns, in the same directory).
+    """
+    if total is None or one is None:
+        return total or one
+    return replace(
+        total,
+        written=total.written + one.written,
+        written_bytes=total.written_bytes + one.written_bytes,
+        errors=total.errors + one.errors,
+        syncs=total.syncs + one.syncs,
+        failing=total.failing + one.failing,
+    )
 
 
 def _fields(delivery: Delivery) -> tuple[int, ...]:
@@ -73,7 +94,11 @@ class WorkerBroker(BackplaneBroker):
 
     @ivar site: the worker's site, for its count of connections (set once
         the front-end is built).
+    @ivar persister: the worker's persistence writer, for its figures
+        (C{--persist}; set by L{memmq.workers.persist}).
     """
+
+    persister = None
 
     def __init__(self, local, mesh: MeshBackplane, index: int, clock) -> None:
         super().__init__(local, mesh)
@@ -100,7 +125,22 @@ class WorkerBroker(BackplaneBroker):
             sent=self.mesh.sent,
             received=self.mesh.received,
         )
-        return replace(stats, workers=(worker,)), super().topic_stats()
+        persistence = self.persister.figures() if self.persister is not None else None
+        return replace(stats, workers=(worker,), persistence=persistence), super().topic_stats()
+
+    def publish_now(self, topic: str, payload: bytes, stamp: int | None = None) -> int:
+        """
+        Deliver here and to the workers that follow C{topic}, every copy
+        carrying C{stamp} (the owner of a topic's file publishes its
+        messages so: L{memmq.workers.persist}).
+        """
+        mesh = self.mesh
+        if not mesh.healthy:
+            raise BackplaneUnavailable("the server's other processes cannot be reached; not published")
+        delivered = self.local.publish_now(topic, payload, stamp)
+        self.sent += 1
+        mesh.publish(topic, payload, stamp=stamp)
+        return delivered
 
     def gather(self) -> Deferred[None]:
         """

@@ -50,10 +50,6 @@ def check_workers(options) -> None:
         raise usage.UsageError("--workers does not go with --proxy yet: run one proxy per core behind a balancer")
     if options["backplane"]:
         raise usage.UsageError("--workers does not go with --backplane yet: run one node per core instead")
-    if options["persist"]:
-        raise usage.UsageError(
-            "--workers does not go with --persist yet: each topic's file must be written by one process"
-        )
 
 
 WORKERS = Group(
