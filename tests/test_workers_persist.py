@@ -108,8 +108,8 @@ class _Server:
             self.url, "/sub", None, protocol=MuxCollector, protocols=[SUBPROTOCOL]
         ))
 
-    def subscribers(self, query: str):
-        return self.pinned("subscribers", lambda: self.client.subscribe(self.url, query))
+    def subscribers(self, query: str, each: int = 1):
+        return self.pinned("subscribers", lambda: self.client.subscribe(self.url, query), each)
 
 
 class OrderTests(TestCase):
@@ -245,13 +245,16 @@ class ReplayTests(TestCase):
         def keep_publishing():
             i = 0
             while going[0]:
-                for p, publisher in enumerate(publishers):
-                    publisher.publish(topic, b"live %d:%d" % (p, i))
-                i += 1
-                yield sleep(0.002)
+                # Bursts: messages in flight between the workers while the
+                # replaying subscriptions are made.
+                for _ in range(10):
+                    for p, publisher in enumerate(publishers):
+                        publisher.publish(topic, b"live %d:%d" % (p, i))
+                    i += 1
+                yield sleep(0.001)
 
         publishing = keep_publishing()
-        replaying = yield server.subscribers(f"{topic}&since={since}")
+        replaying = yield server.subscribers(f"{topic}&since={since}", each=3)
         going[0] = False
         yield publishing
         for p, publisher in enumerate(publishers):
@@ -264,7 +267,7 @@ class ReplayTests(TestCase):
         yield until(lambda: ends(r.payload for r in server.lines(topic)) == 2)
         expected = [r.payload for r in server.lines(topic) if r.timestamp > since]
         self.assertGreater(len(expected), 32)
-        for (subscriber,) in replaying:
+        for subscriber in replaying[0] + replaying[1]:
             yield until(lambda s=subscriber: ends(s.messages) == 2, 60)
             self.assertEqual(subscriber.messages, expected)
 
