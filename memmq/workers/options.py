@@ -39,8 +39,9 @@ _workers.coerceDoc = ""  # type: ignore[attr-defined]
 
 def check_workers(options) -> None:
     """
-    Several workers serve a server's HTTP/WebSocket front-end; what does
-    not yet work across processes is refused with one line.
+    Several workers serve a server's front-ends (and write its files, each
+    topic's by one worker: L{memmq.workers.persist}); what does not yet
+    work across processes is refused with one line.
     """
     if options["workers"] == 1:
         return
@@ -59,7 +60,8 @@ WORKERS = Group(
          "How many processes serve: a number, or auto for one per usable CPU. With more than 1, "
          "a parent process holds every listening socket and restarts workers that die; the "
          "workers share the sockets and the topics, and any of them shows the whole server's "
-         "/metrics and /stats [default: 1].", _workers],
+         "/metrics and /stats; with --persist each topic's file is written by one of them "
+         "[default: 1].", _workers],
     ],
     check=check_workers,
 )
