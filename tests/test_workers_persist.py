@@ -13,7 +13,10 @@ import os
 import signal
 
 import treq
+from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
 
 from memmq.mux_protocol import SUBPROTOCOL
@@ -35,6 +38,37 @@ def _topics(prefix: str, each: int = 2, workers: int = 2) -> list[list[str]]:
             owned[owner_of(topic, workers)].append(topic)
         n += 1
     return owned
+
+
+class _EventStream(Protocol):
+    """
+    A Server-Sent Events subscriber as a browser reconnecting with
+    C{Last-Event-ID} is: the raw request, and the events as they come.
+    """
+
+    def __init__(self, topic: str, last_event_id: int) -> None:
+        self.body = b""
+        self._request = (
+            f"GET /sub?topic={topic} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
+            f"Last-Event-ID: {last_event_id}\r\n\r\n"
+        ).encode()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self._request)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.body += data
+
+    def events(self) -> list[tuple[int | None, bytes]]:
+        """
+        (id or None, data) of each event that carries data.
+        """
+        found = []
+        for block in self.body.split(b"\r\n\r\n", 1)[-1].split(b"\n\n"):
+            fields = dict(line.split(b": ", 1) for line in block.split(b"\n") if b": " in line)
+            if b"data" in fields:
+                found.append((int(fields[b"id"]) if b"id" in fields else None, fields[b"data"]))
+        return found
 
 
 class _Server:
@@ -107,6 +141,16 @@ class _Server:
         return self.pinned("connections", lambda: self.client.connect(
             self.url, "/sub", None, protocol=MuxCollector, protocols=[SUBPROTOCOL]
         ))
+
+    def event_streams(self, topic: str, last_event_id: int):
+        def open_one():
+            endpoint = SSL4ClientEndpoint(reactor, "127.0.0.1", int(self.url.rsplit(":", 1)[1]),
+                                          self.client.tls_options())
+            stream = _EventStream(topic, last_event_id)
+            self.testcase.addCleanup(lambda: stream.transport and stream.transport.abortConnection())
+            return bounded(connectProtocol(endpoint, stream))
+
+        return self.pinned("subscribers", open_one)
 
     def subscribers(self, query: str, each: int = 1):
         return self.pinned("subscribers", lambda: self.client.subscribe(self.url, query), each)
@@ -255,6 +299,7 @@ class ReplayTests(TestCase):
 
         publishing = keep_publishing()
         replaying = yield server.subscribers(f"{topic}&since={since}", each=3)
+        streams = [stream for (stream,) in (yield server.event_streams(topic, since))]
         going[0] = False
         yield publishing
         for p, publisher in enumerate(publishers):
@@ -270,6 +315,15 @@ class ReplayTests(TestCase):
         for subscriber in replaying[0] + replaying[1]:
             yield until(lambda s=subscriber: ends(s.messages) == 2, 60)
             self.assertEqual(subscriber.messages, expected)
+        stamps = {r.payload: r.timestamp for r in server.lines(topic)}
+        for stream in streams:
+            yield until(lambda s=stream: ends(data for _, data in s.events()) == 2, 60)
+            events = stream.events()
+            self.assertEqual([data for _, data in events], expected)
+            # Live events carry the file's stamp as their id, on any worker.
+            live = [(stamp, data) for stamp, data in events if stamp is not None]
+            self.assertTrue(live)
+            self.assertEqual(live, [(stamps[data], data) for _, data in live])
 
 
 class FaultTests(TestCase):
