@@ -45,7 +45,7 @@ from memmq.server.forwarded import NO_PROXIES, ClientAddress, TrustedProxies, cl
 from memmq.server.limits import Guard, GuardedChannel, hang_up
 from memmq.server.metrics import Metrics
 from memmq.server.mux import mux_resource, wants_mux
-from memmq.server.query import NO_REPLAY, since_from_query, subject_from_query, subscribe_subject, topic_from_query
+from memmq.server.query import NO_REPLAY, since_from_query, subject_from_query, topic_from_query
 from memmq.server.readouts import HealthResource, MetricsResource, StatsResource, SummaryResource
 from memmq.server.resources import Branch, HTTPError, LeafResource, error, is_websocket_upgrade, status_of
 from memmq.server.sse import EventStreamSubscriber, last_event_id, wants_event_stream
@@ -401,9 +401,8 @@ class SubscribeResource(LeafResource):
                 since = last_event_id(request)
             self._origins.answer(request)
             streaming = EventStreamSubscriber(
-                self._broker, self._connections, self._combiner, self._clock, getattr(topic, "text", topic),
-                request, since, self._replay,
-                subscribe=lambda subscriber: subscribe_subject(self._broker, topic, subscriber, group),
+                self._broker, self._connections, self._combiner, self._clock, topic, request, since, self._replay,
+                group,
             )
         else:
             streaming = StreamingSubscriber(
