@@ -28,6 +28,7 @@ from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.testing import StringTransport
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.logger import globalLogPublisher
 from twisted.names import dns, error
 from twisted.names.common import ResolverBase
 from twisted.trial.unittest import SkipTest
@@ -572,6 +573,16 @@ def curl_publish(port: int, message: str = "a completely arbitrary message", top
     ))
 
 
+def logged_events(testcase) -> list[dict]:
+    """
+    Every log event from now to the end of C{testcase}, as it comes.
+    """
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    testcase.addCleanup(globalLogPublisher.removeObserver, events.append)
+    return events
+
+
 def exchange(site: MemmqSite, raw: bytes) -> tuple[bytes, StringTransport]:
     """
     Feed C{raw} to a fresh channel of C{site}; return what it answered.
@@ -697,10 +708,14 @@ def raw_tls(port: int, timeout: float = WAIT, context=None):
         raise
 
 
-def read_until_closed(sock, seconds: float, limit: int = 1 << 20) -> tuple[bytes, bool]:
+def read_until_closed(
+    sock, seconds: float, limit: int = 1 << 20, quiet: float | None = None
+) -> tuple[bytes, bool]:
     """
     Read from a blocking socket until the peer closes it, C{seconds} pass,
-    or C{limit} bytes came; return what came and whether it was closed.
+    C{limit} bytes came, or (with C{quiet}) nothing more comes for C{quiet}
+    seconds after something did; return what came and whether it was
+    closed.
     """
     import time
 
@@ -708,6 +723,8 @@ def read_until_closed(sock, seconds: float, limit: int = 1 << 20) -> tuple[bytes
     data = b""
     while len(data) < limit:
         left = deadline - time.monotonic()
+        if data and quiet is not None:
+            left = min(left, quiet)
         if left <= 0:
             return data, False
         sock.settimeout(left)

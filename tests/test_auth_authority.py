@@ -12,7 +12,6 @@ import time
 
 import jwt
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -28,6 +27,7 @@ from memmq.auth import (
 )
 from memmq.auth.decisions import DecisionCache
 from memmq.patterns import parse_pattern
+from tests.support import logged_events
 
 PUBLISHER = "publisher-token-0123456789abcdef"
 READER = "reader-token-0123456789abcdef"
@@ -333,9 +333,7 @@ class ReloadTests(SynchronousTestCase):
         """
         The line a reload returns is logged: a warning when it failed.
         """
-        events: list[dict] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = logged_events(self)
         write(self, "nonsense\n", self.path)
         line = self.authority.reload()
         self.assertEqual([(e["log_level"].name, e["line"]) for e in events if "line" in e], [("warn", line)])

@@ -19,7 +19,7 @@ from zope.interface import implementer
 from memmq.broker import Broker
 from memmq.interfaces import IBroker
 from memmq.server.web import MemmqSite
-from tests.support import RunningServer, SlowBroker, bounded, exchange, until
+from tests.support import RunningServer, SlowBroker, bounded, exchange, logged_events, until
 
 
 class RequestBodyTests(SynchronousTestCase):
@@ -109,11 +109,7 @@ class RequestBodyTests(SynchronousTestCase):
         Nothing is logged per request unless the access log is on.
         """
         self.assertFalse(self.site.access_log)
-        logged = []
-        from twisted.logger import globalLogPublisher
-
-        globalLogPublisher.addObserver(logged.append)
-        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        logged = logged_events(self)
         exchange(self.site, b"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx")
         self.assertEqual(logged, [])
 
@@ -122,11 +118,7 @@ class RequestBodyTests(SynchronousTestCase):
         With the access log on, each request is logged.
         """
         site = MemmqSite(self.broker, access_log=True)
-        logged = []
-        from twisted.logger import globalLogPublisher
-
-        globalLogPublisher.addObserver(logged.append)
-        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        logged = logged_events(self)
         exchange(site, b"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx")
         lines = [e["line"] for e in logged if e.get("log_namespace") == "memmq.access"]
         self.assertEqual(len(lines), 1, logged)

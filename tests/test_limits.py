@@ -15,7 +15,6 @@ from twisted.internet import reactor, tcp
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
-from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from memmq.broker import Broker
@@ -37,6 +36,7 @@ from tests.support import (
     bounded,
     child_env,
     client_frame,
+    logged_events,
     raw_tls,
     read_until_closed,
     send_until_stuck,
@@ -507,9 +507,7 @@ class CountingTests(SynchronousTestCase):
         guard = Guard(clock)
         port = tcp.Port(0, None)
         watch_accepts(port, guard)
-        events = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = logged_events(self)
         for _ in range(100):
             port._logger.info("EMFILE encountered; releasing reserved file descriptor.")
             port._logger.info("EMFILE recovery: Closed socket from {address}", address="x")
@@ -526,9 +524,7 @@ class CountingTests(SynchronousTestCase):
         clock = Clock()
         site = MemmqSite(Broker(), clock=clock)
         site.guard = Guard(clock)
-        events = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = logged_events(self)
         for _ in range(5):
             channel = site.buildProtocol(None)
             channel.callLater = clock.callLater
