@@ -28,7 +28,7 @@ from memmq.errors import MemmqError
 from memmq.internals.twisted_private import clear_exit_signal
 from memmq.logs import observer, say
 from memmq.options import MemmqOptions
-from memmq.server.limits import raise_nofile_limit
+from memmq.server.system_limits import raise_nofile_limit
 
 _log = Logger()
 

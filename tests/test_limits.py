@@ -1,6 +1,8 @@
 # -*- test-case-name: tests.test_limits -*-
 """
-Tests for L{memmq.server.limits}: what a server does to peers that do not
+Tests for the server's limits (README: Limits; L{memmq.server.limits},
+L{memmq.server.http_channel}, L{memmq.server.plain_http},
+L{memmq.server.system_limits}): what a server does to peers that do not
 read, dawdle, or send what it cannot take (issue 17), over a real TLS
 listener with blocking clients in threads playing the hostile peer.
 """
@@ -18,17 +20,10 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from memmq.broker import Broker
-from memmq.server.limits import (
-    MAX_FRAGMENTS,
-    PLAIN_HTTP_REASON,
-    Guard,
-    GuardedChannel,
-    plain_text,
-    raise_nofile_limit,
-    system_backlog,
-    watch_accepts,
-    with_backlog,
-)
+from memmq.server.http_channel import GuardedChannel
+from memmq.server.limits import MAX_FRAGMENTS, Guard, plain_text
+from memmq.server.plain_http import PLAIN_HTTP_REASON
+from memmq.server.system_limits import raise_nofile_limit, system_backlog, watch_accepts, with_backlog
 from memmq.server.web import MemmqSite
 from tests.support import (
     REPO,

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_sse,tests.test_http -*-
 """
 A subscriber on a streaming HTTP response to C{GET /sub}: what the plain
 stream (L{memmq.server.stream}) and Server-Sent Events

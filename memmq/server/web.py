@@ -42,7 +42,8 @@ from memmq.server.connections import Connections
 from memmq.server.cors import Origins
 from memmq.server.dashboard import DashboardFiles
 from memmq.server.forwarded import NO_PROXIES, ClientAddress, TrustedProxies, client_address
-from memmq.server.limits import Guard, GuardedChannel, hang_up
+from memmq.server.http_channel import GuardedChannel, hang_up
+from memmq.server.limits import Guard
 from memmq.server.metrics import Metrics
 from memmq.server.mux import mux_resource, wants_mux
 from memmq.server.query import NO_REPLAY, since_from_query, subject_from_query, topic_from_query
