@@ -1,8 +1,8 @@
 """
-Tests for access control at the front-ends (memmq.server.access; README:
-Access control): real servers on loopback ports with real TLS, every path
-asked with every kind of credential, and the exact status, close code or
-gRPC status each gets.
+Tests for access control at the front-ends (memmq.server.access and
+memmq.server.credentials; README: Access control): real servers on
+loopback ports with real TLS, every path asked with every kind of
+credential, and the exact status, close code or gRPC status each gets.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from memmq.broker import Broker
 from memmq.client import Client
 from memmq.client.rpc import GRPCClient
 from memmq.errors import SubscribeError
-from memmq.server.access import Access, bearer_token, redact_tokens, select_subprotocol, subprotocol_token
+from memmq.server.access import Access
+from memmq.server.credentials import bearer_token, redact_tokens, select_subprotocol, subprotocol_token
 from memmq.server.listen import parse_address
 from memmq.server.rpc import GRPCService
 from memmq.tls import ServerCertificate, self_signed_certificate

@@ -36,10 +36,11 @@ from memmq.defaults import MAX_MESSAGE_SIZE as DEFAULT_MAX_MESSAGE_SIZE
 from memmq.hops import HOPS_HEADER, check_hops
 from memmq.interfaces import IBroker, IReplaySource
 from memmq.patterns import parse_pattern
-from memmq.server.access import Access, redact_tokens
+from memmq.server.access import Access
 from memmq.server.combine import Combiner
 from memmq.server.connections import Connections
 from memmq.server.cors import Origins
+from memmq.server.credentials import redact_tokens
 from memmq.server.dashboard import DashboardFiles
 from memmq.server.forwarded import NO_PROXIES, ClientAddress, TrustedProxies, client_address
 from memmq.server.http_channel import GuardedChannel, hang_up
