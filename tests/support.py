@@ -573,6 +573,18 @@ def curl_publish(port: int, message: str = "a completely arbitrary message", top
     ))
 
 
+def write_file(path: str, data: str | bytes, mode: int = 0o600) -> str:
+    """
+    Write C{data} (text as UTF-8) to C{path} with C{mode}: by default its
+    owner's alone, as memmq asks of a file that holds secrets.  Returns
+    C{path}.
+    """
+    with open(path, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+    os.chmod(path, mode)
+    return path
+
+
 def logged_events(testcase) -> list[dict]:
     """
     Every log event from now to the end of C{testcase}, as it comes.

@@ -45,18 +45,12 @@ from tests.support import (
     child_env,
     spawn,
     until,
+    write_file,
 )
 
 SECRET = b"s" * 40
 OTHER_SECRET = b"o" * 40
 _HEADERS_END = b"\r\n\r\n"
-
-
-def _write_private(path: str, data: bytes, mode: int = 0o600) -> str:
-    with open(path, "wb") as f:
-        f.write(data)
-    os.chmod(path, mode)
-    return path
 
 
 def _jwt(claims: dict, secret: bytes = SECRET) -> str:
@@ -80,7 +74,7 @@ class Credentials:
         self.revoked = new_token()
         self.auth_file = os.path.join(base, "auth.toml")
         self.write_auth_file()
-        self.jwt_key = _write_private(os.path.join(base, "jwt.secret"), SECRET)
+        self.jwt_key = write_file(os.path.join(base, "jwt.secret"), SECRET)
         now = int(time.time())
         self.browser = _jwt({"sub": "browser-1", "exp": now + 600, "memmq": {"sub": ["chat.*"]}})
         self.expired = _jwt({"sub": "browser-2", "exp": now - 60, "memmq": {"sub": ["chat.*"]}})
@@ -124,7 +118,7 @@ class Credentials:
         return text.replace("\n            ", "\n")
 
     def write_auth_file(self, text: str | None = None, mode: int = 0o600) -> None:
-        _write_private(self.auth_file, (self.auth_text() if text is None else text).encode(), mode)
+        write_file(self.auth_file, (self.auth_text() if text is None else text).encode(), mode)
 
     def authority(self):
         return make_authority(auth_file=self.auth_file, jwt_key=self.jwt_key, jwt_leeway=self.leeway)
@@ -625,7 +619,7 @@ def _client_certificate(ca, name: str, path: str) -> str:
     pem = certificate.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    return _write_private(path, pem)
+    return write_file(path, pem)
 
 
 class ClientCertificateTests(TestCase):
@@ -804,9 +798,9 @@ class ProcessTests(TestCase):
         c = self.credentials
         upstream = self._server(f"--auth_file={c.auth_file}")
         upstream_port = yield upstream.wait_listening()
-        token_file = _write_private(os.path.join(c.base, "proxy.token"), f"{c.publisher}\n".encode())
+        token_file = write_file(os.path.join(c.base, "proxy.token"), f"{c.publisher}\n".encode())
         proxy_token = new_token()
-        proxy_auth = _write_private(os.path.join(c.base, "proxy.toml"), (
+        proxy_auth = write_file(os.path.join(c.base, "proxy.toml"), (
             f'[[user]]\nname = "app"\ntoken = "{hash_token(proxy_token)}"\npublish = ["orders.>"]\n'
         ).encode())
         proxy = self._server(
@@ -916,7 +910,7 @@ class OptionTests(SynchronousTestCase):
         --token_file's first line, else $MEMMQ_TOKEN; a missing file is
         refused.
         """
-        path = _write_private(os.path.join(self.credentials.base, "t"), b"Bearer abc\nignored\n")
+        path = write_file(os.path.join(self.credentials.base, "t"), b"Bearer abc\nignored\n")
         options = self._parse("--client", "--topic=t", "--publish", f"--token_file={path}")
         self.assertEqual(options["token"], "abc")
         self.patch(os, "environ", dict(os.environ, MEMMQ_TOKEN="from-env"))
