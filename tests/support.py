@@ -36,9 +36,9 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from memmq.broker import Broker
+from memmq.broker import Broker, Message
 from memmq.errors import MemmqError
-from memmq.interfaces import IBroker
+from memmq.interfaces import IBroker, ISubscriber
 from memmq.server.listen import parse_address
 from memmq.server.service import HTTPService
 from memmq.server.web import MemmqSite
@@ -571,6 +571,23 @@ def curl_publish(port: int, message: str = "a completely arbitrary message", top
         curl, ["-k", "-s", "-S", "-w", "%{http_code}", "-d", message, f"https://localhost:{port}/pub?topic={topic}"],
         env=os.environ,
     ))
+
+
+@implementer(ISubscriber)
+class Recorder:
+    """
+    A subscriber that keeps the messages delivered to it, in order.
+    """
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    def deliver(self, message: Message) -> None:
+        self.messages.append(message)
+
+    @property
+    def payloads(self) -> list[bytes]:
+        return [m.payload for m in self.messages]
 
 
 def write_file(path: str, data: str | bytes, mode: int = 0o600) -> str:

@@ -19,7 +19,7 @@ from zope.interface import implementer
 from memmq.broker import Broker
 from memmq.interfaces import IBroker
 from memmq.server.web import MemmqSite
-from tests.support import RunningServer, SlowBroker, bounded, exchange, logged_events, until
+from tests.support import Recorder, RunningServer, SlowBroker, bounded, exchange, logged_events, until
 
 
 class RequestBodyTests(SynchronousTestCase):
@@ -37,15 +37,15 @@ class RequestBodyTests(SynchronousTestCase):
         A Content-Length over the limit is answered 413 on the headers
         alone, and nothing is published.
         """
-        got = []
-        self.broker.subscribe("t", _Recorder(got))
+        got = Recorder()
+        self.broker.subscribe("t", got)
         answer, transport = exchange(
             self.site, b"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n"
         )
         self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer)
         self.assertIn(b"Connection: close", answer)
         self.assertTrue(answer.endswith(b"message larger than 10 bytes\n"), answer)
-        self.assertEqual(got, [])
+        self.assertEqual(got.payloads, [])
 
     def test_expect_continue_refused_without_continue(self) -> None:
         """
@@ -65,8 +65,8 @@ class RequestBodyTests(SynchronousTestCase):
         A chunked body is refused at the chunk that passes the limit; the
         rest is read and dropped, then the connection closes.
         """
-        got = []
-        self.broker.subscribe("t", _Recorder(got))
+        got = Recorder()
+        self.broker.subscribe("t", got)
         answer, transport = exchange(
             self.site,
             b"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -75,34 +75,34 @@ class RequestBodyTests(SynchronousTestCase):
         self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer)
         self.assertEqual(answer.count(b"HTTP/1.1"), 1)
         self.assertTrue(transport.disconnecting)
-        self.assertEqual(got, [])
+        self.assertEqual(got.payloads, [])
 
     def test_chunked_body_within_limit(self) -> None:
         """
         A chunked body within the limit is published whole.
         """
-        got = []
-        self.broker.subscribe("t", _Recorder(got))
+        got = Recorder()
+        self.broker.subscribe("t", got)
         answer, _ = exchange(
             self.site,
             b"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
             b"5\r\nabcde\r\n5\r\nfghij\r\n0\r\n\r\n",
         )
         self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
-        self.assertEqual(got, [b"abcdefghij"])
+        self.assertEqual(got.payloads, [b"abcdefghij"])
 
     def test_exact_limit_accepted(self) -> None:
         """
         A body of exactly the limit is accepted.
         """
-        got = []
-        self.broker.subscribe("t", _Recorder(got))
+        got = Recorder()
+        self.broker.subscribe("t", got)
         answer, _ = exchange(
             self.site, b"PUT /pub?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456789"
         )
         self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
         self.assertIn(b"Content-Length: 0\r\n", answer)
-        self.assertEqual(got, [b"0123456789"])
+        self.assertEqual(got.payloads, [b"0123456789"])
 
     def test_no_access_log_by_default(self) -> None:
         """
@@ -123,14 +123,6 @@ class RequestBodyTests(SynchronousTestCase):
         lines = [e["line"] for e in logged if e.get("log_namespace") == "memmq.access"]
         self.assertEqual(len(lines), 1, logged)
         self.assertIn('"POST /pub?topic=t HTTP/1.1" 200', lines[0])
-
-
-class _Recorder:
-    def __init__(self, into: list) -> None:
-        self.into = into
-
-    def deliver(self, message) -> None:
-        self.into.append(message.payload)
 
 
 class AsynchronousBrokerTests(SynchronousTestCase):

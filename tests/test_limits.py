@@ -27,6 +27,7 @@ from memmq.server.system_limits import raise_nofile_limit, system_backlog, watch
 from memmq.server.web import MemmqSite
 from tests.support import (
     REPO,
+    Recorder,
     RunningServer,
     bounded,
     child_env,
@@ -439,8 +440,8 @@ class FragmentTests(TestCase):
         A message in a few fragments is still published whole.
         """
         server = RunningServer(self)
-        seen = []
-        server.broker.subscribe("t", _Sink(seen))
+        seen = Recorder()
+        server.broker.subscribe("t", seen)
 
         def client():
             sock = raw_tls(server.port)
@@ -452,17 +453,9 @@ class FragmentTests(TestCase):
             sock.close()
 
         d = _in_thread(client)
-        d.addCallback(lambda _: until(lambda: seen))
-        d.addCallback(lambda _: self.assertEqual(seen, [b"abcdef"]))
+        d.addCallback(lambda _: until(lambda: seen.messages))
+        d.addCallback(lambda _: self.assertEqual(seen.payloads, [b"abcdef"]))
         return d
-
-
-class _Sink:
-    def __init__(self, seen: list) -> None:
-        self.seen = seen
-
-    def deliver(self, message) -> None:
-        self.seen.append(message.payload)
 
 
 class ListenLimitTests(TestCase):
