@@ -681,13 +681,16 @@ class Zone(ResolverBase):
         return succeed((answers, [], []))
 
 
-class _RawHTTP(Protocol):
+class RawHTTP(Protocol):
     """
-    Sends one request and keeps the answer until the server closes.
+    Sends one request and keeps the answer: until the connection closes,
+    or, with C{head_only}, until the end of its head (a stream, a
+    handshake), then hangs up.  C{done} fires with the bytes received.
     """
 
-    def __init__(self, request: bytes) -> None:
+    def __init__(self, request: bytes, head_only: bool = False) -> None:
         self.request = request
+        self.head_only = head_only
         self.received = b""
         self.done: Deferred = Deferred()
 
@@ -696,9 +699,13 @@ class _RawHTTP(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data
+        if self.head_only and b"\r\n\r\n" in self.received and not self.done.called:
+            self.done.callback(self.received)
+            self.transport.abortConnection()
 
     def connectionLost(self, reason) -> None:
-        self.done.callback(self.received)
+        if not self.done.called:
+            self.done.callback(self.received)
 
 
 def raw_publish(client: TLSClient, endpoint, host: str, topic: bytes, payload: bytes) -> Deferred:
@@ -710,7 +717,7 @@ def raw_publish(client: TLSClient, endpoint, host: str, topic: bytes, payload: b
         b"POST /pub?topic=%s HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
         % (topic, len(payload))
     ) + payload
-    proto = _RawHTTP(request)
+    proto = RawHTTP(request)
     connecting = endpoints.wrapClientTLS(client.tls_options(host), endpoint).connect(
         Factory.forProtocol(lambda: proto)
     )

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.internet import endpoints, reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -39,6 +39,7 @@ from tests.grpc_support import RawClient
 from tests.support import (
     WAIT,
     Child,
+    RawHTTP,
     RunningServer,
     ServerProcess,
     bounded,
@@ -124,33 +125,6 @@ class Credentials:
         return make_authority(auth_file=self.auth_file, jwt_key=self.jwt_key, jwt_leeway=self.leeway)
 
 
-class _Raw(Protocol):
-    """
-    Sends one request and keeps the answer: until the connection closes,
-    or, with C{head_only}, until the end of its head (a stream, a
-    handshake), then hangs up.
-    """
-
-    def __init__(self, request: bytes, head_only: bool) -> None:
-        self.request = request
-        self.head_only = head_only
-        self.data = b""
-        self.done: Deferred = Deferred()
-
-    def connectionMade(self) -> None:
-        self.transport.write(self.request)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-        if self.head_only and _HEADERS_END in self.data and not self.done.called:
-            self.done.callback(self.data)
-            self.transport.abortConnection()
-
-    def connectionLost(self, reason) -> None:
-        if not self.done.called:
-            self.done.callback(self.data)
-
-
 class Answer:
     def __init__(self, data: bytes) -> None:
         head, _, self.body = data.partition(_HEADERS_END)
@@ -188,7 +162,7 @@ def ask(server: RunningServer, method: str, target: str, token: str | None = Non
     request = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + body
     if head_only is None:
         head_only = upgrade or (method == "GET" and target.startswith("/sub"))
-    protocol = _Raw(request, head_only)
+    protocol = RawHTTP(request, head_only)
     endpoint = endpoints.wrapClientTLS(
         server.client.tls_options(), endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", server.port, timeout=int(WAIT))
     )
