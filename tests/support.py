@@ -573,6 +573,18 @@ def curl_publish(port: int, message: str = "a completely arbitrary message", top
     ))
 
 
+def new_client(testcase, servers, **kwargs):
+    """
+    A client of C{servers} (the library's C{client.new}, on the reactor),
+    closed when C{testcase} ends.
+    """
+    from memmq import client
+
+    c = client.new(servers=servers, reactor=reactor, **kwargs)
+    testcase.addCleanup(c.close)
+    return c
+
+
 @implementer(ISubscriber)
 class Recorder:
     """
