@@ -21,6 +21,8 @@ from memmq.interfaces import IBroker
 from memmq.server.web import MemmqSite
 from tests.support import Recorder, RunningServer, SlowBroker, bounded, exchange, logged_events, until
 
+_CHUNKED = b"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+
 
 class RequestBodyTests(SynchronousTestCase):
     """
@@ -31,21 +33,21 @@ class RequestBodyTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.broker = Broker()
         self.site = MemmqSite(self.broker, max_message_size=10)
+        self.got = Recorder()
+        self.broker.subscribe("t", self.got)
 
     def test_content_length_refused_before_body(self) -> None:
         """
         A Content-Length over the limit is answered 413 on the headers
         alone, and nothing is published.
         """
-        got = Recorder()
-        self.broker.subscribe("t", got)
         answer, transport = exchange(
             self.site, b"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n"
         )
         self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer)
         self.assertIn(b"Connection: close", answer)
         self.assertTrue(answer.endswith(b"message larger than 10 bytes\n"), answer)
-        self.assertEqual(got.payloads, [])
+        self.assertEqual(self.got.payloads, [])
 
     def test_expect_continue_refused_without_continue(self) -> None:
         """
@@ -65,44 +67,36 @@ class RequestBodyTests(SynchronousTestCase):
         A chunked body is refused at the chunk that passes the limit; the
         rest is read and dropped, then the connection closes.
         """
-        got = Recorder()
-        self.broker.subscribe("t", got)
         answer, transport = exchange(
             self.site,
-            b"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-            b"6\r\nabcdef\r\n6\r\nghijkl\r\n6\r\nmnopqr\r\n0\r\n\r\n",
+            _CHUNKED + b"6\r\nabcdef\r\n6\r\nghijkl\r\n6\r\nmnopqr\r\n0\r\n\r\n",
         )
         self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer)
         self.assertEqual(answer.count(b"HTTP/1.1"), 1)
         self.assertTrue(transport.disconnecting)
-        self.assertEqual(got.payloads, [])
+        self.assertEqual(self.got.payloads, [])
 
     def test_chunked_body_within_limit(self) -> None:
         """
         A chunked body within the limit is published whole.
         """
-        got = Recorder()
-        self.broker.subscribe("t", got)
         answer, _ = exchange(
             self.site,
-            b"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-            b"5\r\nabcde\r\n5\r\nfghij\r\n0\r\n\r\n",
+            _CHUNKED + b"5\r\nabcde\r\n5\r\nfghij\r\n0\r\n\r\n",
         )
         self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
-        self.assertEqual(got.payloads, [b"abcdefghij"])
+        self.assertEqual(self.got.payloads, [b"abcdefghij"])
 
     def test_exact_limit_accepted(self) -> None:
         """
         A body of exactly the limit is accepted.
         """
-        got = Recorder()
-        self.broker.subscribe("t", got)
         answer, _ = exchange(
             self.site, b"PUT /pub?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456789"
         )
         self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
         self.assertIn(b"Content-Length: 0\r\n", answer)
-        self.assertEqual(got.payloads, [b"0123456789"])
+        self.assertEqual(self.got.payloads, [b"0123456789"])
 
     def test_no_access_log_by_default(self) -> None:
         """
