@@ -124,36 +124,37 @@ class AsynchronousBrokerTests(SynchronousTestCase):
     /pub waits for a broker that answers later and maps its failure to 502.
     """
 
+    def publish_to_slow_broker(self) -> tuple[SlowBroker, StringTransport]:
+        """
+        Publish one byte to a L{SlowBroker} over a fresh channel; the
+        broker, and the transport the answer is written to.
+        """
+        broker = SlowBroker()
+        channel = MemmqSite(broker).buildProtocol(None)
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        self.addCleanup(channel.connectionLost, None)
+        channel.dataReceived(b"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx")
+        return broker, transport
+
     def test_waits_then_200(self) -> None:
         """
         The 200 goes out only once the broker's publish has fired.
         """
-        broker = SlowBroker()
-        site = MemmqSite(broker)
-        channel = site.buildProtocol(None)
-        transport = StringTransport()
-        channel.makeConnection(transport)
-        channel.dataReceived(b"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx")
+        broker, transport = self.publish_to_slow_broker()
         self.assertEqual(transport.value(), b"")
         broker.pending[0].callback(None)
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "))
-        channel.connectionLost(None)
 
     def test_failure_is_502(self) -> None:
         """
         A failed publish is a 502 that says why.
         """
-        broker = SlowBroker()
-        site = MemmqSite(broker)
-        channel = site.buildProtocol(None)
-        transport = StringTransport()
-        channel.makeConnection(transport)
-        channel.dataReceived(b"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx")
+        broker, transport = self.publish_to_slow_broker()
         broker.pending[0].errback(RuntimeError("server a:1 refused"))
         answer = transport.value()
         self.assertTrue(answer.startswith(b"HTTP/1.1 502 "), answer)
         self.assertTrue(answer.endswith(b"publish failed: server a:1 refused\n"), answer)
-        channel.connectionLost(None)
 
     def test_immediate_failure_is_502(self) -> None:
         """
