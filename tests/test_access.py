@@ -40,6 +40,7 @@ from tests.support import (
     WAIT,
     Child,
     RawHTTP,
+    Recorder,
     RunningServer,
     ServerProcess,
     bounded,
@@ -650,15 +651,10 @@ class ClientCertificateTests(TestCase):
         with open(self.edge, "rb") as f:
             pem = f.read()
         split = pem.index(b"-----BEGIN PRIVATE KEY-----")
-        cert_only = _write_private(os.path.join(base, "edge.crt"), pem[:split])
-        key_only = _write_private(os.path.join(base, "edge.key"), pem[split:])
-        received: list[bytes] = []
-
-        class _Subscriber:
-            def deliver(self, message) -> None:
-                received.append(message.payload)
-
-        self.server.broker.subscribe("telemetry.edge-1", _Subscriber())
+        cert_only = write_file(os.path.join(base, "edge.crt"), pem[:split])
+        key_only = write_file(os.path.join(base, "edge.key"), pem[split:])
+        received = Recorder()
+        self.server.broker.subscribe("telemetry.edge-1", received)
 
         def cli(*certificate: str):
             child = spawn_memmq(
@@ -673,11 +669,11 @@ class ClientCertificateTests(TestCase):
                             [f"--client_cert_file={cert_only}", f"--client_key_file={key_only}"]):
             status, stderr = yield cli(*certificate)
             self.assertEqual(status, 0, stderr)
-        self.assertEqual(received, [b"from the command line"] * 2)
+        self.assertEqual(received.payloads, [b"from the command line"] * 2)
         status, stderr = yield cli(f"--client_cert_file={self.stranger}")
         self.assertEqual(status, 1)
         self.assertIn(b"HTTP 401: no user in the auth file has the certificate name 'stranger.example.com'", stderr)
-        self.assertEqual(len(received), 2)
+        self.assertEqual(len(received.messages), 2)
 
     @inlineCallbacks
     def test_none(self) -> None:
