@@ -11,18 +11,20 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import fail, inlineCallbacks, succeed
 from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from memmq.errors import BackplaneUnavailable
 from memmq.mux_protocol import SUBPROTOCOL
 from memmq.persist.names import file_name
 from memmq.persist.record import parse
-from memmq.workers.persist import owner_of
+from memmq.workers.persist import WorkerReplaySource, owner_of
 from tests.support import WAIT, CertificateFiles, MuxCollector, ServerProcess, TLSClient, bounded, sleep, until
 
 
@@ -470,3 +472,74 @@ class FaultTests(TestCase):
         self.assertEqual(status, 0, server.process.output[-2000:])
         for topic in topics:
             self.assertEqual(sorted(r.payload for r in server.lines(topic)), sorted(sent[topic]))
+
+
+class _Writer:
+    """
+    The local writer as a replay source sees it: its seam is 50.
+    """
+
+    def settle(self, subject):
+        return succeed(50)
+
+    seam = flushed = read = read_pattern = None
+
+
+class _Mesh:
+    """
+    The peers: worker 1 answers a seam of 70, worker 2 cannot be reached.
+    """
+
+    def __init__(self) -> None:
+        self.asked: list[int] = []
+
+    def call(self, peer, what, body, message=False):
+        self.asked.append(peer)
+        if peer == 2:
+            return fail(BackplaneUnavailable("worker 2 of this server cannot be reached (restarting?)"))
+        return succeed(struct.pack(">Q", 70))
+
+
+class SourceTests(SynchronousTestCase):
+    """
+    A worker's replay source: a topic's seam is its owner's; a pattern's
+    are every worker's, each topic its owner's.
+    """
+
+    def test_topic_and_pattern(self) -> None:
+        """
+        Worker 0 of 2: a topic it owns settles locally, one worker 1 owns
+        asks worker 1; a pattern asks worker 1 and answers each topic's
+        owner's seam, resuming from the lowest.
+        """
+        from memmq.patterns import parse_pattern
+        from memmq.persist.replay import Seams
+
+        mesh = _Mesh()
+        source = WorkerReplaySource(_Writer(), mesh, 0, 2)
+        mine, theirs = _topics("q", each=1)
+        self.assertEqual(self.successResultOf(source.settle(mine[0])), 50)
+        self.assertEqual(mesh.asked, [])
+        self.assertEqual(self.successResultOf(source.settle(theirs[0])), 70)
+        seams = self.successResultOf(source.settle(parse_pattern(">")))
+        self.assertIsInstance(seams, Seams)
+        self.assertEqual((seams(mine[0]), seams(theirs[0]), seams.lowest), (50, 70, 50))
+        self.assertEqual(mesh.asked, [1, 1])
+
+    def test_unreachable(self) -> None:
+        """
+        A pattern's replay fails, with the one-line reason, when a worker
+        cannot be reached.
+        """
+        from memmq.patterns import parse_pattern
+
+        source = WorkerReplaySource(_Writer(), _Mesh(), 0, 3)
+        failure = self.failureResultOf(source.settle(parse_pattern("q.>")), BackplaneUnavailable)
+        self.assertIn("worker 2", failure.getErrorMessage())
+
+    def test_owner_stable(self) -> None:
+        """
+        The owner is CRC-32 of the topic's UTF-8 modulo the workers: the
+        same in every process and run.
+        """
+        self.assertEqual([owner_of(t, 4) for t in ("a", "b", "t\u00e9", "x.y")], [3, 1, 3, 2])

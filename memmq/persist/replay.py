@@ -40,7 +40,7 @@ from memmq.persist.names import SUFFIX
 from memmq.persist.record import parse
 
 __all__ = [
-    "CHUNK_BYTES", "MergedReader", "PatternReplay", "Replay",
+    "CHUNK_BYTES", "MergedReader", "PatternReplay", "Replay", "Seams",
     "read_chunk", "read_lines", "read_merged", "replay_subject",
 ]
 
@@ -95,6 +95,32 @@ def read_lines(
             payloads.append(record.payload)
     offset += len(data)
     return payloads, offset, bound, not data or offset >= bound, skipped
+
+
+class Seams:
+    """
+    The seams of a pattern's replay whose topics several processes write
+    (C{--workers}): each topic's is its writer's.
+
+    @param seams: each writer's seam, by its number.
+    @param writer: the number of the writer of a topic.
+    """
+
+    def __init__(self, seams: list[int], writer: Callable[[str], int]) -> None:
+        self.seams = seams
+        self._writer = writer
+
+    def __call__(self, topic: str) -> int:
+        return self.seams[self._writer(topic)]
+
+    @property
+    def lowest(self) -> int:
+        """
+        Where a subscriber that resumes after the replay starts again: what
+        it got is all stamped after the lowest, so it may get some of it
+        again, but misses nothing.
+        """
+        return min(self.seams)
 
 
 class Replay:
@@ -177,6 +203,15 @@ class Replay:
         The subscriber is gone: read no more.
         """
         self.active = False
+
+    @property
+    def end(self) -> int:
+        """
+        Once the replay has ended: the stamp a subscriber resumes from
+        (a Server-Sent Events id) to get what came after it.
+        """
+        last = self.last
+        return last.lowest if isinstance(last, Seams) else last  # type: ignore[return-value]
 
     def _next(self) -> None:
         self._waiting = False

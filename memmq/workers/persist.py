@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from functools import partial
 
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from zope.interface import implementer
@@ -40,6 +41,7 @@ from zope.interface import implementer
 from memmq.errors import BackplaneUnavailable, InvalidTopic
 from memmq.interfaces import IBroker, IBrokerStats, IReplaySource
 from memmq.persist.broker import PersistingBroker
+from memmq.persist.replay import Seams
 from memmq.persist.writer import Persister
 from memmq.topics import check_topic
 from memmq.workers.figures import WorkerBroker
@@ -165,11 +167,9 @@ class WorkerReplaySource:
         if isinstance(subject, str):
             return self._seam_of(owner_of(subject, workers))
         asked = gatherResults([self._seam_of(owner) for owner in range(workers)], consumeErrors=True)
-
-        def each(seams: list[int]):
-            return lambda topic: seams[owner_of(topic, workers)]
-
-        return asked.addCallbacks(each, lambda failure: failure.value.subFailure)
+        return asked.addCallbacks(
+            lambda seams: Seams(seams, partial(owner_of, workers=workers)), lambda failure: failure.value.subFailure
+        )
 
     def _seam_of(self, owner: int) -> Deferred[int]:
         if owner == self._index:
