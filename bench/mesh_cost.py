@@ -34,7 +34,7 @@ class _Count:
     def __init__(self) -> None:
         self.count = 0
 
-    def received(self, topic, payload, plain=True, groups=None) -> None:
+    def received(self, topic, payload, plain=True, groups=None, stamp=None) -> None:
         self.count += 1
 
 
