@@ -46,10 +46,8 @@ def check_workers(options) -> None:
         return
     if options["client"] or options["interactive"]:
         raise usage.UsageError("--workers is for the server, not for --client or -i")
-    if options["proxy"]:
-        raise usage.UsageError("--workers does not go with --proxy yet: run one proxy per core behind a balancer")
-    if options["backplane"]:
-        raise usage.UsageError("--workers does not go with --backplane yet: run one node per core instead")
+    if options["persist"] and options["backplane"]:
+        raise usage.UsageError("--workers does not go with --persist and --backplane together: run one node per core")
     if options["persist"]:
         raise usage.UsageError(
             "--workers does not go with --persist yet: each topic's file must be written by one process"
