@@ -356,7 +356,7 @@ class OwnTrafficTests(TestCase):
 
         stats = yield self._check(server, publish, "x")
         self.assertEqual(stats["upstream_servers"], [f"https://127.0.0.1:{port}"])
-        response = yield bounded(server.client.http.get(f"https://127.0.0.1:{port}/stats"))
+        response = yield bounded(TLSClient(self, files.certificate).http.get(f"https://127.0.0.1:{port}/stats"))
         upstream_stats = json.loads((yield bounded(treq.content(response))))
         # One plain and one group subscription per worker.
         self.assertEqual(upstream_stats["subscribers"], 4)
