@@ -193,5 +193,5 @@ class GroupTests(SynchronousTestCase):
         self.assertEqual(len(g1.received) + len(g2.received), 1)
         self.assertEqual(broker.publish_local("a.b", b"w", True, ("g", "other"), 7), 3)
         self.assertEqual(broker.publish_local("a.b", b"v", True, None), 3)
-        stamps = [stamp for s in (plain, star, g1, g2) for (_, p), stamp in zip(s.received, s.stamps) if p == b"w"]
-        self.assertEqual(stamps, [7, 7, 7])
+        stamped = [(s.received[i][1], s.stamps[i]) for s in (plain, star, g1, g2) for i in range(len(s.stamps))]
+        self.assertEqual([stamp for payload, stamp in stamped if payload == b"w"], [7, 7, 7])

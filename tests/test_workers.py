@@ -53,6 +53,20 @@ class _Server:
         return json.loads(body)
 
     @inlineCallbacks
+    def whole(self):
+        """
+        C{/stats} once it has every worker's figures (a worker answers
+        with its own alone while another has not joined it yet: just
+        after a restart).
+        """
+        for _ in range(int(WAIT / 0.05)):
+            stats = yield self.stats()
+            if len(stats["workers"]) == self.count:
+                return stats
+            yield sleep(0.05)
+        raise AssertionError(f"never every worker's figures: {stats}")
+
+    @inlineCallbacks
     def subscribers_on(self, total: int):
         """
         Once the server has C{total} subscribers: each worker's count.
@@ -71,7 +85,7 @@ class _Server:
         pattern, a group) until every worker has one more than before; fire
         with them.
         """
-        stats = yield self.stats()
+        stats = yield self.whole()
         before = stats["subscribers"]
         base = [w["subscribers"] for w in stats["workers"]]
         subscribers = []

@@ -267,6 +267,7 @@ class _Link(ClientFactory):
         self.send(_frame(_HELLO, b"%d %d" % (self.mesh.index, len(interest))))
         for subject, group in interest:
             self.send(interest_frame(subject, True, group))
+        self.mesh._sync()
 
     def _lost(self, protocol: _Outbound) -> None:
         self.transport = None
@@ -374,8 +375,9 @@ class MeshBackplane:
     def start(self, receiver) -> Deferred[None]:
         """
         Join the mesh; fire once every peer has said what it follows (so
-        that a message published here reaches them at once), or after
-        L{SYNC_LIMIT} seconds for those that have not.
+        that a message published here reaches them at once) and this worker
+        has said hello to every peer (so that its figures are asked for),
+        or after L{SYNC_LIMIT} seconds for those that have not.
         """
         self.receiver = receiver
         self.running = True
@@ -393,13 +395,16 @@ class MeshBackplane:
     def _sync(self) -> None:
         synced = self._synced
         if synced is not None and not synced.called and all(
-            self._unsynced.get(peer, 1) == 0 for peer in self._links
+            self._unsynced.get(peer, 1) == 0 and link.transport is not None for peer, link in self._links.items()
         ):
             self._synced = None
             synced.callback(None)
 
     def stop(self) -> Deferred[None]:
         self.running = False
+        synced, self._synced = self._synced, None
+        if synced is not None and not synced.called:
+            synced.callback(None)
         for link in self._links.values():
             if link.transport is not None:
                 link._flush()
