@@ -60,8 +60,9 @@ WORKERS = Group(
         ["workers", None, 1,
          "How many processes serve: a number, or auto for one per usable CPU. With more than 1, "
          "a parent process holds every listening socket and restarts workers that die; the "
-         "workers share the sockets and the topics, and any of them shows the whole server's "
-         "/metrics and /stats [default: 1].", _workers],
+         "workers share the sockets, the topics, patterns and queue groups, and any of them shows "
+         "the whole server's /metrics and /stats; with --proxy or --backplane, each worker is a "
+         "proxy or a node of its own [default: 1].", _workers],
     ],
     check=check_workers,
 )
