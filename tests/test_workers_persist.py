@@ -372,6 +372,62 @@ class ReplayTests(TestCase):
             self.assertEqual(live, [(stamps[data], data) for _, data in live])
 
 
+class PatternReplayTests(TestCase):
+    """
+    A pattern's replay on any worker reads the files of every owner, each
+    up to its owner's seam, then goes on live: every message once, each
+    topic's in its file's order.
+    """
+
+    timeout = 180
+
+    @inlineCallbacks
+    def test_pattern_since_from_each_worker(self):
+        """
+        Topics of both owners under one pattern: a subscriber asking for
+        the pattern since a stamp, on each worker, while publishers on both
+        workers go on, gets each message after it once, in order per topic.
+        """
+        server = _Server(self, "--persist_flush_interval=0.05", "--max_buffered_messages=1000000")
+        yield server.start()
+        owned = _topics("pr.", each=1)
+        topics = owned[0] + owned[1]
+        publishers = [p for each in (yield server.mux()) for p in each]
+
+        def publish_all(label: bytes, count: int) -> None:
+            for i in range(count):
+                for p, publisher in enumerate(publishers):
+                    for topic in topics:
+                        publisher.publish(topic, b"%s %s %d:%d" % (label, topic.encode(), p, i))
+
+        publish_all(b"before", 10)
+        for p, publisher in enumerate(publishers):
+            publisher.publish(topics[0], b"sync %s %d" % (topics[0].encode(), p), ack=1)
+            yield publisher.wait_replies(1)
+        yield until(lambda: sum(len(server.lines(t)) for t in topics) == 10 * 2 * 2 + 2)
+        since = sorted(r.timestamp for t in topics for r in server.lines(t))[15]
+        replaying = yield server.pinned("subscribers", lambda: server.client.connect(
+            server.url, f"/sub?pattern=pr.*&since={since}", None
+        ), 2)
+        publish_all(b"live", 20)
+        for p, publisher in enumerate(publishers):
+            for topic in topics:
+                publisher.publish(topic, b"end %s %d" % (topic.encode(), p), ack=2)
+            yield publisher.wait_replies(3)
+        # Each topic's file has every publisher's last message: all of
+        # theirs before it (a file's order is each publisher's).
+        yield until(lambda: all(sum(r.payload.startswith(b"end") for r in server.lines(t)) == 2 for t in topics))
+        expected = {t: [r.payload for r in server.lines(t) if r.timestamp > since] for t in topics}
+        total = sum(len(payloads) for payloads in expected.values())
+        for subscriber in replaying[0] + replaying[1]:
+            yield until(lambda s=subscriber: len(s.messages) >= total, 60)
+            got = subscriber.messages
+            self.assertEqual(len(got), total)
+            for topic in topics:
+                mine = set(expected[topic])
+                self.assertEqual([m for m in got if m in mine], expected[topic])
+
+
 class FaultTests(TestCase):
     """
     A worker killed outright: publishes of the topics it owns fail with 503
