@@ -145,6 +145,18 @@ class IReplaySource(Interface):
             been written (or has failed to be).
         """
 
+    def settle(subject):
+        """
+        Take the seam of a replay of C{subject} (a topic or a
+        L{memmq.patterns.Pattern}) now, in the turn its subscriber was
+        registered, and fire once every message stamped up to it is written.
+
+        @return: a L{Deferred} firing with the seam: a timestamp, or, for a
+            pattern whose topics are written by several processes, a
+            function from a topic to its seam; or failing with a
+            L{memmq.errors.MemmqError} when it cannot be had.
+        """
+
     def read(topic, since, last, offset, bound):
         """
         Read the next chunk of C{topic}'s file from C{offset}.

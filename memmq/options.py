@@ -241,7 +241,9 @@ PERSISTENCE = Group(
         ["persist", None, "Append every message to its topic's file in --persist_dir, one JSON line each "
          "(asim/mq's format: timestamp in Unix ns, topic, base64 payload), written at least every "
          "--persist_flush_interval; subscribers may ask for ?since=<unix ns> to get persisted messages "
-         "first. A crash loses at most the last interval's messages; SIGTERM loses none."],
+         "first. A crash loses at most the last interval's messages; SIGTERM loses none. With --workers, "
+         "each topic's file is written by one worker (its owner), and its publishes get 503 while that "
+         "worker is being restarted."],
         ["persist_sync", None, "With --persist: durable mode. A publish is answered only once its message "
          "is written and fsynced (concurrent publishes share one fsync); a disk error is a 507. WebSocket "
          "publishes get no reply: one that cannot be persisted closes the connection with 1011."],

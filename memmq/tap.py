@@ -123,13 +123,17 @@ def makeService(options, reactor=None, root=ProcessRoot, worker=None) -> MultiSe
         # A worker that is a proxy or a Redis node of its own keeps its
         # messages off the mesh (README: Workers).
         broker = worker.wrap(broker, messages=proxy is None and backplane is None)
-    persister = None
+    persister = replay = None
     if options["persist"]:
         persister = Persister(
             options["persist_dir"], options["persist_flush_interval"], options["persist_sync"],
             reactor,
         )
-        broker = PersistingBroker(broker, persister)
+        if worker is None:
+            broker, replay = PersistingBroker(broker, persister), persister
+        else:
+            # Each topic's file written by its owner (README: Workers).
+            broker, replay = worker.persist(persister)
     root = root(broker, reactor)
     # What SIGHUP reloads (memmq.script.ProcessRoot).
     root.access = access
@@ -151,7 +155,7 @@ def makeService(options, reactor=None, root=ProcessRoot, worker=None) -> MultiSe
     proxy_role = role(options) if options["proxy"] else ""
     site = MemmqSite(
         broker, max_message_size=options["max_message_size"], access_log=options["access_log"], clock=reactor,
-        replay=persister, upstreams=proxy.upstream_health if proxy is not None else None, access=access,
+        replay=replay, upstreams=proxy.upstream_health if proxy is not None else None, access=access,
         # Any origin unless the access-control options say otherwise.
         allowed_origins=options.get("origin_list") or None,
         trusted_proxies=options.get("trusted_proxy_list") or NO_PROXIES,

@@ -213,6 +213,18 @@ class Subscription:
         if not pending:
             self._dropping = False
 
+    def forget(self, replayed: Callable[[Message], bool]) -> None:
+        """
+        Take the buffered messages that C{replayed} says a replay sends out
+        of the buffer (a replay's seam came from another process: see
+        L{memmq.persist.replay}); they are not dropped, so not counted.
+        """
+        pending = self._pending
+        if pending:
+            kept = deque(message for message in pending if not replayed(message))
+            self._pending = kept
+            self._pending_bytes = sum(message.size for message in kept)
+
     def offer(self, message: Message) -> None:
         """
         Queue C{message} while paused, or drop it past the limits.

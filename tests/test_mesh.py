@@ -191,3 +191,70 @@ class MeshTests(TestCase):
             self.assertEqual([a.route("j").local for _ in range(2)], [("g",), ("g",)])
         finally:
             link.transport = transport
+
+class CallTests(TestCase):
+    """
+    Calls on a peer's services (what persistence with workers is built on):
+    answered in order after what was sent before, failed with
+    BackplaneUnavailable when the peer cannot be reached or goes away.
+    """
+
+    timeout = 30
+    setUp = MeshTests.setUp
+
+    def _connected(self):
+        a, b = self.meshes
+        return until(lambda: a.reachable(1) and b.reachable(0))
+
+    @inlineCallbacks
+    def test_call_and_tell(self) -> None:
+        """
+        A call is answered with the service's bytes, or fails with the
+        MemmqError it raised; a tell is handled in order after the messages
+        sent before it, and both count as messages when told so.
+        """
+        from memmq.errors import PersistError
+
+        a, b = self.meshes
+        seen: list[object] = []
+
+        def echo(peer, body):
+            seen.append(("call", peer, body, len(self.recorders[1].messages)))
+            if body == b"fail":
+                raise PersistError("cannot write it")
+            return body.upper()
+
+        b.serve(b"E", echo, message=True)
+        b.interest("t", True)
+        yield self._connected()
+        yield until(lambda: a.remote_topics("t") == 1)
+        for i in range(10):
+            a.publish("t", b"%d" % i)
+        a.tell(1, b"E", b"told", message=True)
+        answer = yield bounded(a.call(1, b"E", b"hello", message=True))
+        self.assertEqual(answer, b"HELLO")
+        self.assertEqual(seen[0], ("call", 0, b"told", 10))
+        error = yield self.assertFailure(bounded(a.call(1, b"E", b"fail", message=True)), PersistError)
+        self.assertEqual(str(error), "cannot write it")
+        self.assertEqual((a.sent, b.received), (13, 13))
+
+    @inlineCallbacks
+    def test_unreachable_and_gone(self) -> None:
+        """
+        A call to a peer not connected both ways fails at once; a call
+        waiting for a peer that stops fails, with BackplaneUnavailable.
+        """
+        from twisted.internet.defer import Deferred
+
+        from memmq.errors import BackplaneUnavailable
+
+        a, b = self.meshes
+        self.assertFalse(a.reachable(5))
+        yield self.assertFailure(a.call(5, b"E", b""), BackplaneUnavailable)
+        self.assertRaises(BackplaneUnavailable, a.tell, 5, b"E", b"")
+        never: Deferred = Deferred()
+        b.serve(b"W", lambda peer, body: never)
+        yield self._connected()
+        waiting = a.call(1, b"W", b"")
+        yield bounded(b.stop())
+        yield self.assertFailure(bounded(waiting), BackplaneUnavailable)

@@ -18,7 +18,7 @@ from zope.interface.verify import verifyObject
 from memmq import client
 from memmq.broker import Broker
 from memmq.interfaces import IBrokerStats
-from memmq.persist import PersistingBroker
+from memmq.persist import Persister, PersistingBroker
 from memmq.proxy import ProxyBroker
 from memmq.server.metrics import Metrics
 from memmq.stats import Delivery, Persistence, Stats, TopicStats, Upstream
@@ -131,6 +131,9 @@ class _Figures:
     sync = True
     written, written_bytes, errors, syncs = 7, 70, 2, 3
     failing = {"/var/lib/memmq/a": "disk full"}
+
+    # What the broker reads: the writer's own account of these figures.
+    figures = Persister.figures
 
     def append(self, topic, payload):
         return None

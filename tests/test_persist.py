@@ -356,6 +356,10 @@ class _FakePersister:
     def seam(self) -> int:
         return self.last_timestamp
 
+    def settle(self, subject):
+        last = self.seam()
+        return self.flushing.addCallback(lambda _: last)
+
     def read(self, topic, since, last, offset, bound):
         self.reads.append(offset)
         payloads = [b"p%d" % i for i in range(offset, min(offset + 2, 6))]
@@ -374,6 +378,9 @@ class _FakeSubscription:
     def resume(self) -> None:
         self.paused = False
         self.calls.append("resume")
+
+    def forget(self, replayed) -> None:
+        self.calls.append("forget")
 
 
 class ReplayFlowTests(SynchronousTestCase):
@@ -408,7 +415,7 @@ class ReplayFlowTests(SynchronousTestCase):
         self.assertEqual(self.persister.reads, [])
         self.persister.flushing.callback(None)
         self.assertEqual(self.sent, [b"p%d" % i for i in range(6)])
-        self.assertEqual(self.subscription.calls, ["pause", "resume"])
+        self.assertEqual(self.subscription.calls, ["pause", "forget", "resume"])
         self.assertFalse(replay.active)
         self.assertFalse(replay.pause())
 
@@ -426,7 +433,7 @@ class ReplayFlowTests(SynchronousTestCase):
         self.assertTrue(replay.resume())
         self.assertEqual(self.sent, [b"p%d" % i for i in range(6)])
         self.assertEqual(self.persister.reads, [0, 2, 4])
-        self.assertEqual(self.subscription.calls, ["pause", "resume"])
+        self.assertEqual(self.subscription.calls, ["pause", "forget", "resume"])
 
     def test_full_at_the_end(self) -> None:
         """
@@ -437,7 +444,7 @@ class ReplayFlowTests(SynchronousTestCase):
         replay = self._replay()
         self.persister.flushing.callback(None)
         self.assertFalse(replay.active)
-        self.assertEqual(self.subscription.calls, ["pause"])
+        self.assertEqual(self.subscription.calls, ["pause", "forget"])
         self.assertFalse(replay.resume())
 
     def test_nothing_after_since(self) -> None:
@@ -445,8 +452,99 @@ class ReplayFlowTests(SynchronousTestCase):
         A since at or after the last message's stamp reads nothing.
         """
         self._replay(since=100)
+        self.persister.flushing.callback(None)
         self.assertEqual(self.persister.reads, [])
-        self.assertEqual(self.subscription.calls, ["pause", "resume"])
+        self.assertEqual(self.subscription.calls, ["pause", "forget", "resume"])
+
+
+class _Deliveries:
+    def __init__(self) -> None:
+        self.messages: list = []
+
+    def deliver(self, message) -> None:
+        self.messages.append(message)
+
+
+class _LateSeam:
+    """
+    A replay source whose seam comes later (another worker writes the
+    topic's file), and whose files hold stamps 1 to 6 of each topic.
+    """
+
+    def __init__(self) -> None:
+        self.settling: Deferred = Deferred()
+
+    def settle(self, subject):
+        return self.settling
+
+    def read(self, topic, since, last, offset, bound):
+        return succeed(([b"p%d" % i for i in range(since + 1, last + 1)], 0, 0, True))
+
+    def read_pattern(self, pattern, since, last, reader):
+        chunk = sorted((i, topic) for topic in ("a.x", "a.y") for i in range(since + 1, last(topic) + 1))
+        return succeed(([(topic, b"%s %d" % (topic.encode(), i)) for i, topic in chunk], _Closed(), True))
+
+
+class _Closed:
+    def close(self) -> None:
+        pass
+
+
+class SeamFromElsewhereTests(SynchronousTestCase):
+    """
+    A seam that comes after live messages reached the paused subscription
+    (the topic's writer is another worker): those stamped up to the seam are
+    sent once, from the file, and the later ones live after them.
+    """
+
+    def test_topic(self) -> None:
+        """
+        Live messages stamped 4 to 8 arrive before the seam (6): the
+        subscriber gets the file's 3 to 6, then 7 and 8 live, nothing twice.
+        """
+        from memmq.broker import Message
+
+        broker = Broker()
+        sink = _Deliveries()
+        subscription = broker.subscribe("t", sink)
+        source = _LateSeam()
+        sent: list[bytes] = []
+        replay = Replay(source, "t", 2, subscription, sent.append, self.fail)
+        for stamp in range(4, 9):
+            broker.publish_now("t", b"p%d" % stamp, stamp)
+        self.assertEqual((sent, sink.messages), ([], []))
+        source.settling.callback(6)
+        self.assertFalse(replay.active)
+        self.assertEqual(sent, [b"p3", b"p4", b"p5", b"p6"])
+        self.assertEqual([m.payload for m in sink.messages], [b"p7", b"p8"])
+        self.assertEqual(subscription.dropped, 0)
+        self.assertIsInstance(sink.messages[0], Message)
+
+    def test_pattern(self) -> None:
+        """
+        Each topic of a pattern has its writer's seam: a.x's is 5, a.y's 3;
+        the file gives each up to its own, live delivery the rest.
+        """
+        from memmq.patterns import parse_pattern
+        from memmq.persist.replay import PatternReplay
+
+        broker = Broker()
+        sink = _Deliveries()
+        pattern = parse_pattern("a.*")
+        subscription = broker.subscribe_pattern(pattern, sink)
+        source = _LateSeam()
+        sent: list[tuple[str, bytes]] = []
+        PatternReplay(source, pattern, 1, subscription, lambda topic, payload: sent.append((topic, payload)), self.fail)
+        for stamp in range(2, 8):
+            for topic in ("a.x", "a.y"):
+                broker.publish_now(topic, b"%s %d" % (topic.encode(), stamp), stamp)
+        seams = {"a.x": 5, "a.y": 3}
+        source.settling.callback(seams.__getitem__)
+        self.assertEqual(
+            [payload for _, payload in sent], [b"a.x 2", b"a.y 2", b"a.x 3", b"a.y 3", b"a.x 4", b"a.x 5"]
+        )
+        live = [m.payload for m in sink.messages]
+        self.assertEqual(live, [b"a.y 4", b"a.y 5", b"a.x 6", b"a.y 6", b"a.x 7", b"a.y 7"])
 
 
 class ReadChunkTests(SynchronousTestCase):
@@ -474,6 +572,30 @@ class ReadChunkTests(SynchronousTestCase):
             got += payloads
         self.assertEqual(got, [b"m3", b"m4", b"m5", b"m6", b"m7"])
         self.assertEqual(read_chunk(path + ".missing", "t", 0, 9, 0, None), ([], 0, 0, True))
+
+
+class MergedSeamTests(SynchronousTestCase):
+    """
+    A pattern's files are read each up to its own seam when the seams
+    differ by topic (each owner's, with workers).
+    """
+
+    def test_seam_by_topic(self) -> None:
+        """
+        a.x's file up to 4, a.y's up to 2, merged by stamp.
+        """
+        from memmq.patterns import parse_pattern
+        from memmq.persist.replay import read_merged
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        for topic in ("a.x", "a.y"):
+            with open(os.path.join(directory, file_name(topic)), "wb") as f:
+                f.write(b"".join(line(ts, encode_topic(topic), b"%s %d" % (topic.encode(), ts)) for ts in range(1, 7)))
+        seams = {"a.x": 4, "a.y": 2}
+        chunk, reader, done = read_merged(directory, parse_pattern("a.*"), 1, seams.__getitem__, None)
+        self.assertTrue(done)
+        self.assertEqual(chunk, [("a.x", b"a.x 2"), ("a.y", b"a.y 2"), ("a.x", b"a.x 3"), ("a.x", b"a.x 4")])
 
 
 class _Sink:

@@ -555,14 +555,13 @@ class OptionTests(TestCase):
 
     def test_refused(self):
         """
-        --persist, and --persist with --backplane, with --workers=2: one
-        line, status 2.
+        --persist with --backplane with --workers=2: one line, status 2.
         """
         import subprocess
 
         from tests.support import child_env
 
-        for extra in (["--persist"], ["--persist", "--backplane=redis://127.0.0.1:1"]):
+        for extra in (["--persist", "--backplane=redis://127.0.0.1:1"],):
             result = subprocess.run(
                 [sys.executable, "-m", "memmq", "--workers=2", *extra], capture_output=True, env=child_env(),
                 timeout=30, check=False,

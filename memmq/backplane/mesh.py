@@ -27,6 +27,11 @@ What goes over a stream, as frames of one type byte and a 4-byte length:
                         answer (a pickle: the workers are one program, and
                         the sockets are in a directory only its user can
                         enter)
+    C id what body      a call on a service of the receiver's (L{serve}),
+                        C{what} a byte naming it; id 0 wants no answer
+                        (L{tell}), any other id is answered (L{call})
+    Y id ok body        a call's answer: its result, or (ok 0) the pickled
+                        L{memmq.errors.MemmqError} it failed with
 
 A message goes to a peer only if that peer said it follows the topic, so a
 publish to a topic nobody elsewhere follows costs nothing here.  Frames to a
@@ -41,6 +46,12 @@ groups included.  For a message to a topic a queue group reaches, the
 worker that took the publish chooses one worker among those holding the
 group's matching members (round-robin per group, L{Route}), so the group
 gets it once in the whole server (README: Workers).
+
+Calls keep their place on the stream: a call sent after an interest frame
+or a message is handled after it.  A call to a peer that cannot be reached
+both ways (it is being restarted) fails at once, and calls waiting for an
+answer from a peer that goes away fail, with L{BackplaneUnavailable}, never
+silently.
 """
 
 from __future__ import annotations
@@ -50,12 +61,13 @@ import socket
 import struct
 
 from twisted.internet import error as internet_error
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from memmq.backplane.interface import IBackplane
+from memmq.errors import BackplaneUnavailable, MemmqError
 from memmq.patterns import Pattern
 from memmq.sublist import Sublist
 
@@ -73,7 +85,9 @@ _ID = struct.Struct(">I")
 _SUBJECT = struct.Struct(">BH")
 _IS_PATTERN = 1
 
-_HELLO, _ON, _OFF, _MESSAGE, _ASK, _ANSWER = b"HIiMSR"
+_HELLO, _ON, _OFF, _MESSAGE, _ASK, _ANSWER, _CALL, _REPLY = b"HIiMSRCY"
+# call id, what is called (C) / call id, whether it succeeded (Y)
+_CALL_HEAD = struct.Struct(">IB")
 
 # How long a worker waits before connecting again to a peer that went away
 # (it is being restarted: the connection waits in the backlog of the socket
@@ -200,6 +214,12 @@ class _Inbound(_Frames):
         elif kind == _ANSWER:
             (ident,) = _ID.unpack_from(body)
             mesh._answered(self.peer, ident, pickle.loads(body[_ID.size :]))
+        elif kind == _CALL:
+            ident, what = _CALL_HEAD.unpack_from(body)
+            mesh._called(self.peer, ident, what, body[_CALL_HEAD.size :])
+        elif kind == _REPLY:
+            ident, ok = _CALL_HEAD.unpack_from(body)
+            mesh._replied(ident, ok, body[_CALL_HEAD.size :])
 
     def connectionLost(self, reason=None) -> None:
         if self.peer is not None:
@@ -272,6 +292,7 @@ class _Link(ClientFactory):
     def _lost(self, protocol: _Outbound) -> None:
         self.transport = None
         self._pending = []
+        self.mesh._calls_lost(self.peer)
         self._again()
 
     def clientConnectionFailed(self, connector, reason) -> None:
@@ -365,6 +386,15 @@ class MeshBackplane:
         self._next_ask = 0
         #: answers this worker's figures when a peer asks: set by the owner
         self.figures = lambda: None
+        # what -> the service a peer's call reaches (see serve)
+        self._services: dict[int, object] = {}
+        # call id -> (peer, Deferred of its answer)
+        self._calls: dict[int, tuple[int, Deferred]] = {}
+        self._next_call = 0
+        #: how long stop() waits for the peers to close their streams to
+        #: this worker (what they sent last is read first); 0: not at all
+        self.drain = 0.0
+        self._drained: Deferred | None = None
 
     @property
     def healthy(self) -> bool:
@@ -409,10 +439,17 @@ class MeshBackplane:
             if link.transport is not None:
                 link._flush()
                 link.transport.loseConnection()
+        for peer in list(self._links):
+            self._calls_lost(peer)
         port, self._port = self._port, None
-        if port is None:
-            return succeed(None)
-        return maybeDeferred(port.stopListening)
+        stopped = succeed(None) if port is None else maybeDeferred(port.stopListening)
+        if not (self.drain and self._inbound):
+            return stopped
+        # Each peer closes its stream once it has stopped taking work: what
+        # it sent before is read and handled before this worker goes.
+        self._drained = Deferred()
+        self._drained.addTimeout(self.drain, self._reactor).addErrback(lambda f: None)
+        return stopped.addCallback(lambda _: self._drained)
 
     def interest(self, subject, on: bool, group: str | None = None) -> None:
         if isinstance(subject, Pattern) and subject.is_literal:
@@ -538,6 +575,99 @@ class MeshBackplane:
             del self._asked[ident]
             d.callback(answers)
 
+    # Calls on the peers' services.
+
+    def serve(self, what: bytes, service, message: bool = False) -> None:
+        """
+        Have the peers' calls of C{what} (one byte) reach C{service(peer,
+        body)}, which returns the answer's bytes (or a Deferred of them),
+        or raises a L{MemmqError} that the caller's call fails with.
+        C{message}: each call carries a message (counted in L{received}).
+        """
+        self._services[what[0]] = (service, message)
+
+    def reachable(self, peer: int) -> bool:
+        """
+        Whether C{peer} is connected both ways: a call to it can be
+        answered (a peer being restarted is not).
+        """
+        link = self._links.get(peer)
+        return link is not None and link.transport is not None and peer in self._inbound
+
+    def tell(self, peer: int, what: bytes, body: bytes, message: bool = False) -> None:
+        """
+        Call C{what} on C{peer} wanting no answer, in order after whatever
+        was sent to it before; C{message}: it carries a message (counted in
+        L{sent}). @raise BackplaneUnavailable: the peer cannot be reached.
+        """
+        self._send_call(peer, 0, what, body, message)
+
+    def call(self, peer: int, what: bytes, body: bytes, message: bool = False) -> Deferred[bytes]:
+        """
+        Call C{what} on C{peer}, in order after whatever was sent to it
+        before; fire with its answer, or fail with the L{MemmqError} it
+        failed with, or with L{BackplaneUnavailable} if the peer cannot be
+        reached or goes away first.
+        """
+        self._next_call = ident = self._next_call % 0xFFFFFFFF + 1
+        try:
+            self._send_call(peer, ident, what, body, message)
+        except BackplaneUnavailable:
+            return fail()
+        d: Deferred[bytes] = Deferred()
+        self._calls[ident] = (peer, d)
+        return d
+
+    def _send_call(self, peer: int, ident: int, what: bytes, body: bytes, message: bool) -> None:
+        if not self.reachable(peer):
+            raise BackplaneUnavailable(f"worker {peer} of this server cannot be reached (restarting?)")
+        self._links[peer].send(_frame(_CALL, _CALL_HEAD.pack(ident, what[0]) + body))
+        if message:
+            self.sent += 1
+
+    def _called(self, peer: int | None, ident: int, what: int, body: bytes) -> None:
+        served = self._services.get(what)
+        if peer is None or served is None:
+            raise internet_error.ConnectionLost(f"a call of {what!r} this worker does not serve")
+        service, message = served
+        if message:
+            self.received += 1
+        result = maybeDeferred(service, peer, body)
+        if ident:
+            result.addCallbacks(self._reply, self._reply_failure, callbackArgs=(peer, ident), errbackArgs=(peer, ident))
+        else:
+            result.addErrback(lambda f: _log.failure("worker {peer}'s call failed", f, peer=peer))
+
+    def _reply(self, answer: bytes, peer: int, ident: int) -> None:
+        link = self._links.get(peer)
+        if link is not None:
+            link.send(_frame(_REPLY, _CALL_HEAD.pack(ident, 1) + answer))
+
+    def _reply_failure(self, failure, peer: int, ident: int) -> None:
+        error = failure.value
+        if not isinstance(error, MemmqError):
+            _log.failure("worker {peer}'s call failed", failure, peer=peer)
+            error = MemmqError(f"worker {self.index} failed: {failure.getErrorMessage()}")
+        link = self._links.get(peer)
+        if link is not None:
+            link.send(_frame(_REPLY, _CALL_HEAD.pack(ident, 0) + pickle.dumps(error, pickle.HIGHEST_PROTOCOL)))
+
+    def _replied(self, ident: int, ok: int, body: bytes) -> None:
+        waiting = self._calls.pop(ident, None)
+        if waiting is None:
+            return
+        d = waiting[1]
+        if ok:
+            d.callback(body)
+        else:
+            d.errback(pickle.loads(body))
+
+    def _calls_lost(self, peer: int) -> None:
+        for ident, (to, d) in list(self._calls.items()):
+            if to == peer:
+                del self._calls[ident]
+                d.errback(BackplaneUnavailable(f"worker {peer} of this server went away before answering"))
+
     # The peers' streams.
 
     def _peer_interest(self, peer: int | None, subject: str | Pattern, on: bool, group: str | None) -> None:
@@ -596,6 +726,9 @@ class MeshBackplane:
             return
         del self._inbound[peer]
         self._forget(peer)
+        self._calls_lost(peer)
+        if self._drained is not None and not self._inbound and not self._drained.called:
+            self._drained.callback(None)
         for ident, (d, answers, asking) in list(self._asked.items()):
             if peer in asking:
                 asking.discard(peer)

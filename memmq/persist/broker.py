@@ -18,7 +18,7 @@ from memmq.broker import Broker
 from memmq.errors import BackplaneUnavailable, InvalidTopic
 from memmq.interfaces import IBroker, IBrokerStats
 from memmq.persist.writer import Persister
-from memmq.stats import Persistence, Stats, TopicStats
+from memmq.stats import Stats, TopicStats
 
 __all__ = ["PersistingBroker"]
 
@@ -57,19 +57,7 @@ class PersistingBroker:
         return succeed(None) if written is None else written
 
     def stats(self) -> Stats:
-        persister = self.persister
-        return replace(
-            self.local.stats(),
-            persistence=Persistence(
-                directory=persister.directory,
-                sync=persister.sync,
-                written=persister.written,
-                written_bytes=persister.written_bytes,
-                errors=persister.errors,
-                syncs=persister.syncs,
-                failing=tuple(persister.failing.items()),
-            ),
-        )
+        return replace(self.local.stats(), persistence=self.persister.figures())
 
     def topic_stats(self) -> list[TopicStats]:
         return self.local.topic_stats()

@@ -5,14 +5,21 @@ ones, with no gap and no duplicate at the seam.
 
 The seam is a timestamp.  The subscriber is registered with the broker
 (paused, so live messages wait in its own bounded buffer) in the same
-reactor turn as C{last} is taken from the writer (L{Persister.seam}): every
-message stamped up to C{last} was published before, every later one
-arrives live.  Once the
-writer has written everything up to C{last}, the file is read up to its
-size at that moment and the lines stamped in C{(since, last]} are sent;
-then the subscription is resumed and its buffer drains.  A replay longer
-than the live buffer holds drops live messages for that subscriber alone,
-as for any slow subscriber (README, "Delivery").
+reactor turn as C{last} is asked of the replay source (L{IReplaySource.settle}):
+every message stamped up to C{last} was published before, every later one
+arrives live.  Once the writer has written everything up to C{last}, the
+file is read up to its size at that moment and the lines stamped in
+C{(since, last]} are sent; then the subscription is resumed and its buffer
+drains.  A replay longer than the live buffer holds drops live messages for
+that subscriber alone, as for any slow subscriber (README, "Delivery").
+
+On a server run with C{--workers}, a topic's writer may be another process
+(L{memmq.workers.persist}): the seam comes back from it later, and live
+messages stamped up to it may have reached the paused subscription
+meanwhile (this process already followed the topic).  Those are in the file
+too, so they are taken out of the buffer (C{forget}) once the seam is
+known: nothing is sent twice.  For a pattern, each topic has its writer's
+seam.
 
 Reading happens in a thread; one chunk at a time, and the next chunk only
 while the subscriber's connection has room.
@@ -33,7 +40,7 @@ from memmq.persist.names import SUFFIX
 from memmq.persist.record import parse
 
 __all__ = [
-    "CHUNK_BYTES", "MergedReader", "PatternReplay", "Replay",
+    "CHUNK_BYTES", "MergedReader", "PatternReplay", "Replay", "Seams",
     "read_chunk", "read_lines", "read_merged", "replay_subject",
 ]
 
@@ -90,11 +97,39 @@ def read_lines(
     return payloads, offset, bound, not data or offset >= bound, skipped
 
 
+class Seams:
+    """
+    The seams of a pattern's replay whose topics several processes write
+    (C{--workers}): each topic's is its writer's.
+
+    @param seams: each writer's seam, by its number.
+    @param writer: the number of the writer of a topic.
+    """
+
+    def __init__(self, seams: list[int], writer: Callable[[str], int]) -> None:
+        self.seams = seams
+        self._writer = writer
+
+    def __call__(self, topic: str) -> int:
+        return self.seams[self._writer(topic)]
+
+    @property
+    def lowest(self) -> int:
+        """
+        Where a subscriber that resumes after the replay starts again: what
+        it got is all stamped after the lowest, so it may get some of it
+        again, but misses nothing.
+        """
+        return min(self.seams)
+
+
 class Replay:
     """
     One subscriber's replay, between its subscription and its connection.
 
     @param source: where the persisted messages are read from.
+    @param subscription: the broker's (L{memmq.topics.Subscription}), or
+        one that passes C{pause}, C{resume} and C{forget} on to it.
     @param send: writes one payload to the subscriber's connection.
     @param fail: ends the subscriber's connection with a one-line reason.
     """
@@ -110,7 +145,8 @@ class Replay:
     ) -> None:
         # Must run in the turn that subscribed: see the module docstring.
         subscription.pause()
-        self.last = source.seam()
+        #: the seam, once the source has given it (L{IReplaySource.settle})
+        self.last: int | Callable[[str], int] | None = None
         self.active = True
         self.sent = 0
         self._source = source
@@ -120,14 +156,26 @@ class Replay:
         self._send = send
         self._fail = fail
         self._paused = False
-        self._waiting = False
+        self._waiting = True
         self._offset = 0
         self._bound: int | None = None
-        if since >= self.last:
-            self._finish()
+        self._settle().addCallbacks(self._settled, self._failed)
+
+    def _settle(self):
+        return self._source.settle(self._topic)
+
+    def _settled(self, last) -> None:
+        self._waiting = False
+        if not self.active:
             return
-        self._waiting = True
-        source.flushed().addCallback(lambda _: self._next())
+        self.last = last
+        seam = last if callable(last) else lambda topic: last
+        # Live messages already in the buffer that the files hold too.
+        self._subscription.forget(lambda message: message.stamp is not None and message.stamp <= seam(message.topic))
+        if not callable(last) and self._since >= last:
+            self._finish()
+        else:
+            self._next()
 
     def pause(self) -> bool:
         """
@@ -155,6 +203,15 @@ class Replay:
         The subscriber is gone: read no more.
         """
         self.active = False
+
+    @property
+    def end(self) -> int:
+        """
+        Once the replay has ended: the stamp a subscriber resumes from
+        (a Server-Sent Events id) to get what came after it.
+        """
+        last = self.last
+        return last.lowest if isinstance(last, Seams) else last  # type: ignore[return-value]
 
     def _next(self) -> None:
         self._waiting = False
@@ -220,7 +277,9 @@ class MergedReader:
     reader was made.  Used from one thread at a time.
     """
 
-    def __init__(self, directory: str, pattern: Pattern, since: int, last: int) -> None:
+    def __init__(self, directory: str, pattern: Pattern, since: int, last: int | Callable[[str], int]) -> None:
+        # One seam for all, or each topic's own (its writer's, with workers).
+        seam = last if callable(last) else lambda topic: last
         self._files = []
         streams = []
         for name in sorted(os.listdir(directory)):
@@ -235,7 +294,7 @@ class MergedReader:
             except OSError:
                 continue
             self._files.append(f)
-            streams.append(_records(f, topic, since, last))
+            streams.append(_records(f, topic, since, seam(topic)))
         self._merged = heapq.merge(*streams)
 
     def next(self, size: int = CHUNK_BYTES) -> tuple[list[tuple[str, bytes]], bool]:
@@ -299,7 +358,7 @@ def _records(f, topic: str, since: int, last: int) -> Iterator[tuple[int, str, b
 
 
 def read_merged(
-    directory: str, pattern: Pattern, since: int, last: int, reader: MergedReader | None
+    directory: str, pattern: Pattern, since: int, last: int | Callable[[str], int], reader: MergedReader | None
 ) -> tuple[list[tuple[str, bytes]], MergedReader, bool]:
     """
     One step of a pattern's replay, in a thread: the next chunk of
@@ -332,6 +391,9 @@ class PatternReplay(Replay):
         self._reader: MergedReader | None = None
         self._pattern = pattern
         super().__init__(source, pattern.text, since, subscription, send, fail)  # type: ignore[arg-type]
+
+    def _settle(self):
+        return self._source.settle(self._pattern)
 
     def _next(self) -> None:
         self._waiting = False

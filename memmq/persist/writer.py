@@ -45,6 +45,7 @@ from memmq.persist.files import Files, Outcome
 from memmq.persist.names import file_name
 from memmq.persist.record import encode_topic, line
 from memmq.persist.replay import read_lines, read_merged
+from memmq.stats import Persistence
 
 __all__ = ["Persister", "BATCH_BYTES", "MAX_PENDING_BYTES", "DEFAULT_FLUSH_INTERVAL"]
 
@@ -314,7 +315,30 @@ class Persister(Service):
         elif self._pending_bytes >= BATCH_BYTES:
             self._flush_soon()
 
+    def figures(self) -> Persistence:
+        """
+        What C{/stats} and C{/metrics} show of the writer.
+        """
+        return Persistence(
+            directory=self.directory,
+            sync=self.sync,
+            written=self.written,
+            written_bytes=self.written_bytes,
+            errors=self.errors,
+            syncs=self.syncs,
+            failing=tuple(self.failing.items()),
+        )
+
     # -- reading back -----------------------------------------------------
+
+    def settle(self, subject) -> Deferred[int]:
+        """
+        Take the seam now (L{seam}) and fire with it once everything
+        stamped up to it is written: where a replay of C{subject} (a topic
+        or a pattern: one writer stamps them all) ends.
+        """
+        last = self.seam()
+        return self.flushed().addCallback(lambda _: last)
 
     def read_pattern(self, pattern, since: int, last: int, reader) -> Deferred:
         """

@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from memmq.broker import Message, check_group, check_topic
-from memmq.errors import BadQuery, InvalidTopic, PersistError, PublishError
+from memmq.errors import BackplaneUnavailable, BadQuery, InvalidTopic, PersistError, PublishError
 from memmq.hops import HOPS_HEADER, BadHops, TooManyHops, check_hops
 from memmq.interfaces import IBroker, IReplaySource, ISubscriber
 from memmq.internals.autobahn_private import LenientKeyHandshake, send_close_frame, unmasked_binary_frame
@@ -82,7 +82,7 @@ def wants_mux(request) -> bool:
 # Errors of a request and their codes, as over HTTP (README, the error
 # table).
 _CODES = ((RequestError, None), (InvalidTopic, 400), (BadQuery, 400), (BadHops, 400), (TooManyHops, 508),
-          (PersistError, 507), (PublishError, 502))
+          (PersistError, 507), (PublishError, 502), (BackplaneUnavailable, 503))
 
 
 def _code_of(error_value: BaseException) -> int:

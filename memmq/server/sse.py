@@ -155,7 +155,7 @@ class EventStreamSubscriber(ResponseSubscriber):
             self._replay_over = True
             # An id alone dispatches no event but moves the browser's
             # Last-Event-ID past everything replayed.
-            self._request.write(b"id: %d\n\n" % self._replay.last)
+            self._request.write(b"id: %d\n\n" % self._replay.end)
 
     def _fail(self, reason: str) -> None:
         if not self._over:
@@ -202,3 +202,6 @@ class _ReplayEnd:
     def resume(self) -> None:
         self._ended()
         self._subscription.resume()
+
+    def forget(self, replayed) -> None:
+        self._subscription.forget(replayed)

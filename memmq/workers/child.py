@@ -208,6 +208,16 @@ class Worker:
         self.broker = kind(broker, mesh, self.index, self._reactor)
         return self.broker
 
+    def persist(self, persister):
+        """
+        The broker of this worker with C{--persist}, over L{wrap}'s, and
+        where its replays come from (L{memmq.workers.persist}).
+        """
+        from memmq.workers.persist import OwnedPersistingBroker
+
+        broker = OwnedPersistingBroker(self.broker, persister)
+        return broker, broker.replay
+
     def services(self, root) -> None:
         """
         Add what comes first in a worker's tree: the mesh.

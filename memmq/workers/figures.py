@@ -22,7 +22,7 @@ from zope.interface import implementer
 from memmq.backplane.broker import BackplaneBroker
 from memmq.backplane.mesh import MeshBackplane
 from memmq.interfaces import IBroker, IBrokerStats
-from memmq.stats import Delivery, GroupStats, Interest, PatternStats, Stats, TopicStats, Upstream, Worker
+from memmq.stats import Delivery, GroupStats, Interest, PatternStats, Persistence, Stats, TopicStats, Upstream, Worker
 
 __all__ = ["FiguresBroker", "WorkerBroker", "merge"]
 
@@ -43,12 +43,14 @@ def merge(parts: list[tuple[Stats, list[TopicStats]]]) -> tuple[Stats, list[Topi
     (its own totals with its own L{Worker} entry, its topics).
     """
     totals = None
+    persistence = None
     workers: list[Worker] = []
     topics: dict[str, TopicStats] = {}
     interests = [stats.interest for stats, _ in parts if stats.interest is not None]
     upstreams = [stats.upstream for stats, _ in parts if stats.upstream is not None]
     for stats, topic_stats in parts:
         workers.extend(stats.workers)
+        persistence = _add_persistence(persistence, stats.persistence)
         delivery = stats.delivery
         if delivery is not None:
             if totals is None:
@@ -65,12 +67,30 @@ def merge(parts: list[tuple[Stats, list[TopicStats]]]) -> tuple[Stats, list[Topi
         totals = replace(totals, topics=len(topics))
     return Stats(
         delivery=totals,
+        persistence=persistence,
         workers=tuple(sorted(workers, key=lambda w: w.index)),
         interest=_merge_interest(interests) if interests else None,
         upstream=Upstream(
             sum(u.topics for u in upstreams), upstreams[0].servers, sum(u.errors for u in upstreams),
         ) if upstreams else None,
     ), list(topics.values())
+
+
+def _add_persistence(total: Persistence | None, one: Persistence | None) -> Persistence | None:
+    """
+    The writers' figures added up (each worker writes the files of the
+    topics it owns, in the same directory).
+    """
+    if total is None or one is None:
+        return total or one
+    return replace(
+        total,
+        written=total.written + one.written,
+        written_bytes=total.written_bytes + one.written_bytes,
+        errors=total.errors + one.errors,
+        syncs=total.syncs + one.syncs,
+        failing=total.failing + one.failing,
+    )
 
 
 def _merge_interest(interests: list[Interest]) -> Interest:
@@ -106,11 +126,14 @@ class _WholeServer:
 
     @ivar site: the worker's site, for its count of connections (set once
         the front-end is built).
+    @ivar persister: the worker's persistence writer, for its figures
+        (C{--persist}; set by L{memmq.workers.persist}).
     """
 
     mesh: MeshBackplane
     index: int
     site = None
+    persister = None
     _others: dict[int, tuple[Stats, list[TopicStats]]]
 
     def _local_figures(self) -> tuple[Stats, list[TopicStats]]:
@@ -132,7 +155,8 @@ class _WholeServer:
             sent=self.mesh.sent,
             received=self.mesh.received,
         )
-        return replace(stats, workers=(worker,)), topic_stats
+        persistence = self.persister.figures() if self.persister is not None else None
+        return replace(stats, workers=(worker,), persistence=persistence), topic_stats
 
     def gather(self) -> Deferred[None]:
         """

@@ -39,8 +39,9 @@ _workers.coerceDoc = ""  # type: ignore[attr-defined]
 
 def check_workers(options) -> None:
     """
-    Several workers serve a server's HTTP/WebSocket front-end; what does
-    not yet work across processes is refused with one line.
+    Several workers serve a server's front-ends (and write its files, each
+    topic's by one worker: L{memmq.workers.persist}); what does not yet
+    work across processes is refused with one line.
     """
     if options["workers"] == 1:
         return
@@ -48,10 +49,6 @@ def check_workers(options) -> None:
         raise usage.UsageError("--workers is for the server, not for --client or -i")
     if options["persist"] and options["backplane"]:
         raise usage.UsageError("--workers does not go with --persist and --backplane together: run one node per core")
-    if options["persist"]:
-        raise usage.UsageError(
-            "--workers does not go with --persist yet: each topic's file must be written by one process"
-        )
 
 
 WORKERS = Group(
@@ -61,8 +58,9 @@ WORKERS = Group(
          "How many processes serve: a number, or auto for one per usable CPU. With more than 1, "
          "a parent process holds every listening socket and restarts workers that die; the "
          "workers share the sockets, the topics, patterns and queue groups, and any of them shows "
-         "the whole server's /metrics and /stats; with --proxy or --backplane, each worker is a "
-         "proxy or a node of its own [default: 1].", _workers],
+         "the whole server's /metrics and /stats; with --persist each topic's file is written by one "
+         "of them; with --proxy or --backplane, each worker is a proxy or a node of its own "
+         "[default: 1].", _workers],
     ],
     check=check_workers,
 )
