@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
 
 from twisted.internet import reactor
@@ -27,6 +28,26 @@ def need_redis() -> None:
         raise SkipTest("redis-server and redis-cli are needed (.ci/run installs Debian's redis-server)")
 
 
+# A cluster node also listens on its port + 10000 (the cluster bus).
+_BUS_OFFSET = 10000
+
+
+def _cluster_port() -> int:
+    """
+    A free port for a cluster node whose bus port is free and a port too.
+    """
+    for _ in range(100):
+        port = dead_port()
+        if port + _BUS_OFFSET <= 65535:
+            try:
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port + _BUS_OFFSET))
+                return port
+            except OSError:
+                pass
+    raise AssertionError("no free pair of ports for a Redis cluster node")
+
+
 class RedisServer(ProcessProtocol):
     """
     One redis-server child process; C{ready} fires once it accepts
@@ -42,7 +63,7 @@ class RedisServer(ProcessProtocol):
     def start(cls, testcase, directory: str, port: int | None = None, *extra: str, tls: bool = False) -> RedisServer:
         need_redis()
         server = cls()
-        server.port = port or dead_port()
+        server.port = port or (_cluster_port() if "--cluster-enabled" in extra else dead_port())
         server.directory = directory
         server.tls = tls
         address = ["--port", "0", "--tls-port", str(server.port)] if tls else ["--port", str(server.port)]
