@@ -68,6 +68,7 @@ def client_from_options(options, reactor) -> Client:
         resolve_interval=options["resolve_interval"],
         reactor=reactor,
         token=options.get("token"),
+        client_cert=options.get("client_cert"),
     )
 
 

@@ -185,6 +185,7 @@ CLIENT = Group(
 # upstream side.
 _CLIENT_SIDE = (
     "servers", "select", "resolver", "retries", "ca_file", "dns_server", "resolve_interval", "token_file",
+    "client_cert_file", "client_key_file",
 )
 
 #: The environment variable a client's token may come from, rather than a
@@ -248,13 +249,27 @@ def check_upstream(options) -> None:
                 raise refuse(e) from None
     options["server_list"] = servers
     options["token"] = _token(options)
-    if options["ca_file"] is not None:
+    options["client_cert"] = _client_cert(options)
+    if options["ca_file"] is not None or options["client_cert"] is not None:
         from memmq.tls import ClientTLS
 
         try:
-            ClientTLS(options["ca_file"])
+            ClientTLS(options["ca_file"], options["client_cert"])
         except MemmqError as e:
             raise refuse(e) from None
+
+
+def _client_cert(options) -> str | tuple[str, str] | None:
+    """
+    The client certificate to present, as the client library takes it: one
+    PEM file holding the certificate and its key, or the pair of files.
+    """
+    cert_file, key_file = options["client_cert_file"], options["client_key_file"]
+    if key_file is not None and cert_file is None:
+        raise usage.UsageError("--client_key_file goes with --client_cert_file")
+    if cert_file is None:
+        return None
+    return cert_file if key_file is None else (cert_file, key_file)
 
 
 UPSTREAM = Group(
@@ -279,6 +294,9 @@ UPSTREAM = Group(
         ["token_file", None, None, "Present the token (or JWT) on this file's first line to the servers, "
          f"for their access control [default: ${TOKEN_VARIABLE}, if set]. There is no --token: ps would "
          "show it."],
+        ["client_cert_file", None, None, "Present this TLS client certificate (PEM, with its key unless "
+         "--client_key_file) to the servers, for their access control (--client_ca_file)."],
+        ["client_key_file", None, None, "With --client_cert_file: the client certificate's key (PEM)."],
     ],
     check=check_upstream,
 )

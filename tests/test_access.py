@@ -43,6 +43,7 @@ from tests.support import (
     bounded,
     child_env,
     spawn,
+    spawn_memmq,
     until,
 )
 
@@ -670,6 +671,46 @@ class ClientCertificateTests(TestCase):
         self.assertNotIn("HTTP", str(error))
 
     @inlineCallbacks
+    def test_cli(self) -> None:
+        """
+        The command-line client presents --client_cert_file (one PEM, or the
+        certificate and --client_key_file apart): its user's rights apply,
+        and a certificate no user names is refused with the server's line.
+        """
+        base = self.credentials.base
+        with open(self.edge, "rb") as f:
+            pem = f.read()
+        split = pem.index(b"-----BEGIN PRIVATE KEY-----")
+        cert_only = _write_private(os.path.join(base, "edge.crt"), pem[:split])
+        key_only = _write_private(os.path.join(base, "edge.key"), pem[split:])
+        received: list[bytes] = []
+
+        class _Subscriber:
+            def deliver(self, message) -> None:
+                received.append(message.payload)
+
+        self.server.broker.subscribe("telemetry.edge-1", _Subscriber())
+
+        def cli(*certificate: str):
+            child = spawn_memmq(
+                self, "--client", "--topic=telemetry.edge-1", "--publish", "--retries=0",
+                f"--servers={self.server.http.url}", *certificate,
+            )
+            child.transport.write(b"from the command line\n")
+            child.transport.closeStdin()
+            return bounded(child.ended).addCallback(lambda status: (status, child.stderr))
+
+        for certificate in ([f"--client_cert_file={self.edge}"],
+                            [f"--client_cert_file={cert_only}", f"--client_key_file={key_only}"]):
+            status, stderr = yield cli(*certificate)
+            self.assertEqual(status, 0, stderr)
+        self.assertEqual(received, [b"from the command line"] * 2)
+        status, stderr = yield cli(f"--client_cert_file={self.stranger}")
+        self.assertEqual(status, 1)
+        self.assertIn(b"HTTP 401: no user in the auth file has the certificate name 'stranger.example.com'", stderr)
+        self.assertEqual(len(received), 2)
+
+    @inlineCallbacks
     def test_none(self) -> None:
         """
         A client with no certificate is served, as anonymous.
@@ -922,6 +963,21 @@ class OptionTests(SynchronousTestCase):
         self.assertEqual(self._parse("--client", "--topic=t", "--publish")["token"], "from-env")
         self.assertIn("cannot read", self._refused("--client", "--topic=t", "--publish", "--token_file=/nonexistent"))
         self.assertIn("goes with --client, -i or --proxy", self._refused(f"--token_file={path}"))
+
+    def test_client_certificate(self) -> None:
+        """
+        --client_cert_file is loaded at start: a key alone, a file that is
+        not there or holds no certificate are refused with one line.
+        """
+        base = self.credentials.base
+        path = _client_certificate(_ca("CA"), "edge", os.path.join(base, "edge.pem"))
+        client = ("--client", "--topic=t", "--publish")
+        self.assertEqual(self._parse(*client, f"--client_cert_file={path}")["client_cert"], path)
+        self.assertIn("--client_key_file goes with --client_cert_file",
+                      self._refused(*client, f"--client_key_file={path}"))
+        self.assertNotIn("\n", self._refused(*client, "--client_cert_file=/nonexistent"))
+        self.assertIn("/nonexistent", self._refused(*client, "--client_cert_file=/nonexistent"))
+        self.assertIn("goes with --client, -i or --proxy", self._refused(f"--client_cert_file={path}"))
 
     def test_auth_command(self) -> None:
         """

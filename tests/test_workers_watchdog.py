@@ -1,0 +1,89 @@
+"""
+systemd's watchdog over a server run with C{--workers} (README: Workers,
+systemd): the parent feeds it only while every worker beats, so a hung
+worker stops the feeding until the parent has killed and restarted it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import sys
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import TestCase
+
+from memmq.workers.parent import HANG_LIMIT
+from tests.support import CertificateFiles, ServerProcess, child_env, short_directory, sleep, spawn, until
+
+
+class _Notifications:
+    """
+    A notify socket, as systemd gives a service, and what arrived on it.
+    """
+
+    def __init__(self, testcase) -> None:
+        self.address = os.path.join(short_directory(testcase), "notify")
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        testcase.addCleanup(self._socket.close)
+        self._socket.bind(self.address)
+        self._socket.setblocking(False)
+        self.received: list[str] = []
+
+    def read(self) -> list[str]:
+        while True:
+            try:
+                self.received.append(self._socket.recv(4096).decode())
+            except BlockingIOError:
+                return self.received
+
+    def feeds(self) -> int:
+        return sum(1 for message in self.read() if message == "WATCHDOG=1")
+
+
+class WatchdogTests(TestCase):
+    timeout = 120
+
+    @inlineCallbacks
+    def test_hung_worker_stops_the_feeding(self):
+        """
+        With WATCHDOG_USEC set, WATCHDOG=1 comes while both workers beat;
+        none comes while one is stopped (SIGSTOP); the parent kills the
+        silent worker after its hang limit, restarts it, and the feeding
+        starts again.
+        """
+        notifications = _Notifications(self)
+        files = CertificateFiles(self)
+        process = ServerProcess()
+        env = dict(child_env(), NOTIFY_SOCKET=notifications.address, WATCHDOG_USEC="1000000")
+        spawn(self, process, [
+            sys.executable, "-m", "memmq", "--address=127.0.0.1:0", "--workers=2",
+            f"--cert_file={files.cert_file}", f"--key_file={files.key_file}",
+        ], env=env)
+        yield process.wait_listening()
+        yield until(lambda: b"memmq serving with 2 workers" in process.output)
+        pids = [int(p) for p in re.search(rb"\(pids (\d+) (\d+)\)", process.output).groups()]
+        yield until(lambda: notifications.feeds() >= 2)
+        self.assertTrue(any(m.startswith("READY=1") for m in notifications.received))
+
+        os.kill(pids[0], signal.SIGSTOP)
+        self.addCleanup(lambda: _continue(pids[0]))
+        # A beat may be two seconds late before the worker counts as silent.
+        yield sleep(2.5)
+        before = notifications.feeds()
+        yield sleep(2.0)
+        self.assertEqual(notifications.feeds(), before, "fed while a worker was stopped")
+
+        yield until(lambda: b"silent for" in process.output, HANG_LIMIT + 20)
+        yield until(lambda: b"worker 0 (pid %d) died" % pids[0] in process.output, 20)
+        yield until(lambda: notifications.feeds() > before, 30)
+        yield until(lambda: b"serving again" in process.output, 30)
+
+
+def _continue(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
