@@ -22,12 +22,15 @@ Scenarios (each row's variants; ``w1``/``w2`` are this checkout with
   grpc pub     mqbench-grpc pub -c 16 -b 64     w2, w1 (--transport=grpc)   w2/w1 >= 1.5
   grpc fanout  mqbench-grpc fanout -s 100 -m 5000 -b 64   w2, w1            w2/w1 >= 1.5
 
-A tool or server not given leaves its rows or columns out.
+A tool or server not given leaves its rows or columns out. The load
+generators read the CPU time of the process they are given: with
+``--workers 2`` that is the parent, which does no message work, so the
+server_cpu_s of those runs (in --json) is not the server's.
 
 Building what it runs:
 
   mqbench       the Go load generator for asim/mq-compatible brokers (README:
-                Benchmarks): apt-get install golang-go
+                Layout, the bench/ note): apt-get install golang-go
                 golang-github-gorilla-websocket-dev, then its ./build.sh.
   mqbench-grpc  its gRPC sibling: apt-get install golang-go golang-google-grpc-dev
                 golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev
