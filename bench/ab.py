@@ -105,7 +105,7 @@ def compare(args, variants: list[dict], scenarios: list[str], runs: int, out=Non
             for variant in order:
                 result = run_one(args, variant, scenario, bench, grpc)
                 if out:
-                    out.write(json.dumps({"variant": variant["name"], "scenario": scenario, **result}) + "\n")
+                    out.write(json.dumps({**result, "variant": variant["name"], "scenario": scenario}) + "\n")
                     out.flush()
                 label = (scenario, variant["name"])
                 if key in result:
