@@ -5,7 +5,9 @@ Workers): two mesh backplanes (memmq.backplane.mesh) in this process, joined
 by real Unix sockets in a temporary directory, one following a topic, the
 other publishing N messages to it; prints the CPU time (user + system, both
 sides and the kernel's socket work) per message, and the same for a topic
-nobody follows (what interest saves).
+nobody follows (what interest saves); then the same for a topic that a queue
+group with a member on each side reaches (each message routed to one of
+them: half cross), and for a topic a pattern on the other side matches.
 
     python3 bench/mesh_cost.py [-n 200000] [-b 64]
 
@@ -28,13 +30,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from twisted.internet import reactor  # noqa: E402
 
 from memmq.backplane.mesh import MeshBackplane  # noqa: E402
+from memmq.patterns import Pattern  # noqa: E402
 
 
 class _Count:
     def __init__(self) -> None:
         self.count = 0
 
-    def received(self, topic, payload, plain=True, groups=None) -> None:
+    def received(self, topic, payload, plain=True, groups=None, stamp=None) -> None:
         self.count += 1
 
 
@@ -94,9 +97,35 @@ def main() -> None:
             for _ in range(args.n):
                 a.publish("nobody", payload)
             results["nobody"] = (_cpu() - start2) / args.n
-            reactor.stop()
+            a.interest("g", True, "workers")
+            b.interest("g", True, "workers")
+            b.interest(Pattern("p.*"), True)
+            wait(lambda: a.remote_subjects() == 2, routed, time.monotonic() + 10)
 
         wait(lambda: counter.count >= args.n, done, time.monotonic() + 120)
+
+    def timed(topic, expected, name, then):
+        # As BackplaneBroker publishes: route, (local delivery), publish.
+        start = _cpu()
+        base = counter.count
+        sent = [0]
+
+        def burst():
+            for _ in range(min(1000, args.n - sent[0])):
+                a.publish(topic, payload, route=a.route(topic))
+            sent[0] += 1000
+            if sent[0] < args.n:
+                reactor.callLater(0, burst)
+
+        def done():
+            results[name] = (_cpu() - start) / args.n
+            then()
+
+        burst()
+        wait(lambda: counter.count - base >= expected, done, time.monotonic() + 120)
+
+    def routed():
+        timed("g", args.n // 2, "group", lambda: timed("p.x", args.n, "pattern", reactor.stop))
 
     wait(lambda: a._peers.get(1) == {"t"}, run, time.monotonic() + 10)
     reactor.run()
@@ -106,6 +135,9 @@ def main() -> None:
     if "followed" in results:
         print(f"cross-worker message ({args.b} B payload): {results['followed'] * 1e6:.2f} us CPU "
               f"(send + kernel + receive); to a topic nobody elsewhere follows: {results['nobody'] * 1e6:.2f} us")
+    if "pattern" in results:
+        print(f"with patterns and groups followed: a queue group's message (half cross) "
+              f"{results['group'] * 1e6:.2f} us; a pattern's {results['pattern'] * 1e6:.2f} us")
 
 
 if __name__ == "__main__":

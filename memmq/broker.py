@@ -11,7 +11,7 @@ never waits on anyone and memory stays bounded whatever the subscribers do.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
@@ -118,7 +118,7 @@ class Broker:
                 check_topic(topic)
             matches = matching.match(topic)
             if matches:
-                return self._publish_matched(topic, payload, entry, matches.recipients())
+                return self._publish_matched(topic, payload, entry, matches.recipients(), stamp)
             if entry is None:
                 self.published += 1
                 self.published_bytes += len(payload)
@@ -140,14 +140,14 @@ class Broker:
         return handed
 
     def _publish_matched(
-        self, topic: str, payload: bytes, entry: Topic | None, chosen: list[Subscription],
+        self, topic: str, payload: bytes, entry: Topic | None, chosen: list[Subscription], stamp: int | None = None,
     ) -> int:
         """
         Publish to a topic that patterns or queue groups reach: its exact
         subscribers, then every plain pattern subscriber, then one member of
         each group.
         """
-        message = Message(topic, payload)
+        message = Message(topic, payload, stamp)
         self.published += 1
         self.published_bytes += message.size
         recipients: list[Subscription] = list(entry.subscriptions) if entry is not None else []
@@ -168,33 +168,45 @@ class Broker:
                 subscription.subscriber.deliver(message)
         return len(recipients)
 
-    def publish_local(self, topic: str, payload: bytes, group: str | None = None) -> int:
+    def publish_local(
+        self, topic: str, payload: bytes, plain: bool = True, groups: Collection[str] | None = (),
+        stamp: int | None = None,
+    ) -> int:
         """
-        Publish to part of the subscribers only: with no C{group}, to those
-        outside groups; with one, to one member of that group alone.
+        Publish to part of the subscribers only: if C{plain}, to those
+        outside queue groups; and to one member of each queue group named in
+        C{groups} (L{None}: of every group the topic reaches, as
+        L{publish_now} does).
 
-        For a proxy, whose upstream servers send it a topic's messages once
-        for its subscribers outside groups and once more for each of its
-        groups.
+        For whoever decided elsewhere which groups get a message here: a
+        proxy, whose upstream servers send it a topic's messages once for
+        its subscribers outside groups and once more for each of its groups;
+        a worker, told by the worker that took the publish which of its
+        groups it was chosen for (README: Workers).
         """
+        matching = self._matching
+        if matching is None:
+            # No pattern or group here: the plain subscribers are all.
+            if plain:
+                return self.publish_now(topic, payload, stamp)
+            check_topic(topic)
+            self.published += 1
+            self.published_bytes += len(payload)
+            return 0
         check_topic(topic)
-        entry = self._topics.get(topic) if group is None else None
-        matches = self._matching.match(topic) if self._matching is not None else None
-        chosen: list[Subscription] = []
-        if matches:
-            if group is None:
-                chosen = list(matches.plain)
-            else:
-                for queue, members in matches.groups:
-                    if queue.name == group:
-                        member = queue.choose(members)
-                        if member is not None:
-                            chosen.append(member)
+        entry = self._topics.get(topic) if plain else None
+        matches = matching.match(topic)
+        chosen: list[Subscription] = list(matches.plain) if plain else []
+        for queue, members in matches.groups:
+            if groups is None or queue.name in groups:
+                member = queue.choose(members)
+                if member is not None:
+                    chosen.append(member)
         if entry is None and not chosen:
             self.published += 1
             self.published_bytes += len(payload)
             return 0
-        return self._publish_matched(topic, payload, entry, chosen)
+        return self._publish_matched(topic, payload, entry, chosen, stamp)
 
     def subscribe(self, topic: str, subscriber: ISubscriber, group: str | None = None) -> Subscription:
         if group is not None:

@@ -28,7 +28,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from memmq.internals.twisted_private import EagerWrites, port_from_descriptor
-from memmq.server.limits import GuardedTLSProtocol
+from memmq.server.plain_http import GuardedTLSProtocol
 
 __all__ = ["EagerTLSServerEndpoint", "ImmediateTLSFactory", "adopt_eager_tls", "make_eager"]
 

@@ -77,7 +77,8 @@ class _Relay:
             if not proxy.local.matches_patterns:
                 proxy.local.publish_now(message.topic, message.payload)
                 return
-        proxy.local.publish_local(message.topic, message.payload, self._group)
+        group = self._group
+        proxy.local.publish_local(message.topic, message.payload, group is None, () if group is None else (group,))
 
 
 @implementer(IBroker, IBrokerStats)

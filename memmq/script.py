@@ -28,11 +28,11 @@ from memmq.errors import MemmqError
 from memmq.internals.twisted_private import clear_exit_signal
 from memmq.logs import observer, say
 from memmq.options import MemmqOptions
-from memmq.server.limits import raise_nofile_limit
+from memmq.server.system_limits import raise_nofile_limit
 
 _log = Logger()
 
-__all__ = ["Options", "TwistdOptions", "ProcessRoot", "main"]
+__all__ = ["Options", "TwistdOptions", "ProcessRoot", "main", "serve"]
 
 
 def _exit(message: str) -> SystemExit:
@@ -171,9 +171,19 @@ def main(argv: list[str] | None = None) -> int:
         from memmq.prompt import run
 
         return run(options, reactor)
+    return serve(options, reactor)
+
+
+def serve(options: MemmqOptions, reactor, worker=None) -> int:
+    """
+    Build the service tree of C{options} under a L{ProcessRoot}, start
+    it, and run the reactor until it stops (the tree stopped first); the
+    exit status.  The one start of a server process: the C{memmq} command's
+    and, with its C{worker}, each C{--workers} worker's.
+    """
     from memmq.tap import makeService
 
-    service = makeService(options, reactor, root=ProcessRoot)
+    service = makeService(options, reactor, root=ProcessRoot, worker=worker)
     service.privilegedStartService()
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)

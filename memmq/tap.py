@@ -109,10 +109,9 @@ def makeService(options, reactor=None, root=ProcessRoot, worker=None) -> MultiSe
         max_buffered_bytes=options["max_buffered_bytes"],
         on_drop=drop_reporter(reactor),
     )
+    proxy = None
     if options["proxy"]:
-        broker = ProxyBroker(client_from_options(options, reactor), broker, reactor)
-    if worker is not None:
-        broker = worker.wrap(broker)
+        broker = proxy = ProxyBroker(client_from_options(options, reactor), broker, reactor)
     backplane = None
     if options["backplane_target"] is not None:
         # Inside persistence: each node persists what is published through
@@ -120,6 +119,10 @@ def makeService(options, reactor=None, root=ProcessRoot, worker=None) -> MultiSe
         backplane = RedisBackplane(options["backplane_target"], reactor, options["backplane_optional"])
         broker = BackplaneBroker(broker, backplane)
         backplane_service = BackplaneService(broker)
+    if worker is not None:
+        # A worker that is a proxy or a Redis node of its own keeps its
+        # messages off the mesh (README: Workers).
+        broker = worker.wrap(broker, messages=proxy is None and backplane is None)
     persister = None
     if options["persist"]:
         persister = Persister(
@@ -144,11 +147,11 @@ def makeService(options, reactor=None, root=ProcessRoot, worker=None) -> MultiSe
     if options["proxy"]:
         # Started first, so stopped last: upstream connections close once
         # the front-end has said goodbye to its own subscribers.
-        UpstreamService(broker, reactor).setServiceParent(root)
+        UpstreamService(proxy, reactor).setServiceParent(root)
     proxy_role = role(options) if options["proxy"] else ""
     site = MemmqSite(
         broker, max_message_size=options["max_message_size"], access_log=options["access_log"], clock=reactor,
-        replay=persister, upstreams=broker.upstream_health if options["proxy"] else None, access=access,
+        replay=persister, upstreams=proxy.upstream_health if proxy is not None else None, access=access,
         # Any origin unless the access-control options say otherwise.
         allowed_origins=options.get("origin_list") or None,
         trusted_proxies=options.get("trusted_proxy_list") or NO_PROXIES,

@@ -28,6 +28,7 @@ from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.testing import StringTransport
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.logger import globalLogPublisher
 from twisted.names import dns, error
 from twisted.names.common import ResolverBase
 from twisted.trial.unittest import SkipTest
@@ -35,9 +36,9 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from memmq.broker import Broker
+from memmq.broker import Broker, Message
 from memmq.errors import MemmqError
-from memmq.interfaces import IBroker
+from memmq.interfaces import IBroker, ISubscriber
 from memmq.server.listen import parse_address
 from memmq.server.service import HTTPService
 from memmq.server.web import MemmqSite
@@ -572,6 +573,57 @@ def curl_publish(port: int, message: str = "a completely arbitrary message", top
     ))
 
 
+def new_client(testcase, servers, **kwargs):
+    """
+    A client of C{servers} (the library's C{client.new}, on the reactor),
+    closed when C{testcase} ends.
+    """
+    from memmq import client
+
+    c = client.new(servers=servers, reactor=reactor, **kwargs)
+    testcase.addCleanup(c.close)
+    return c
+
+
+@implementer(ISubscriber)
+class Recorder:
+    """
+    A subscriber that keeps the messages delivered to it, in order.
+    """
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    def deliver(self, message: Message) -> None:
+        self.messages.append(message)
+
+    @property
+    def payloads(self) -> list[bytes]:
+        return [m.payload for m in self.messages]
+
+
+def write_file(path: str, data: str | bytes, mode: int = 0o600) -> str:
+    """
+    Write C{data} (text as UTF-8) to C{path} with C{mode}: by default its
+    owner's alone, as memmq asks of a file that holds secrets.  Returns
+    C{path}.
+    """
+    with open(path, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+    os.chmod(path, mode)
+    return path
+
+
+def logged_events(testcase) -> list[dict]:
+    """
+    Every log event from now to the end of C{testcase}, as it comes.
+    """
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    testcase.addCleanup(globalLogPublisher.removeObserver, events.append)
+    return events
+
+
 def exchange(site: MemmqSite, raw: bytes) -> tuple[bytes, StringTransport]:
     """
     Feed C{raw} to a fresh channel of C{site}; return what it answered.
@@ -641,13 +693,16 @@ class Zone(ResolverBase):
         return succeed((answers, [], []))
 
 
-class _RawHTTP(Protocol):
+class RawHTTP(Protocol):
     """
-    Sends one request and keeps the answer until the server closes.
+    Sends one request and keeps the answer: until the connection closes,
+    or, with C{head_only}, until the end of its head (a stream, a
+    handshake), then hangs up.  C{done} fires with the bytes received.
     """
 
-    def __init__(self, request: bytes) -> None:
+    def __init__(self, request: bytes, head_only: bool = False) -> None:
         self.request = request
+        self.head_only = head_only
         self.received = b""
         self.done: Deferred = Deferred()
 
@@ -656,9 +711,13 @@ class _RawHTTP(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data
+        if self.head_only and b"\r\n\r\n" in self.received and not self.done.called:
+            self.done.callback(self.received)
+            self.transport.abortConnection()
 
     def connectionLost(self, reason) -> None:
-        self.done.callback(self.received)
+        if not self.done.called:
+            self.done.callback(self.received)
 
 
 def raw_publish(client: TLSClient, endpoint, host: str, topic: bytes, payload: bytes) -> Deferred:
@@ -670,7 +729,7 @@ def raw_publish(client: TLSClient, endpoint, host: str, topic: bytes, payload: b
         b"POST /pub?topic=%s HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
         % (topic, len(payload))
     ) + payload
-    proto = _RawHTTP(request)
+    proto = RawHTTP(request)
     connecting = endpoints.wrapClientTLS(client.tls_options(host), endpoint).connect(
         Factory.forProtocol(lambda: proto)
     )
@@ -697,10 +756,14 @@ def raw_tls(port: int, timeout: float = WAIT, context=None):
         raise
 
 
-def read_until_closed(sock, seconds: float, limit: int = 1 << 20) -> tuple[bytes, bool]:
+def read_until_closed(
+    sock, seconds: float, limit: int = 1 << 20, quiet: float | None = None
+) -> tuple[bytes, bool]:
     """
     Read from a blocking socket until the peer closes it, C{seconds} pass,
-    or C{limit} bytes came; return what came and whether it was closed.
+    C{limit} bytes came, or (with C{quiet}) nothing more comes for C{quiet}
+    seconds after something did; return what came and whether it was
+    closed.
     """
     import time
 
@@ -708,6 +771,8 @@ def read_until_closed(sock, seconds: float, limit: int = 1 << 20) -> tuple[bytes
     data = b""
     while len(data) < limit:
         left = deadline - time.monotonic()
+        if data and quiet is not None:
+            left = min(left, quiet)
         if left <= 0:
             return data, False
         sock.settimeout(left)

@@ -1,8 +1,8 @@
 """
-Tests for access control at the front-ends (memmq.server.access; README:
-Access control): real servers on loopback ports with real TLS, every path
-asked with every kind of credential, and the exact status, close code or
-gRPC status each gets.
+Tests for access control at the front-ends (memmq.server.access and
+memmq.server.credentials; README: Access control): real servers on
+loopback ports with real TLS, every path asked with every kind of
+credential, and the exact status, close code or gRPC status each gets.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.internet import endpoints, reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -30,7 +30,8 @@ from memmq.broker import Broker
 from memmq.client import Client
 from memmq.client.rpc import GRPCClient
 from memmq.errors import SubscribeError
-from memmq.server.access import Access, bearer_token, redact_tokens, select_subprotocol, subprotocol_token
+from memmq.server.access import Access
+from memmq.server.credentials import bearer_token, redact_tokens, select_subprotocol, subprotocol_token
 from memmq.server.listen import parse_address
 from memmq.server.rpc import GRPCService
 from memmq.tls import ServerCertificate, self_signed_certificate
@@ -38,6 +39,8 @@ from tests.grpc_support import RawClient
 from tests.support import (
     WAIT,
     Child,
+    RawHTTP,
+    Recorder,
     RunningServer,
     ServerProcess,
     bounded,
@@ -45,18 +48,12 @@ from tests.support import (
     spawn,
     spawn_memmq,
     until,
+    write_file,
 )
 
 SECRET = b"s" * 40
 OTHER_SECRET = b"o" * 40
 _HEADERS_END = b"\r\n\r\n"
-
-
-def _write_private(path: str, data: bytes, mode: int = 0o600) -> str:
-    with open(path, "wb") as f:
-        f.write(data)
-    os.chmod(path, mode)
-    return path
 
 
 def _jwt(claims: dict, secret: bytes = SECRET) -> str:
@@ -80,7 +77,7 @@ class Credentials:
         self.revoked = new_token()
         self.auth_file = os.path.join(base, "auth.toml")
         self.write_auth_file()
-        self.jwt_key = _write_private(os.path.join(base, "jwt.secret"), SECRET)
+        self.jwt_key = write_file(os.path.join(base, "jwt.secret"), SECRET)
         now = int(time.time())
         self.browser = _jwt({"sub": "browser-1", "exp": now + 600, "memmq": {"sub": ["chat.*"]}})
         self.expired = _jwt({"sub": "browser-2", "exp": now - 60, "memmq": {"sub": ["chat.*"]}})
@@ -124,37 +121,10 @@ class Credentials:
         return text.replace("\n            ", "\n")
 
     def write_auth_file(self, text: str | None = None, mode: int = 0o600) -> None:
-        _write_private(self.auth_file, (self.auth_text() if text is None else text).encode(), mode)
+        write_file(self.auth_file, (self.auth_text() if text is None else text).encode(), mode)
 
     def authority(self):
         return make_authority(auth_file=self.auth_file, jwt_key=self.jwt_key, jwt_leeway=self.leeway)
-
-
-class _Raw(Protocol):
-    """
-    Sends one request and keeps the answer: until the connection closes,
-    or, with C{head_only}, until the end of its head (a stream, a
-    handshake), then hangs up.
-    """
-
-    def __init__(self, request: bytes, head_only: bool) -> None:
-        self.request = request
-        self.head_only = head_only
-        self.data = b""
-        self.done: Deferred = Deferred()
-
-    def connectionMade(self) -> None:
-        self.transport.write(self.request)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-        if self.head_only and _HEADERS_END in self.data and not self.done.called:
-            self.done.callback(self.data)
-            self.transport.abortConnection()
-
-    def connectionLost(self, reason) -> None:
-        if not self.done.called:
-            self.done.callback(self.data)
 
 
 class Answer:
@@ -194,7 +164,7 @@ def ask(server: RunningServer, method: str, target: str, token: str | None = Non
     request = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + body
     if head_only is None:
         head_only = upgrade or (method == "GET" and target.startswith("/sub"))
-    protocol = _Raw(request, head_only)
+    protocol = RawHTTP(request, head_only)
     endpoint = endpoints.wrapClientTLS(
         server.client.tls_options(), endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", server.port, timeout=int(WAIT))
     )
@@ -625,7 +595,7 @@ def _client_certificate(ca, name: str, path: str) -> str:
     pem = certificate.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    return _write_private(path, pem)
+    return write_file(path, pem)
 
 
 class ClientCertificateTests(TestCase):
@@ -681,15 +651,10 @@ class ClientCertificateTests(TestCase):
         with open(self.edge, "rb") as f:
             pem = f.read()
         split = pem.index(b"-----BEGIN PRIVATE KEY-----")
-        cert_only = _write_private(os.path.join(base, "edge.crt"), pem[:split])
-        key_only = _write_private(os.path.join(base, "edge.key"), pem[split:])
-        received: list[bytes] = []
-
-        class _Subscriber:
-            def deliver(self, message) -> None:
-                received.append(message.payload)
-
-        self.server.broker.subscribe("telemetry.edge-1", _Subscriber())
+        cert_only = write_file(os.path.join(base, "edge.crt"), pem[:split])
+        key_only = write_file(os.path.join(base, "edge.key"), pem[split:])
+        received = Recorder()
+        self.server.broker.subscribe("telemetry.edge-1", received)
 
         def cli(*certificate: str):
             child = spawn_memmq(
@@ -704,11 +669,11 @@ class ClientCertificateTests(TestCase):
                             [f"--client_cert_file={cert_only}", f"--client_key_file={key_only}"]):
             status, stderr = yield cli(*certificate)
             self.assertEqual(status, 0, stderr)
-        self.assertEqual(received, [b"from the command line"] * 2)
+        self.assertEqual(received.payloads, [b"from the command line"] * 2)
         status, stderr = yield cli(f"--client_cert_file={self.stranger}")
         self.assertEqual(status, 1)
         self.assertIn(b"HTTP 401: no user in the auth file has the certificate name 'stranger.example.com'", stderr)
-        self.assertEqual(len(received), 2)
+        self.assertEqual(len(received.messages), 2)
 
     @inlineCallbacks
     def test_none(self) -> None:
@@ -844,9 +809,9 @@ class ProcessTests(TestCase):
         c = self.credentials
         upstream = self._server(f"--auth_file={c.auth_file}")
         upstream_port = yield upstream.wait_listening()
-        token_file = _write_private(os.path.join(c.base, "proxy.token"), f"{c.publisher}\n".encode())
+        token_file = write_file(os.path.join(c.base, "proxy.token"), f"{c.publisher}\n".encode())
         proxy_token = new_token()
-        proxy_auth = _write_private(os.path.join(c.base, "proxy.toml"), (
+        proxy_auth = write_file(os.path.join(c.base, "proxy.toml"), (
             f'[[user]]\nname = "app"\ntoken = "{hash_token(proxy_token)}"\npublish = ["orders.>"]\n'
         ).encode())
         proxy = self._server(
@@ -956,7 +921,7 @@ class OptionTests(SynchronousTestCase):
         --token_file's first line, else $MEMMQ_TOKEN; a missing file is
         refused.
         """
-        path = _write_private(os.path.join(self.credentials.base, "t"), b"Bearer abc\nignored\n")
+        path = write_file(os.path.join(self.credentials.base, "t"), b"Bearer abc\nignored\n")
         options = self._parse("--client", "--topic=t", "--publish", f"--token_file={path}")
         self.assertEqual(options["token"], "abc")
         self.patch(os, "environ", dict(os.environ, MEMMQ_TOKEN="from-env"))

@@ -12,7 +12,6 @@ import time
 
 import jwt
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -28,6 +27,7 @@ from memmq.auth import (
 )
 from memmq.auth.decisions import DecisionCache
 from memmq.patterns import parse_pattern
+from tests.support import logged_events, write_file
 
 PUBLISHER = "publisher-token-0123456789abcdef"
 READER = "reader-token-0123456789abcdef"
@@ -58,17 +58,6 @@ publish = ["telemetry.edge-1"]
 """
 
 
-def write(testcase: SynchronousTestCase, data: str | bytes, path: str | None = None) -> str:
-    """
-    Write C{data} to C{path} (a new file by default), private; return the path.
-    """
-    path = testcase.mktemp() if path is None else path
-    with open(path, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-    os.chmod(path, 0o600)
-    return path
-
-
 def browser_token(exp: float | None = None, **memmq) -> str:
     """
     A JWT for a browser user, by default allowed to subscribe to chat.*.
@@ -90,8 +79,8 @@ class MatrixTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(time.time())
-        self.auth_file = write(self, RULES)
-        self.jwt_key = write(self, SECRET)
+        self.auth_file = write_file(self.mktemp(), RULES)
+        self.jwt_key = write_file(self.mktemp(), SECRET)
         self.authority = Authority(auth_file=self.auth_file, jwt_key=self.jwt_key, now=self.clock.seconds)
 
     def refusal(self, kind: type, call, *args) -> str:
@@ -277,7 +266,7 @@ class MatrixTests(SynchronousTestCase):
         """
         [anonymous] gives clients without credentials what it lists.
         """
-        write(self, RULES + '[anonymous]\nsubscribe = ["public.>"]\n', self.auth_file)
+        write_file(self.auth_file, RULES + '[anonymous]\nsubscribe = ["public.>"]\n')
         self.authority.reload()
         self.authority.check_subscribe(None, "public.news")
         self.assertFalse(self.authority.may_publish(None, "public.news"))
@@ -295,7 +284,7 @@ class MatrixTests(SynchronousTestCase):
 
 class ReloadTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.path = write(self, RULES)
+        self.path = write_file(self.mktemp(), RULES)
         self.authority = Authority(auth_file=self.path)
 
     def test_revoked_token(self) -> None:
@@ -305,7 +294,7 @@ class ReloadTests(SynchronousTestCase):
         """
         before = self.authority.identify_token(READER)
         without_reader = re.sub(r'\[\[user\]\]\nname = "reader".*?\n\n', "", RULES, flags=re.S)
-        write(self, without_reader, self.path)
+        write_file(self.path, without_reader)
         line = self.authority.reload()
         self.assertTrue(line.startswith("access control reloaded: auth file "), line)
         self.assertRaises(Unauthenticated, self.authority.identify_token, READER)
@@ -317,7 +306,7 @@ class ReloadTests(SynchronousTestCase):
         A reload from a file with an error keeps the previous rules and
         says so in one line, with the file and line.
         """
-        write(self, RULES + "[[user]\n", self.path)
+        write_file(self.path, RULES + "[[user]\n")
         line = self.authority.reload()
         self.assertEqual(
             line,
@@ -333,10 +322,8 @@ class ReloadTests(SynchronousTestCase):
         """
         The line a reload returns is logged: a warning when it failed.
         """
-        events: list[dict] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        write(self, "nonsense\n", self.path)
+        events = logged_events(self)
+        write_file(self.path, "nonsense\n")
         line = self.authority.reload()
         self.assertEqual([(e["log_level"].name, e["line"]) for e in events if "line" in e], [("warn", line)])
 
@@ -346,7 +333,7 @@ class ReloadTests(SynchronousTestCase):
         refused, then allowed by a new [anonymous] table.
         """
         self.assertFalse(self.authority.may_subscribe(None, "public.news"))
-        write(self, RULES + '[anonymous]\nsubscribe = ["public.>"]\n', self.path)
+        write_file(self.path, RULES + '[anonymous]\nsubscribe = ["public.>"]\n')
         self.authority.reload()
         self.assertTrue(self.authority.may_subscribe(None, "public.news"))
 

@@ -5,14 +5,13 @@ person writes it, and what is refused, each in one line.
 
 from __future__ import annotations
 
-import os
-
 from twisted.trial.unittest import SynchronousTestCase
 
 from memmq.auth.authfile import load_auth_file, parse_auth_file
 from memmq.auth.errors import AuthConfigError
 from memmq.auth.tokens import MIN_TOKEN_LENGTH, find_token, hash_token, new_token, parse_token_hash
 from memmq.patterns import parse_pattern
+from tests.support import write_file
 
 TOKEN = "pub-token-0123456789abcdef"
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
@@ -37,17 +36,6 @@ subscribe = ["telemetry.*"]
 [anonymous]
 subscribe = ["public.>"]
 """
-
-
-def write(testcase: SynchronousTestCase, text: str, mode: int = 0o600) -> str:
-    """
-    Write C{text} to a new file with C{mode}; return its path.
-    """
-    path = testcase.mktemp()
-    with open(path, "w") as f:
-        f.write(text)
-    os.chmod(path, mode)
-    return path
 
 
 class TokensTests(SynchronousTestCase):
@@ -96,7 +84,7 @@ class LoadTests(SynchronousTestCase):
         The example loads: users by token (a list of hashes too) and by
         certificate name, and anonymous's permissions.
         """
-        rules = load_auth_file(write(self, EXAMPLE))
+        rules = load_auth_file(write_file(self.mktemp(), EXAMPLE))
         self.assertEqual([u.name for u in rules.users], ["orders-service", "prometheus", "edge-1"])
         publisher = rules.identify_token(TOKEN)
         self.assertEqual((publisher.name, publisher.source), ("orders-service", "token"))
@@ -126,13 +114,13 @@ class LoadTests(SynchronousTestCase):
         refuses such a key, with the mode and the fix in one line.
         """
         for mode in (0o644, 0o640, 0o604, 0o620):
-            path = write(self, EXAMPLE, mode)
+            path = write_file(self.mktemp(), EXAMPLE, mode)
             with self.assertRaises(AuthConfigError) as raised:
                 load_auth_file(path)
             message = str(raised.exception)
             self.assertEqual(message, f"{path}: auth file is accessible by group or others "
                                       f"(mode {mode:04o}); run chmod 600 {path}")
-        load_auth_file(write(self, EXAMPLE, 0o400))
+        load_auth_file(write_file(self.mktemp(), EXAMPLE, 0o400))
 
     def test_missing(self) -> None:
         """

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import time
 
 import jwt
@@ -18,19 +17,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from memmq.auth.errors import AuthConfigError, Unauthenticated
 from memmq.auth.webtokens import JwtVerifier, load_jwt_key, looks_like_jwt
 from memmq.patterns import parse_pattern
+from tests.support import write_file
 
 SECRET = b"an HS256 secret of at least 32 bytes, random in real life"
-
-
-def write(testcase: SynchronousTestCase, data: bytes, mode: int = 0o600) -> str:
-    """
-    Write C{data} to a new file with C{mode}; return its path.
-    """
-    path = testcase.mktemp()
-    with open(path, "wb") as f:
-        f.write(data)
-    os.chmod(path, mode)
-    return path
 
 
 def claims(**extra) -> dict:
@@ -54,7 +43,7 @@ class KeyFileTests(SynchronousTestCase):
         """
         A file that is not PEM is an HS256 secret, its final newline dropped.
         """
-        key = load_jwt_key(write(self, SECRET + b"\n"))
+        key = load_jwt_key(write_file(self.mktemp(), SECRET + b"\n"))
         self.assertEqual((key.algorithm, key.key), ("HS256", SECRET))
 
     def test_public_keys(self) -> None:
@@ -63,11 +52,11 @@ class KeyFileTests(SynchronousTestCase):
         P-384 for ES384.
         """
         rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self.assertEqual(load_jwt_key(write(self, public_pem(rsa_key), 0o644)).algorithm, "RS256")
+        self.assertEqual(load_jwt_key(write_file(self.mktemp(), public_pem(rsa_key), 0o644)).algorithm, "RS256")
         p256 = ec.generate_private_key(ec.SECP256R1())
-        self.assertEqual(load_jwt_key(write(self, public_pem(p256), 0o644)).algorithm, "ES256")
+        self.assertEqual(load_jwt_key(write_file(self.mktemp(), public_pem(p256), 0o644)).algorithm, "ES256")
         p384 = ec.generate_private_key(ec.SECP384R1())
-        self.assertEqual(load_jwt_key(write(self, public_pem(p384), 0o644)).algorithm, "ES384")
+        self.assertEqual(load_jwt_key(write_file(self.mktemp(), public_pem(p384), 0o644)).algorithm, "ES384")
 
     def assertRefused(self, path: str, expected: str) -> None:
         with self.assertRaises(AuthConfigError) as raised:
@@ -82,7 +71,7 @@ class KeyFileTests(SynchronousTestCase):
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
         self.assertRefused(
-            write(self, private),
+            write_file(self.mktemp(), private),
             "holds a private key; give memmq the public key (the private key stays with whoever mints the tokens)",
         )
 
@@ -91,11 +80,11 @@ class KeyFileTests(SynchronousTestCase):
         A key of another kind, or PEM that is no key, is refused.
         """
         self.assertRefused(
-            write(self, public_pem(ed25519.Ed25519PrivateKey.generate())),
+            write_file(self.mktemp(), public_pem(ed25519.Ed25519PrivateKey.generate())),
             "a JWT key is an RSA key or an EC key on P-256, P-384 or P-521",
         )
         self.assertRefused(
-            write(self, b"-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----\n"),
+            write_file(self.mktemp(), b"-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----\n"),
             "not a PEM public key memmq can read",
         )
 
@@ -104,10 +93,10 @@ class KeyFileTests(SynchronousTestCase):
         A secret under 32 bytes, or one its group or others may read, is refused.
         """
         self.assertRefused(
-            write(self, b"short\n"),
+            write_file(self.mktemp(), b"short\n"),
             "an HS256 secret must be at least 32 bytes (it is 5); or give a PEM public key for RS256/ES256",
         )
-        path = write(self, SECRET, 0o640)
+        path = write_file(self.mktemp(), SECRET, 0o640)
         self.assertRefused(path, f"JWT secret is accessible by group or others (mode 0640); run chmod 600 {path}")
 
 
@@ -118,7 +107,7 @@ class VerifyTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.verifier = JwtVerifier(load_jwt_key(write(self, SECRET)), leeway=5)
+        self.verifier = JwtVerifier(load_jwt_key(write_file(self.mktemp(), SECRET)), leeway=5)
 
     def assertRefused(self, token: str, expected: str) -> None:
         with self.assertRaises(Unauthenticated) as raised:
@@ -194,7 +183,7 @@ class VerifyTests(SynchronousTestCase):
         """
         private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         pem = public_pem(private)
-        verifier = JwtVerifier(load_jwt_key(write(self, pem, 0o644)))
+        verifier = JwtVerifier(load_jwt_key(write_file(self.mktemp(), pem, 0o644)))
         self.assertEqual(verifier.identify(jwt.encode(claims(), private, "RS256")).name, "browser-7f3a")
         header = jwt.utils.base64url_encode(b'{"alg":"HS256","typ":"JWT"}')
         payload = jwt.utils.base64url_encode(b'{"sub":"x","exp":%d}' % (time.time() + 60))
@@ -209,7 +198,7 @@ class VerifyTests(SynchronousTestCase):
         An ES256 key verifies ES256 tokens and refuses those of another key.
         """
         private = ec.generate_private_key(ec.SECP256R1())
-        verifier = JwtVerifier(load_jwt_key(write(self, public_pem(private), 0o644)))
+        verifier = JwtVerifier(load_jwt_key(write_file(self.mktemp(), public_pem(private), 0o644)))
         self.assertEqual(verifier.identify(jwt.encode(claims(), private, "ES256")).name, "browser-7f3a")
         other = ec.generate_private_key(ec.SECP256R1())
         with self.assertRaises(Unauthenticated) as raised:

@@ -5,6 +5,7 @@ joined by the in-memory backplane (memmq.backplane.memory).
 
 from __future__ import annotations
 
+from twisted.internet.defer import succeed
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -12,9 +13,11 @@ from zope.interface.verify import verifyObject
 from memmq.backplane.broker import BackplaneBroker
 from memmq.backplane.interface import IBackplane, IBackplaneReceiver
 from memmq.backplane.memory import MemoryHub
+from memmq.backplane.mesh import Route
 from memmq.broker import Broker, Message
 from memmq.errors import BackplaneUnavailable, InvalidTopic
 from memmq.interfaces import IBroker, IBrokerStats, ISubscriber
+from memmq.patterns import parse_pattern
 
 
 @implementer(ISubscriber)
@@ -194,3 +197,89 @@ class StatsTests(SynchronousTestCase):
         b.subscribe("t", _Recorder())
         self.successResultOf(b.publish("t", b"2"))
         self.assertEqual([t.published for t in b.topic_stats()], [1])
+
+
+@implementer(IBackplane)
+class _Routing:
+    """
+    A backplane that routes as the workers' mesh does: it says which local
+    queue groups get each message (C{routes}, in turn) and records what it
+    is handed.
+    """
+
+    healthy = True
+
+    def __init__(self, *routes) -> None:
+        self.routes = list(routes)
+        self.published: list[tuple[str, bytes, int | None, object]] = []
+
+    def start(self, receiver):
+        return succeed(None)
+
+    def stop(self):
+        return succeed(None)
+
+    def interest(self, subject, on, group=None) -> None:
+        pass
+
+    def route(self, topic):
+        return self.routes.pop(0)
+
+    def publish(self, topic, payload, hops=0, stamp=None, route=None):
+        self.published.append((topic, payload, stamp, route))
+        return succeed(None)
+
+
+class RouteTests(SynchronousTestCase):
+    """
+    Queue groups chosen elsewhere: a process gives a message to the local
+    groups its backplane's route names, and a received message to the
+    groups it was chosen for.
+    """
+
+    def setUp(self) -> None:
+        self.plain, self.g, self.h = _Recorder(), _Recorder(), _Recorder()
+
+    def _broker(self, backplane) -> BackplaneBroker:
+        broker = BackplaneBroker(Broker(), backplane)
+        broker.subscribe("j", self.plain)
+        broker.subscribe("j", self.g, "g")
+        broker.subscribe_pattern(parse_pattern("j.>"), self.h, "h")
+        broker.subscribe("j.x", self.h, "h")
+        return broker
+
+    def test_published_here(self) -> None:
+        """
+        The route's local groups alone get a message published here, and
+        the route goes with the message to the backplane, stamp and all.
+        """
+        routes = [Route(("g",), set(), {}), Route((), {1}, {1: ["g"]}), None]
+        backplane = _Routing(*routes)
+        broker = self._broker(backplane)
+        self.successResultOf(broker.publish("j", b"1"))
+        self.assertEqual(broker.publish_now("j", b"2", 7), 1)
+        self.assertEqual(broker.publish_now("j", b"3"), 2)
+        self.assertEqual((self.plain.payloads, self.g.payloads), ([b"1", b"2", b"3"], [b"1", b"3"]))
+        self.assertEqual(
+            backplane.published,
+            [("j", b"1", None, routes[0]), ("j", b"2", 7, routes[1]), ("j", b"3", None, None)],
+        )
+
+    def test_received(self) -> None:
+        """
+        A received message goes to the plain subscribers if it says so, to
+        one member of each group it names, and (no names: from a backplane
+        between nodes) to every local group.
+        """
+        broker = self._broker(_Routing())
+        star = _Recorder()
+        broker.subscribe_pattern(parse_pattern("j.*"), star)
+        broker.received("j.x", b"1", False, ("h",), 5)
+        broker.received("j.x", b"2", True, ())
+        broker.received("j.x", b"3", True, None)
+        broker.received("j", b"4", False, ("g", "h"))
+        broker.received("j", b"5", True, ())
+        self.assertEqual(self.plain.payloads, [b"5"])
+        self.assertEqual(star.payloads, [b"2", b"3"])
+        self.assertEqual(self.h.payloads, [b"1", b"3"])
+        self.assertEqual(self.g.payloads, [b"4"])

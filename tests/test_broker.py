@@ -14,19 +14,7 @@ from zope.interface.verify import verifyObject
 from memmq.broker import MAX_TOPIC_BYTES, Broker, Message, Subscription, check_topic
 from memmq.errors import InvalidTopic
 from memmq.interfaces import IBroker, ISubscriber, ISubscription
-
-
-@implementer(ISubscriber)
-class Recorder:
-    """
-    A subscriber that keeps the payloads delivered to it, in order.
-    """
-
-    def __init__(self) -> None:
-        self.payloads: list[bytes] = []
-
-    def deliver(self, message: Message) -> None:
-        self.payloads.append(message.payload)
+from tests.support import Recorder
 
 
 @implementer(ISubscriber)

@@ -16,9 +16,11 @@ class _Sink:
     def __init__(self, name: str = "") -> None:
         self.name = name
         self.received: list[tuple[str, bytes]] = []
+        self.stamps: list[int | None] = []
 
     def deliver(self, message) -> None:
         self.received.append((message.topic, message.payload))
+        self.stamps.append(message.stamp)
 
 
 class PatternTests(SynchronousTestCase):
@@ -175,7 +177,8 @@ class GroupTests(SynchronousTestCase):
     def test_publish_local(self) -> None:
         """
         publish_local reaches the subscribers outside groups alone, or one
-        member of the named group alone (what a proxy's relays use).
+        member of each named group alone (what a proxy's relays and a
+        worker told by another use), or both; a stamp is kept.
         """
         broker = Broker()
         plain, star, g1, g2 = _Sink(), _Sink(), _Sink(), _Sink()
@@ -184,7 +187,11 @@ class GroupTests(SynchronousTestCase):
         broker.subscribe("a.b", g1, group="g")
         broker.subscribe_pattern(parse_pattern("a.>"), g2, group="g")
         self.assertEqual(broker.publish_local("a.b", b"x"), 2)
-        self.assertEqual(broker.publish_local("a.b", b"y", "g"), 1)
-        self.assertEqual(broker.publish_local("a.b", b"z", "other"), 0)
+        self.assertEqual(broker.publish_local("a.b", b"y", False, ("g",)), 1)
+        self.assertEqual(broker.publish_local("a.b", b"z", False, ("other",)), 0)
         self.assertEqual(len(plain.received) + len(star.received), 2)
         self.assertEqual(len(g1.received) + len(g2.received), 1)
+        self.assertEqual(broker.publish_local("a.b", b"w", True, ("g", "other"), 7), 3)
+        self.assertEqual(broker.publish_local("a.b", b"v", True, None), 3)
+        stamped = [(s.received[i][1], s.stamps[i]) for s in (plain, star, g1, g2) for i in range(len(s.stamps))]
+        self.assertEqual([stamp for payload, stamp in stamped if payload == b"w"], [7, 7, 7])

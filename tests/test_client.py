@@ -23,13 +23,7 @@ from memmq.broker import Message
 from memmq.errors import InvalidTopic, MemmqError
 from memmq.interfaces import ISubscriber, ISubscription
 from memmq.tls import TLSConfigError, self_signed_certificate
-from tests.support import RunningServer, Zone, bounded, dead_port, sleep, until
-
-
-def _client(testcase, servers, **kwargs) -> client.Client:
-    c = client.new(servers=servers, reactor=reactor, **kwargs)
-    testcase.addCleanup(c.close)
-    return c
+from tests.support import RunningServer, Zone, bounded, dead_port, new_client, sleep, until
 
 
 class PublishSubscribeTests(TestCase):
@@ -41,7 +35,7 @@ class PublishSubscribeTests(TestCase):
 
     def setUp(self) -> None:
         self.server = RunningServer(self)
-        self.client = _client(self, [self.server.url])
+        self.client = new_client(self, [self.server.url])
 
     @inlineCallbacks
     def test_subscribe_get(self) -> None:
@@ -129,7 +123,7 @@ class PublishSubscribeTests(TestCase):
         reason, without retrying.
         """
         server = RunningServer(self, max_message_size=10)
-        c = _client(self, [server.url], retries=3)
+        c = new_client(self, [server.url], retries=3)
         error = yield self.assertFailure(c.publish("t", b"x" * 11), client.PublishError)
         self.assertEqual(error.failures, {server.url: "HTTP 413: message larger than 10 bytes"})
         self.assertEqual(server.broker.published, 0)
@@ -175,7 +169,7 @@ class ClusterTests(TestCase):
         With All, a subscription has a connection to every server and gets
         what is published on each; a publish reaches every server.
         """
-        c = _client(self, self.urls)
+        c = new_client(self, self.urls)
         sub = yield c.subscribe("cluster")
         self.assertEqual(sub.connected, 3)
         for i, s in enumerate(self.servers):
@@ -195,7 +189,7 @@ class ClusterTests(TestCase):
         With Shard, each topic goes to servers[crc32(topic) % 3], the server
         the Go client picks, and only there.
         """
-        c = _client(self, self.urls, selector=client.selector.Shard())
+        c = new_client(self, self.urls, selector=client.selector.Shard())
         topics = ["example", "news", "a", "orders/eu", "ü"]
         for topic in topics:
             yield c.publish(topic, b"x")
@@ -251,7 +245,7 @@ class RetryTests(TestCase):
         succeeds (asim/mq's client reports an error there).
         """
         url, flaky = self._flaky(failures=1)
-        c = _client(self, [url], retries=1)
+        c = new_client(self, [url], retries=1)
         yield c.publish("t", b"x")
         self.assertEqual(flaky.requests, 2)
 
@@ -261,7 +255,7 @@ class RetryTests(TestCase):
         Without retries the same server fails the publish, with its reason.
         """
         url, flaky = self._flaky(failures=1)
-        c = _client(self, [url], retries=0)
+        c = new_client(self, [url], retries=0)
         error = yield self.assertFailure(c.publish("t", b"x"), client.PublishError)
         self.assertEqual(error.failures, {url: "HTTP 503: not now"})
         self.assertEqual(flaky.requests, 1)
@@ -274,7 +268,7 @@ class RetryTests(TestCase):
         """
         live = RunningServer(self)
         down = [f"https://127.0.0.1:{dead_port()}" for _ in range(2)]
-        c = _client(self, [down[0], live.url, down[1]], retries=2)
+        c = new_client(self, [down[0], live.url, down[1]], retries=2)
         error = yield self.assertFailure(c.publish("t", b"x"), client.PublishError)
         self.assertEqual(error.failures, {down[0]: "connection refused", down[1]: "connection refused"})
         self.assertEqual(str(error), f"publish to 't' failed on {down[0]}: connection refused; "
@@ -289,7 +283,7 @@ class RetryTests(TestCase):
         """
         live = RunningServer(self)
         dead = f"https://127.0.0.1:{dead_port()}"
-        c = _client(self, [live.url, dead], retries=1)
+        c = new_client(self, [live.url, dead], retries=1)
         error = yield self.assertFailure(c.subscribe("t"), client.SubscribeError)
         self.assertEqual(error.failures, {dead: "connection refused"})
         yield until(lambda: live.broker.topic("t") is None)
@@ -310,7 +304,7 @@ class ReconnectionTests(TestCase):
         restart arrive.
         """
         first = RunningServer(self)
-        c = _client(self, [first.url])
+        c = new_client(self, [first.url])
         sub = yield c.subscribe("restart")
         yield c.publish("restart", b"before")
         self.assertEqual((yield bounded(sub.get())), b"before")
@@ -332,7 +326,7 @@ class ReconnectionTests(TestCase):
         from memmq.client import subscriptions
 
         first = RunningServer(self)
-        c = _client(self, [first.url])
+        c = new_client(self, [first.url])
         subs = []
         for topic in ("a", "b", "c"):
             subs.append((yield c.subscribe(topic)))
@@ -354,7 +348,7 @@ class ReconnectionTests(TestCase):
         Closing a subscription whose server is down stops the attempts.
         """
         first = RunningServer(self)
-        c = _client(self, [first.url])
+        c = new_client(self, [first.url])
         sub = yield c.subscribe("gone")
         yield first.stop()
         yield until(lambda: sub.connected == 0)
@@ -399,7 +393,7 @@ class DNSFollowTests(TestCase):
         udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
         self.addCleanup(udp.stopListening)
         lookup = dns_client.Resolver(servers=[("127.0.0.1", udp.getHost().port)], reactor=reactor)
-        c = _client(
+        c = new_client(
             self, [f"memmq.test:{a.port}"], resolver=client.resolver.DNS(resolver=lookup), resolve_interval=0.2
         )
         sub = yield c.subscribe("dns")
@@ -433,7 +427,7 @@ class TLSVerificationTests(TestCase):
         With the server's certificate as the CA, publish and subscribe work.
         """
         s = RunningServer(self)
-        c = _client(self, [s.url], ca_file=self._ca_file(s.certificate))
+        c = new_client(self, [s.url], ca_file=self._ca_file(s.certificate))
         sub = yield c.subscribe("tls")
         yield c.publish("tls", b"checked")
         self.assertEqual((yield bounded(sub.get())), b"checked")
@@ -444,7 +438,7 @@ class TLSVerificationTests(TestCase):
         With another CA, the server is refused: publish and subscribe fail.
         """
         s = RunningServer(self)
-        c = _client(self, [s.url], retries=0, ca_file=self._ca_file(self_signed_certificate("127.0.0.1")))
+        c = new_client(self, [s.url], retries=0, ca_file=self._ca_file(self_signed_certificate("127.0.0.1")))
         error = yield self.assertFailure(c.publish("tls", b"x"), client.PublishError)
         self.assertIn("certificate verify failed", error.failures[s.url])
         yield self.assertFailure(c.subscribe("tls"), client.SubscribeError)

@@ -6,14 +6,13 @@ X-Forwarded-Proto are believed, and the client address they give.
 from __future__ import annotations
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
 from memmq.broker import Broker
 from memmq.server.forwarded import NO_PROXIES, TrustedProxiesError, client_address, parse_trusted_proxies
 from memmq.server.web import MemmqSite
-from tests.support import exchange
+from tests.support import exchange, logged_events
 
 
 def _request(peer, forwarded_for=None, proto=None, secure=False):
@@ -97,15 +96,9 @@ class ClientAddressTests(SynchronousTestCase):
 
 class AccessLogTests(SynchronousTestCase):
     def logged(self, site: MemmqSite, headers: bytes) -> str:
-        lines: list = []
-
-        def observe(event):
-            if event.get("log_namespace") == "memmq.access":
-                lines.append(event["line"])
-
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        events = logged_events(self)
         exchange(site, b"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\n" + headers + b"Content-Length: 1\r\n\r\nx")
+        lines = [e["line"] for e in events if e.get("log_namespace") == "memmq.access"]
         self.assertEqual(len(lines), 1)
         return lines[0]
 

@@ -31,7 +31,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from memmq.persist.record import encode_topic, line
 from memmq.persist.replay import read_lines
 from memmq.rpc import mq_pb2, mq_pb2_grpc
-from tests.support import REPO, child_env, client_frame, raw_tls, websocket_upgrade
+from tests.support import REPO, child_env, client_frame, raw_tls, read_until_closed, websocket_upgrade
 
 # The server's RSS may grow by this much over a whole test (MiB).
 RSS_BOUND = 64
@@ -111,33 +111,6 @@ def _statuses(data: bytes) -> list[int]:
         if len(parts) > 1 and parts[1][:3].isdigit() and parts[0][:1] in (b"0", b"1"):
             codes.append(int(parts[1][:3]))
     return codes
-
-
-def _read_answer(sock, seconds: float, quiet: float = 1.0) -> tuple[bytes, bool]:
-    """
-    Read until the peer closes, C{seconds} pass, or nothing more comes for
-    C{quiet} seconds after something did; returns (bytes, closed).
-    """
-    deadline = time.monotonic() + seconds
-    data = b""
-    while True:
-        left = deadline - time.monotonic()
-        if data:
-            left = min(left, quiet)
-        if left <= 0:
-            return data, False
-        sock.settimeout(left)
-        try:
-            chunk = sock.recv(65536)
-        except TimeoutError:
-            return data, False
-        except (OSError, ssl.SSLError):
-            return data, True
-        if not chunk:
-            return data, True
-        data += chunk
-        if len(data) > 1 << 20:
-            return data, False
 
 
 _token = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.~!$&'*+^`|", min_size=1,
@@ -229,7 +202,7 @@ class FuzzTests(SynchronousTestCase):
         self.assertTrue(websocket_upgrade(sub, "/sub?topic=fuzz-check").startswith(b"HTTP/1.1 101"))
         pub = raw_tls(self.server.port, 5)
         pub.sendall(b"POST /pub?topic=fuzz-check HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
-        answer, _ = _read_answer(pub, 1)
+        answer, _ = read_until_closed(pub, 1, quiet=1.0)
         self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
         sub.settimeout(5)
         frame = sub.recv(64)
@@ -250,7 +223,7 @@ class FuzzTests(SynchronousTestCase):
             try:
                 # The last request closes the connection once all are answered.
                 sock.sendall(b"".join(requests) + _LAST)
-                data, closed = _read_answer(sock, ANSWER_WITHIN)
+                data, closed = read_until_closed(sock, ANSWER_WITHIN, quiet=1.0)
             finally:
                 sock.close()
             codes = _statuses(data)
@@ -299,7 +272,7 @@ class FuzzTests(SynchronousTestCase):
                     sock.sendall(b"".join(frames) + client_frame(0x8, b"\x03\xe8"))
                 except OSError:
                     pass
-                data, closed = _read_answer(sock, ANSWER_WITHIN, quiet=2.0)
+                data, closed = read_until_closed(sock, ANSWER_WITHIN, quiet=2.0)
             finally:
                 sock.close()
             closes = [i for i in range(len(data) - 3) if data[i] == 0x88]

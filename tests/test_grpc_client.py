@@ -18,7 +18,7 @@ from twisted.internet.defer import ensureDeferred, gatherResults, inlineCallback
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from memmq.broker import Broker, Message
+from memmq.broker import Broker
 from memmq.cli import client_from_options
 from memmq.client import PublishError, SubscribeError, selector
 from memmq.client import rpc as grpc_client
@@ -30,7 +30,7 @@ from memmq.options import MemmqOptions
 from memmq.tap import Options, makeService
 from memmq.tls import ServerCertificate, self_signed_certificate
 from tests.grpc_support import RawClient, RunningGRPC
-from tests.support import CertificateFiles, TLSClient, bounded, dead_port, spawn_memmq, until
+from tests.support import CertificateFiles, Recorder, TLSClient, bounded, dead_port, spawn_memmq, until
 
 
 def _go_style_certificate(name: str) -> ServerCertificate:
@@ -64,14 +64,6 @@ def _client(testcase, servers, **kwargs) -> GRPCClient:
 
 
 @implementer(ISubscriber)
-class _Collect:
-    def __init__(self) -> None:
-        self.messages: list[Message] = []
-
-    def deliver(self, message: Message) -> None:
-        self.messages.append(message)
-
-
 class ClientTests(TestCase):
     """
     The client library's interface, over gRPC.
@@ -142,7 +134,7 @@ class ClientTests(TestCase):
         attach(topic, ISubscriber) returns at once and delivers Messages;
         unsubscribe closes the call and frees the topic on the server.
         """
-        collect = _Collect()
+        collect = Recorder()
         subscription = self.client.attach("ib", collect)
         yield until(lambda: self.broker.topic("ib") is not None)
         yield bounded(self.client.publish("ib", b"m"))

@@ -19,7 +19,9 @@ from zope.interface import implementer
 from memmq.broker import Broker
 from memmq.interfaces import IBroker
 from memmq.server.web import MemmqSite
-from tests.support import RunningServer, SlowBroker, bounded, exchange, until
+from tests.support import Recorder, RunningServer, SlowBroker, bounded, exchange, logged_events, until
+
+_CHUNKED = b"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
 class RequestBodyTests(SynchronousTestCase):
@@ -31,21 +33,21 @@ class RequestBodyTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.broker = Broker()
         self.site = MemmqSite(self.broker, max_message_size=10)
+        self.got = Recorder()
+        self.broker.subscribe("t", self.got)
 
     def test_content_length_refused_before_body(self) -> None:
         """
         A Content-Length over the limit is answered 413 on the headers
         alone, and nothing is published.
         """
-        got = []
-        self.broker.subscribe("t", _Recorder(got))
         answer, transport = exchange(
             self.site, b"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n"
         )
         self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer)
         self.assertIn(b"Connection: close", answer)
         self.assertTrue(answer.endswith(b"message larger than 10 bytes\n"), answer)
-        self.assertEqual(got, [])
+        self.assertEqual(self.got.payloads, [])
 
     def test_expect_continue_refused_without_continue(self) -> None:
         """
@@ -65,55 +67,43 @@ class RequestBodyTests(SynchronousTestCase):
         A chunked body is refused at the chunk that passes the limit; the
         rest is read and dropped, then the connection closes.
         """
-        got = []
-        self.broker.subscribe("t", _Recorder(got))
         answer, transport = exchange(
             self.site,
-            b"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-            b"6\r\nabcdef\r\n6\r\nghijkl\r\n6\r\nmnopqr\r\n0\r\n\r\n",
+            _CHUNKED + b"6\r\nabcdef\r\n6\r\nghijkl\r\n6\r\nmnopqr\r\n0\r\n\r\n",
         )
         self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer)
         self.assertEqual(answer.count(b"HTTP/1.1"), 1)
         self.assertTrue(transport.disconnecting)
-        self.assertEqual(got, [])
+        self.assertEqual(self.got.payloads, [])
 
     def test_chunked_body_within_limit(self) -> None:
         """
         A chunked body within the limit is published whole.
         """
-        got = []
-        self.broker.subscribe("t", _Recorder(got))
         answer, _ = exchange(
             self.site,
-            b"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-            b"5\r\nabcde\r\n5\r\nfghij\r\n0\r\n\r\n",
+            _CHUNKED + b"5\r\nabcde\r\n5\r\nfghij\r\n0\r\n\r\n",
         )
         self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
-        self.assertEqual(got, [b"abcdefghij"])
+        self.assertEqual(self.got.payloads, [b"abcdefghij"])
 
     def test_exact_limit_accepted(self) -> None:
         """
         A body of exactly the limit is accepted.
         """
-        got = []
-        self.broker.subscribe("t", _Recorder(got))
         answer, _ = exchange(
             self.site, b"PUT /pub?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456789"
         )
         self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
         self.assertIn(b"Content-Length: 0\r\n", answer)
-        self.assertEqual(got, [b"0123456789"])
+        self.assertEqual(self.got.payloads, [b"0123456789"])
 
     def test_no_access_log_by_default(self) -> None:
         """
         Nothing is logged per request unless the access log is on.
         """
         self.assertFalse(self.site.access_log)
-        logged = []
-        from twisted.logger import globalLogPublisher
-
-        globalLogPublisher.addObserver(logged.append)
-        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        logged = logged_events(self)
         exchange(self.site, b"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx")
         self.assertEqual(logged, [])
 
@@ -122,23 +112,11 @@ class RequestBodyTests(SynchronousTestCase):
         With the access log on, each request is logged.
         """
         site = MemmqSite(self.broker, access_log=True)
-        logged = []
-        from twisted.logger import globalLogPublisher
-
-        globalLogPublisher.addObserver(logged.append)
-        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        logged = logged_events(self)
         exchange(site, b"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx")
         lines = [e["line"] for e in logged if e.get("log_namespace") == "memmq.access"]
         self.assertEqual(len(lines), 1, logged)
         self.assertIn('"POST /pub?topic=t HTTP/1.1" 200', lines[0])
-
-
-class _Recorder:
-    def __init__(self, into: list) -> None:
-        self.into = into
-
-    def deliver(self, message) -> None:
-        self.into.append(message.payload)
 
 
 class AsynchronousBrokerTests(SynchronousTestCase):
@@ -146,36 +124,37 @@ class AsynchronousBrokerTests(SynchronousTestCase):
     /pub waits for a broker that answers later and maps its failure to 502.
     """
 
+    def publish_to_slow_broker(self) -> tuple[SlowBroker, StringTransport]:
+        """
+        Publish one byte to a L{SlowBroker} over a fresh channel; the
+        broker, and the transport the answer is written to.
+        """
+        broker = SlowBroker()
+        channel = MemmqSite(broker).buildProtocol(None)
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        self.addCleanup(channel.connectionLost, None)
+        channel.dataReceived(b"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx")
+        return broker, transport
+
     def test_waits_then_200(self) -> None:
         """
         The 200 goes out only once the broker's publish has fired.
         """
-        broker = SlowBroker()
-        site = MemmqSite(broker)
-        channel = site.buildProtocol(None)
-        transport = StringTransport()
-        channel.makeConnection(transport)
-        channel.dataReceived(b"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx")
+        broker, transport = self.publish_to_slow_broker()
         self.assertEqual(transport.value(), b"")
         broker.pending[0].callback(None)
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "))
-        channel.connectionLost(None)
 
     def test_failure_is_502(self) -> None:
         """
         A failed publish is a 502 that says why.
         """
-        broker = SlowBroker()
-        site = MemmqSite(broker)
-        channel = site.buildProtocol(None)
-        transport = StringTransport()
-        channel.makeConnection(transport)
-        channel.dataReceived(b"POST /pub?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx")
+        broker, transport = self.publish_to_slow_broker()
         broker.pending[0].errback(RuntimeError("server a:1 refused"))
         answer = transport.value()
         self.assertTrue(answer.startswith(b"HTTP/1.1 502 "), answer)
         self.assertTrue(answer.endswith(b"publish failed: server a:1 refused\n"), answer)
-        channel.connectionLost(None)
 
     def test_immediate_failure_is_502(self) -> None:
         """

@@ -1,6 +1,8 @@
 # -*- test-case-name: tests.test_limits -*-
 """
-Tests for L{memmq.server.limits}: what a server does to peers that do not
+Tests for the server's limits (README: Limits; L{memmq.server.limits},
+L{memmq.server.http_channel}, L{memmq.server.plain_http},
+L{memmq.server.system_limits}): what a server does to peers that do not
 read, dawdle, or send what it cannot take (issue 17), over a real TLS
 listener with blocking clients in threads playing the hostile peer.
 """
@@ -15,28 +17,22 @@ from twisted.internet import reactor, tcp
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
-from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from memmq.broker import Broker
-from memmq.server.limits import (
-    MAX_FRAGMENTS,
-    PLAIN_HTTP_REASON,
-    Guard,
-    GuardedChannel,
-    plain_text,
-    raise_nofile_limit,
-    system_backlog,
-    watch_accepts,
-    with_backlog,
-)
+from memmq.server.http_channel import GuardedChannel
+from memmq.server.limits import MAX_FRAGMENTS, Guard, plain_text
+from memmq.server.plain_http import PLAIN_HTTP_REASON
+from memmq.server.system_limits import raise_nofile_limit, system_backlog, watch_accepts, with_backlog
 from memmq.server.web import MemmqSite
 from tests.support import (
     REPO,
+    Recorder,
     RunningServer,
     bounded,
     child_env,
     client_frame,
+    logged_events,
     raw_tls,
     read_until_closed,
     send_until_stuck,
@@ -444,8 +440,8 @@ class FragmentTests(TestCase):
         A message in a few fragments is still published whole.
         """
         server = RunningServer(self)
-        seen = []
-        server.broker.subscribe("t", _Sink(seen))
+        seen = Recorder()
+        server.broker.subscribe("t", seen)
 
         def client():
             sock = raw_tls(server.port)
@@ -457,17 +453,9 @@ class FragmentTests(TestCase):
             sock.close()
 
         d = _in_thread(client)
-        d.addCallback(lambda _: until(lambda: seen))
-        d.addCallback(lambda _: self.assertEqual(seen, [b"abcdef"]))
+        d.addCallback(lambda _: until(lambda: seen.messages))
+        d.addCallback(lambda _: self.assertEqual(seen.payloads, [b"abcdef"]))
         return d
-
-
-class _Sink:
-    def __init__(self, seen: list) -> None:
-        self.seen = seen
-
-    def deliver(self, message) -> None:
-        self.seen.append(message.payload)
 
 
 class ListenLimitTests(TestCase):
@@ -507,9 +495,7 @@ class CountingTests(SynchronousTestCase):
         guard = Guard(clock)
         port = tcp.Port(0, None)
         watch_accepts(port, guard)
-        events = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = logged_events(self)
         for _ in range(100):
             port._logger.info("EMFILE encountered; releasing reserved file descriptor.")
             port._logger.info("EMFILE recovery: Closed socket from {address}", address="x")
@@ -526,9 +512,7 @@ class CountingTests(SynchronousTestCase):
         clock = Clock()
         site = MemmqSite(Broker(), clock=clock)
         site.guard = Guard(clock)
-        events = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = logged_events(self)
         for _ in range(5):
             channel = site.buildProtocol(None)
             channel.callLater = clock.callLater

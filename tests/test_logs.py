@@ -12,7 +12,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support import REPO, child_env
+from tests.support import REPO, child_env, logged_events
 
 
 def _run_briefly(testcase, *args: str, env: dict | None = None, argv: list[str] | None = None,
@@ -164,14 +164,11 @@ class RateLimitedTests(SynchronousTestCase):
         message), and again only after it drained.
         """
         from twisted.internet.task import Clock
-        from twisted.logger import globalLogPublisher
 
         from memmq.broker import Broker
         from memmq.server.drops import drop_reporter
 
-        events = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = logged_events(self)
         clock = Clock()
         broker = Broker(max_buffered_messages=1, on_drop=drop_reporter(clock))
 

@@ -13,18 +13,11 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SkipTest, TestCase
 
-from memmq import client
 from memmq.broker import Broker
 from memmq.proxy import ProxyBroker
-from tests.support import Child, MuxCollector, RunningServer, bounded, dead_port, sleep, spawn, until
+from tests.support import Child, MuxCollector, RunningServer, bounded, dead_port, new_client, sleep, spawn, until
 
 ASIM_MQ = "/tmp/asim-mq/mq"
-
-
-def _client(testcase, servers, **kwargs) -> client.Client:
-    c = client.new(servers=servers, reactor=reactor, **kwargs)
-    testcase.addCleanup(c.close)
-    return c
 
 
 class SharedConnectionTests(TestCase):
@@ -36,7 +29,7 @@ class SharedConnectionTests(TestCase):
 
     def setUp(self) -> None:
         self.server = RunningServer(self)
-        self.client = _client(self, [self.server.url])
+        self.client = new_client(self, [self.server.url])
 
     @inlineCallbacks
     def test_many_subscriptions_one_connection(self) -> None:
@@ -85,7 +78,7 @@ class SharedConnectionTests(TestCase):
         Two subscriptions in one group (from two clients) share the
         messages: each message to one of them.
         """
-        other = _client(self, [self.server.url])
+        other = new_client(self, [self.server.url])
         a = yield self.client.subscribe(pattern="jobs.>", group="w")
         b = yield other.subscribe("jobs.x", group="w")
         watcher = yield self.client.subscribe("jobs.x")
@@ -138,7 +131,7 @@ class FallbackTests(TestCase):
         one connection each, and patterns and groups fail saying why.
         """
         server = RunningServer(self, mux=False)
-        c = _client(self, [server.url])
+        c = new_client(self, [server.url])
         a = yield c.subscribe("a")
         b = yield c.subscribe("b")
         self.assertEqual(len(server.site.connections), 2)
@@ -158,7 +151,7 @@ class FallbackTests(TestCase):
         port = dead_port()
         child = Child()
         spawn(self, child, [ASIM_MQ, f"--address=127.0.0.1:{port}"])
-        c = _client(self, [f"127.0.0.1:{port}"], retries=20)
+        c = new_client(self, [f"127.0.0.1:{port}"], retries=20)
         for _ in range(100):
             try:
                 yield c.publish("warm", b"")
@@ -208,7 +201,7 @@ class ProxyTests(TestCase):
         one for the group; each subscriber gets each message once.
         """
         upstream = RunningServer(self)
-        upstream_client = _client(self, [upstream.url])
+        upstream_client = new_client(self, [upstream.url])
         proxy = ProxyBroker(upstream_client, Broker(), reactor)
         front = RunningServer(self, broker=proxy)
         subs = {}

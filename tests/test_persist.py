@@ -11,7 +11,6 @@ import shutil
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
-from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from memmq.broker import Broker
@@ -20,7 +19,7 @@ from memmq.persist import Persister, PersistingBroker, file_name, parse
 from memmq.persist.names import MAX_NAME
 from memmq.persist.record import encode_topic, line
 from memmq.persist.replay import Replay, read_chunk
-from tests.support import PAYLOADS, REPO, bounded, sleep
+from tests.support import PAYLOADS, REPO, bounded, logged_events, sleep
 
 FIXTURES = os.path.join(REPO, "tests", "fixtures", "asim-mq")
 
@@ -156,12 +155,6 @@ class WriterTests(TestCase):
         self.addCleanup(lambda: persister.running and persister.stopService())
         return persister
 
-    def _log_events(self) -> list[dict]:
-        events: list[dict] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        return events
-
     @inlineCallbacks
     def test_file_equals_go_fixture(self) -> None:
         """
@@ -274,7 +267,7 @@ class WriterTests(TestCase):
         per file with the reason, counted, durable publishes fail with
         PersistError; once the directory is back, writing resumes.
         """
-        events = self._log_events()
+        events = logged_events(self)
         persister = self._persister(sync=True)
         yield bounded(persister.append("kept", b"before"))
         shutil.rmtree(self.directory)

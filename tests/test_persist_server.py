@@ -15,13 +15,12 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, inlineCallbacks
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from memmq import client
 from memmq.broker import Broker
 from memmq.persist import Persister, PersistingBroker, file_name, parse
-from tests.support import PAYLOADS, REPO, RunningServer, ServerProcess, bounded, run_memmq, spawn
+from tests.support import PAYLOADS, REPO, RunningServer, ServerProcess, bounded, logged_events, run_memmq, spawn
 
 
 def _lines(path: str) -> list[bytes]:
@@ -320,12 +319,6 @@ class DiskErrorTests(TestCase):
     A directory that cannot be written: the server goes on serving.
     """
 
-    def _events(self) -> list[dict]:
-        events: list[dict] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        return events
-
     @inlineCallbacks
     def test_durable_507(self) -> None:
         """
@@ -374,7 +367,7 @@ class DiskErrorTests(TestCase):
         In the default mode publishes are answered 200; the failing file
         is logged once with its reason, and counted in /metrics and /stats.
         """
-        events = self._events()
+        events = logged_events(self)
         server = _PersistingServer(self)
         # The directory replaced by a regular file: no one, root included
         # (for whom permission bits deny nothing), can create a file in it.

@@ -71,6 +71,19 @@ class _Session:
         self.input.send_text(text)
 
 
+@inlineCallbacks
+def _watched_session(testcase: TestCase):
+    """
+    A running server, a subscriber to its topic C{t} that sees what the
+    prompt publishes, and a ready L{_Session} on C{t}.
+    """
+    server = RunningServer(testcase)
+    sub = yield server.client.subscribe(server.url, "t")
+    session = _Session(testcase, server)
+    yield session.ready()
+    return server, sub, session
+
+
 class PromptTests(TestCase):
     """
     Typed lines are published, arriving messages are shown, the user's own
@@ -84,10 +97,7 @@ class PromptTests(TestCase):
         """
         A typed line is published as UTF-8.
         """
-        server = RunningServer(self)
-        sub = yield server.client.subscribe(server.url, "t")
-        session = _Session(self, server)
-        yield session.ready()
+        server, sub, session = yield _watched_session(self)
         session.type("hello ü\r")
         messages = yield sub.wait_for(1)
         self.assertEqual(messages, [b"hello \xc3\xbc"])
@@ -138,10 +148,7 @@ class PromptTests(TestCase):
         The user's own line comes back from the server but is not shown;
         a later message is.
         """
-        server = RunningServer(self)
-        sub = yield server.client.subscribe(server.url, "t")
-        session = _Session(self, server)
-        yield session.ready()
+        server, sub, session = yield _watched_session(self)
         session.type("mine\r")
         yield sub.wait_for(1)
         yield server.client.publish(server.url, "t", b"marker")
@@ -177,10 +184,7 @@ class PromptTests(TestCase):
         Suppression counts the user's own messages, it is not a time
         window: the same text published by another client is shown once.
         """
-        server = RunningServer(self)
-        sub = yield server.client.subscribe(server.url, "t")
-        session = _Session(self, server)
-        yield session.ready()
+        server, sub, session = yield _watched_session(self)
         session.type("same\r")
         yield sub.wait_for(1)
         yield server.client.publish(server.url, "t", b"same")
@@ -193,10 +197,7 @@ class PromptTests(TestCase):
         """
         Enter on an empty line publishes nothing.
         """
-        server = RunningServer(self)
-        sub = yield server.client.subscribe(server.url, "t")
-        session = _Session(self, server)
-        yield session.ready()
+        server, sub, session = yield _watched_session(self)
         session.type("\r\rafter\r")
         yield sub.wait_for(1)
         # An empty message would have been published, so delivered, first.

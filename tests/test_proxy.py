@@ -91,6 +91,19 @@ def _start_proxy(testcase, files: CertificateFiles, servers, *extra: str, addres
     return _start(testcase, files, "--proxy", f"--servers={names}", *extra, address=address)
 
 
+@inlineCallbacks
+def _cluster(testcase, *extra: str):
+    """
+    Three servers, a proxy over them (with C{extra} options), and a client
+    that trusts their certificate: (files, client, servers, proxy).
+    """
+    files = CertificateFiles(testcase)
+    client = TLSClient(testcase, files.certificate)
+    servers = yield _start_servers(testcase, files)
+    proxy = yield _start_proxy(testcase, files, servers, *extra)
+    return files, client, servers, proxy
+
+
 def _within(condition, seconds: float) -> Deferred:
     """
     Fire with whether C{condition()} came to hold within C{seconds}
@@ -178,10 +191,7 @@ class ClusterProxyTests(TestCase):
         every server once; the proxy's own subscriber receives it once per
         server (three times), as documented.
         """
-        files = CertificateFiles(self)
-        client = TLSClient(self, files.certificate)
-        servers = yield _start_servers(self, files)
-        proxy = yield _start_proxy(self, files, servers)
+        _, client, servers, proxy = yield _cluster(self)
         topic = "cluster"
         upstream = yield client.subscribe(proxy.url, topic)
         for i, s in enumerate(servers):
@@ -219,10 +229,7 @@ class ClusterProxyTests(TestCase):
         published directly to a server exactly once; once one of them
         leaves, the other still receives.
         """
-        files = CertificateFiles(self)
-        client = TLSClient(self, files.certificate)
-        servers = yield _start_servers(self, files)
-        proxy = yield _start_proxy(self, files, servers)
+        _, client, servers, proxy = yield _cluster(self)
         topic = "shared"
         first = yield client.subscribe(proxy.url, topic)
         second = yield client.subscribe(proxy.url, topic)
@@ -326,10 +333,7 @@ class ShardProxyTests(TestCase):
         A message published to the proxy lands on
         servers[crc32(topic) % 3] only, for ASCII and non-ASCII topics.
         """
-        files = CertificateFiles(self)
-        client = TLSClient(self, files.certificate)
-        servers = yield _start_servers(self, files)
-        proxy = yield _start_proxy(self, files, servers, "--select=shard")
+        _, client, servers, proxy = yield _cluster(self, "--select=shard")
         for topic in self.TOPICS:
             chosen = zlib.crc32(topic.encode()) % 3
             direct = yield _subscribe_all(client, servers, topic)
@@ -437,10 +441,7 @@ class ServerDownTests(TestCase):
         every server; server 2 killed (SIGKILL); a direct subscriber on
         each of the other two.
         """
-        self.files = CertificateFiles(self)
-        self.client = TLSClient(self, self.files.certificate)
-        self.servers = yield _start_servers(self, self.files)
-        self.proxy = yield _start_proxy(self, self.files, self.servers)
+        self.files, self.client, self.servers, self.proxy = yield _cluster(self)
         self.sub = yield self.client.connect(self.proxy.url, "/sub", self.topic, protocol=_TimedCollector)
         for i, s in enumerate(self.servers):
             yield _probe(self.client, s.url, self.topic, [self.sub], f"s{i}")

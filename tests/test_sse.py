@@ -190,18 +190,21 @@ class PersistedStreamTests(TestCase):
     resumes where the browser left off.
     """
 
+    def persisting_server(self) -> RunningServer:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        persister = Persister(directory, 0.01, reactor=reactor)
+        persister.startService()
+        self.addCleanup(lambda: persister.running and persister.stopService())
+        return RunningServer(self, broker=PersistingBroker(Broker(), persister), replay=persister)
+
     @inlineCallbacks
     def test_resume_with_last_event_id(self):
         """
         A stream reconnecting with the last id it saw gets exactly the
         messages after it, then the live ones.
         """
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        persister = Persister(directory, 0.01, reactor=reactor)
-        persister.startService()
-        self.addCleanup(lambda: persister.running and persister.stopService())
-        server = RunningServer(self, broker=PersistingBroker(Broker(), persister), replay=persister)
+        server = self.persisting_server()
         first = _EventStream(self, server, "p")
         yield first.opened
         yield until(lambda: server.broker.local.topic("p") is not None)
@@ -223,6 +226,22 @@ class PersistedStreamTests(TestCase):
         # The end of the replay moves the browser's id past it.
         self.assertGreaterEqual(len(second.ids()), 2)
 
+    @inlineCallbacks
+    def test_pattern_replayed(self):
+        """
+        A stream subscribed to a pattern with C{since} is replayed the
+        messages of every topic the pattern matches, in the order they
+        were published, and no other topic's; then the end of the replay
+        as an id.
+        """
+        server = self.persisting_server()
+        for topic, payload in (("o.a", b"m0"), ("x.b", b"not"), ("o.b", b"m1"), ("o.a", b"m2")):
+            yield server.broker.publish(topic, payload)
+        stream = _EventStream(self, server, query="pattern=o.*&since=0")
+        yield stream.until(b"id: ")
+        self.assertEqual(stream.data(), [b"m0", b"m1", b"m2"])
+        self.assertEqual(len(stream.ids()), 1)
+
 
 class _EventStream(Protocol):
     """
@@ -230,12 +249,15 @@ class _EventStream(Protocol):
     sends it, and the bytes of the answer as they come.
     """
 
-    def __init__(self, testcase, server: RunningServer, topic: str, headers: dict | None = None) -> None:
+    def __init__(
+        self, testcase, server: RunningServer, topic: str = "", headers: dict | None = None, query: str = ""
+    ) -> None:
         self.body = b""
         self._waits: list = []
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        query = query or f"topic={topic}"
         self._request = (
-            f"GET /sub?topic={topic} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n{extra}\r\n"
+            f"GET /sub?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n{extra}\r\n"
         ).encode()
         endpoint = SSL4ClientEndpoint(reactor, "127.0.0.1", server.port, server.client.tls_options())
         self.opened = bounded(connectProtocol(endpoint, self))

@@ -14,22 +14,15 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 import memmq.testing
-from memmq.broker import Broker, Message
+from memmq.broker import Broker
 from memmq.client import Client, ITransport, Subscription, selector
 from memmq.errors import InvalidTopic, MemmqError, PublishError, SubscribeError
 from memmq.interfaces import ISubscriber
 from memmq.testing import MemoryClient, MemoryTransport
+from tests.support import Recorder
 
 
 @implementer(ISubscriber)
-class _Recorder:
-    def __init__(self) -> None:
-        self.messages: list[Message] = []
-
-    def deliver(self, message: Message) -> None:
-        self.messages.append(message)
-
-
 class MemoryClientTests(SynchronousTestCase):
     """
     L{MemoryClient}: publish, subscribe, attach, unsubscribe, close.
@@ -83,7 +76,7 @@ class MemoryClientTests(SynchronousTestCase):
         attach() delivers Messages to an ISubscriber.
         """
         client = MemoryClient()
-        recorder = _Recorder()
+        recorder = Recorder()
         client.attach("t", recorder)
         client.publish("t", b"m")
         self.assertEqual([(m.topic, m.payload) for m in recorder.messages], [("t", b"m")])
@@ -164,7 +157,7 @@ class MemoryClientTests(SynchronousTestCase):
         resumes.
         """
         client = MemoryClient()
-        recorder = _Recorder()
+        recorder = Recorder()
         subscription = client.attach("t", recorder)
         subscription.pause()
         client.publish("t", b"held")

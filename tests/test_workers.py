@@ -53,6 +53,20 @@ class _Server:
         return json.loads(body)
 
     @inlineCallbacks
+    def whole(self):
+        """
+        C{/stats} once it has every worker's figures (a worker answers
+        with its own alone while another has not joined it yet: just
+        after a restart).
+        """
+        for _ in range(int(WAIT / 0.05)):
+            stats = yield self.stats()
+            if len(stats["workers"]) == self.count:
+                return stats
+            yield sleep(0.05)
+        raise AssertionError(f"never every worker's figures: {stats}")
+
+    @inlineCallbacks
     def subscribers_on(self, total: int):
         """
         Once the server has C{total} subscribers: each worker's count.
@@ -65,17 +79,21 @@ class _Server:
         raise AssertionError(f"never {total} subscribers: {stats}")
 
     @inlineCallbacks
-    def spread(self, topic: str, limit: int = 24):
+    def spread(self, topic: str, limit: int = 24, query: str | None = None):
         """
-        Open subscribers of C{topic} until every worker has one more than
-        before; fire with them.
+        Open subscribers of C{topic} (or of what C{query} names: a
+        pattern, a group) until every worker has one more than before; fire
+        with them.
         """
-        stats = yield self.stats()
+        stats = yield self.whole()
         before = stats["subscribers"]
         base = [w["subscribers"] for w in stats["workers"]]
         subscribers = []
         for _ in range(limit):
-            subscribers.append((yield self.client.subscribe(self.url, topic)))
+            if query is None:
+                subscribers.append((yield self.client.subscribe(self.url, topic)))
+            else:
+                subscribers.append((yield self.client.connect(self.url, "/sub?" + query, None)))
             counts = yield self.subscribers_on(before + len(subscribers))
             if all(now > then for now, then in zip(counts, base, strict=True)):
                 return subscribers
@@ -167,6 +185,234 @@ class DeliveryTests(TestCase):
         self.assertIn('memmq_worker_rss_bytes{worker="1"}', metrics)
 
 
+@inlineCallbacks
+def _probe(publishers, subscribers, topic_of=lambda p: "t"):
+    """
+    Publish probes from each WebSocket publisher until every one of
+    C{subscribers} has had one of each: from then on, the workers the
+    publishers landed on know what the subscribers' workers follow.
+    """
+    for p, publisher in enumerate(publishers):
+        for _ in range(int(WAIT / 0.02)):
+            if all(any(m.startswith(b"probe %d " % p) for m in s.messages) for s in subscribers):
+                break
+            publisher.sendMessage(b"probe %d " % p, isBinary=True)
+            yield sleep(0.02)
+        else:
+            raise AssertionError(f"publisher {p}'s probes never reached every subscriber")
+
+
+def _real(messages: list[bytes]) -> list[bytes]:
+    return [m for m in messages if not m.startswith(b"probe")]
+
+
+class PatternGroupTests(TestCase):
+    """
+    Patterns and queue groups across workers (README: Workers): a pattern
+    subscriber on any worker matches; a queue group with members on several
+    workers gets each message once in the whole server.
+    """
+
+    timeout = 120
+
+    @inlineCallbacks
+    def test_pattern_across_workers(self):
+        """
+        Pattern subscribers on both workers get every message to the
+        topics their pattern matches, in order, published on either; a
+        topic it does not match costs no traffic between workers.
+        """
+        server = _Server(self)
+        yield server.start()
+        subscribers = yield server.spread(None, query="pattern=p.*")
+        publishers = yield gatherResults([server.client.connect(server.url, "/pub", f"p.{i}") for i in range(4)])
+        yield _probe(publishers, subscribers)
+        count = 50
+        for i in range(count):
+            for p, publisher in enumerate(publishers):
+                publisher.sendMessage(b"%d:%d" % (p, i), isBinary=True)
+        for subscriber in subscribers:
+            yield until(lambda s=subscriber: len(_real(s.messages)) >= 4 * count, 60)
+        before = (yield server.stats())["cross_worker_messages"]
+        self.assertGreater(before, 0)
+        for i in range(20):
+            code, _ = yield server.client.publish(server.url, f"q.{i}", b"x")
+            self.assertEqual(code, 200)
+        self.assertEqual((yield server.stats())["cross_worker_messages"], before)
+        for subscriber in subscribers:
+            real = _real(subscriber.messages)
+            self.assertEqual(len(real), 4 * count)
+            for p in range(4):
+                self.assertEqual(
+                    [m for m in real if m.startswith(b"%d:" % p)], [b"%d:%d" % (p, i) for i in range(count)]
+                )
+
+    @inlineCallbacks
+    def test_group_once_across_workers(self):
+        """
+        A queue group with members on both workers (some by topic, some by
+        pattern) gets each of N messages exactly once across its members,
+        every member a share; plain subscribers beside it get all N, in
+        order per publisher.
+        """
+        server = _Server(self)
+        yield server.start()
+        members = yield server.spread(None, query="topic=j.x&group=g")
+        members += yield server.spread(None, query="pattern=j.>&group=g")
+        plain = yield server.spread("j.x")
+        publishers = yield gatherResults([server.client.connect(server.url, "/pub", "j.x") for _ in range(4)])
+        yield _probe(publishers, plain)
+        count = 100
+        for i in range(count):
+            for p, publisher in enumerate(publishers):
+                publisher.sendMessage(b"%d:%d" % (p, i), isBinary=True)
+        for subscriber in plain:
+            yield until(lambda s=subscriber: len(_real(s.messages)) >= 4 * count, 60)
+        yield until(lambda: sum(len(_real(m.messages)) for m in members) >= 4 * count, 30)
+        yield sleep(0.3)
+        shared = [m for member in members for m in _real(member.messages)]
+        self.assertEqual(len(shared), 4 * count)
+        self.assertEqual(sorted(shared), sorted(b"%d:%d" % (p, i) for p in range(4) for i in range(count)))
+        self.assertTrue(all(_real(member.messages) for member in members), [len(m.messages) for m in members])
+        for subscriber in plain:
+            real = _real(subscriber.messages)
+            self.assertEqual(len(real), 4 * count)
+            for p in range(4):
+                self.assertEqual(
+                    [m for m in real if m.startswith(b"%d:" % p)], [b"%d:%d" % (p, i) for i in range(count)]
+                )
+        stats = yield server.stats()
+        self.assertEqual(stats["groups"], [{"group": "g", "members": len(members), "dropped": 0}])
+
+    @inlineCallbacks
+    def test_interest_removal_stops_traffic(self):
+        """
+        Once the pattern subscribers and group members on every worker have
+        gone, publishing to their topics sends nothing between workers.
+        """
+        server = _Server(self)
+        yield server.start()
+        patterns = yield server.spread(None, query="pattern=r.>")
+        subscribers = patterns + (yield server.spread(None, query="topic=r.x&group=h"))
+        publisher = yield server.client.connect(server.url, "/pub", "r.x")
+        yield _probe([publisher], patterns)
+        self.assertGreater((yield server.stats())["cross_worker_messages"], 0)
+        for subscriber in subscribers:
+            subscriber.transport.loseConnection()
+        yield gatherResults([s.wait_closed() for s in subscribers])
+        yield server.subscribers_on(0)
+        # The last interest frames cross while the figures do.
+        yield sleep(0.2)
+        before = (yield server.stats())["cross_worker_messages"]
+        for i in range(20):
+            publisher.sendMessage(b"late %d" % i, isBinary=True)
+            code, _ = yield server.client.publish(server.url, "r.y", b"late")
+            self.assertEqual(code, 200)
+        self.assertEqual((yield server.stats())["cross_worker_messages"], before)
+
+
+class OwnTrafficTests(TestCase):
+    """
+    With --proxy or --backplane, each worker is a proxy, or a node on
+    Redis, of its own: its messages come and go there, and the mesh carries
+    figures only.
+    """
+
+    timeout = 120
+
+    @inlineCallbacks
+    def _check(self, server, publish, topic: str):
+        """
+        Subscribers on both workers (and a queue group's members) get what
+        C{publish(i)} publishes, each message once, in order; nothing
+        crosses between the workers.
+        """
+        subscribers = yield server.spread(topic)
+        members = yield server.spread(None, query=f"topic={topic}&group=g")
+        for _ in range(int(WAIT / 0.05)):
+            yield publish(b"probe")
+            if all(b"probe" in s.messages for s in subscribers):
+                break
+            yield sleep(0.05)
+        count = 30
+        for i in range(count):
+            yield publish(b"%d" % i)
+        for subscriber in subscribers:
+            yield until(lambda s=subscriber: len(_real(s.messages)) >= count, 30)
+            self.assertEqual(_real(subscriber.messages), [b"%d" % i for i in range(count)])
+        yield until(lambda: sum(len(_real(m.messages)) for m in members) >= count, 30)
+        yield sleep(0.3)
+        shared = [m for member in members for m in _real(member.messages)]
+        self.assertEqual(sorted(shared), sorted(b"%d" % i for i in range(count)))
+        stats = yield server.stats()
+        self.assertEqual(stats["cross_worker_messages"], 0)
+        self.assertEqual(len(stats["workers"]), 2)
+        return stats
+
+    @inlineCallbacks
+    def test_proxy(self):
+        """
+        C{--proxy --workers=2}: each worker holds its own subscription on
+        the upstream server (which counts two) and publishes there itself.
+        """
+        files = CertificateFiles(self)
+        upstream = ServerProcess.spawn(self, [
+            "-m", "memmq", "--address=127.0.0.1:0", f"--cert_file={files.cert_file}", f"--key_file={files.key_file}",
+        ])
+        port = yield upstream.wait_listening()
+        server = _Server(self, 2, "--proxy", f"--servers=127.0.0.1:{port}")
+        yield server.start()
+
+        @inlineCallbacks
+        def publish(payload):
+            code, _ = yield server.client.publish(server.url, "x", payload)
+            self.assertEqual(code, 200)
+
+        stats = yield self._check(server, publish, "x")
+        self.assertEqual(stats["upstream_servers"], [f"https://127.0.0.1:{port}"])
+        response = yield bounded(TLSClient(self, files.certificate).http.get(f"https://127.0.0.1:{port}/stats"))
+        upstream_stats = json.loads((yield bounded(treq.content(response))))
+        # One plain and one group subscription per worker.
+        self.assertEqual(upstream_stats["subscribers"], 4)
+
+    @inlineCallbacks
+    def test_backplane(self):
+        """
+        C{--backplane --workers=2} against a real redis-server: each worker
+        is a node of its own (Redis counts two subscribers of the channel);
+        a queue group counts per node, as the Redis backplane's do.
+        """
+        from tests.redis_support import RedisServer, numsub
+        from tests.support import short_directory
+
+        redis = RedisServer.start(self, short_directory(self))
+        yield redis.ready
+        server = _Server(self, 2, f"--backplane={redis.url}")
+        yield server.start()
+
+        @inlineCallbacks
+        def publish(payload):
+            code, _ = yield server.client.publish(server.url, "y", payload)
+            self.assertEqual(code, 200)
+
+        subscribers = yield server.spread("y")
+        for _ in range(int(WAIT / 0.05)):
+            yield publish(b"probe")
+            if all(b"probe" in s.messages for s in subscribers):
+                break
+            yield sleep(0.05)
+        count = 30
+        for i in range(count):
+            yield publish(b"%d" % i)
+        for subscriber in subscribers:
+            yield until(lambda s=subscriber: len(_real(s.messages)) >= count, 30)
+            self.assertEqual(_real(subscriber.messages), [b"%d" % i for i in range(count)])
+        stats = yield server.stats()
+        self.assertEqual(stats["cross_worker_messages"], 0)
+        self.assertEqual(len(stats["workers"]), 2)
+        self.assertEqual((yield numsub(redis, "memmq:y")), 2)
+
+
 class FaultTests(TestCase):
     """
     A worker that dies is restarted and the others serve on; the parent
@@ -185,8 +431,10 @@ class FaultTests(TestCase):
         server = _Server(self)
         yield server.start()
         subscribers = yield server.spread("k")
-        stats = yield server.stats()
-        victim = stats["workers"][0]
+        # Worker 0 by its index: a worker whose peer is slow to answer
+        # shows its own figures alone.
+        stats = yield server.whole()
+        victim = next(w for w in stats["workers"] if w["worker"] == 0)
         os.kill(victim["pid"], signal.SIGKILL)
         yield until(lambda: b"worker 0 (pid %d) died" % victim["pid"] in server.process.output)
         yield until(lambda: b"worker 0 (pid" in server.process.output.split(b"died", 1)[1]
@@ -200,8 +448,8 @@ class FaultTests(TestCase):
             self.assertEqual(code, 200)
         for subscriber in alive:
             yield subscriber.wait_for(5)
-        stats = yield server.stats()
-        self.assertNotEqual(stats["workers"][0]["pid"], victim["pid"])
+        stats = yield server.whole()
+        self.assertNotIn(victim["pid"], [w["pid"] for w in stats["workers"]])
         yield server.spread("k2")
 
     @inlineCallbacks
@@ -307,13 +555,14 @@ class OptionTests(TestCase):
 
     def test_refused(self):
         """
-        --persist and --proxy with --workers=2: one line, status 2.
+        --persist, and --persist with --backplane, with --workers=2: one
+        line, status 2.
         """
         import subprocess
 
         from tests.support import child_env
 
-        for extra in (["--persist"], ["--proxy", "--servers=127.0.0.1:1"]):
+        for extra in (["--persist"], ["--persist", "--backplane=redis://127.0.0.1:1"]):
             result = subprocess.run(
                 [sys.executable, "-m", "memmq", "--workers=2", *extra], capture_output=True, env=child_env(),
                 timeout=30, check=False,

@@ -9,7 +9,10 @@ is delivered here and handed to the backplane, which sends it only to the
 processes that said they follow its topic; a message from the backplane is
 delivered here only.  Interest is kept by reference count: the backplane
 hears of a subject on its first local subscriber and again after its last,
-so a publish to a topic nobody elsewhere follows costs no traffic.
+so a publish to a topic nobody elsewhere follows costs no traffic.  Which
+of this process's queue groups get a message published here is the
+backplane's to say (its C{route}): all of them between nodes, only those it
+chose this process for between workers.
 
 A publish while the backplane is down fails (L{BackplaneUnavailable})
 rather than reaching this process's subscribers only: a publisher that is
@@ -76,12 +79,13 @@ class BackplaneBroker:
         backplane = self.backplane
         if not backplane.healthy:
             return fail(BackplaneUnavailable("the server's other processes cannot be reached; not published"))
+        route = backplane.route(topic)
         try:
-            self.local.publish_now(topic, payload)
+            self._deliver(topic, payload, None, route)
         except InvalidTopic:
             return fail()
         self.sent += 1
-        return backplane.publish(topic, payload, hops)
+        return backplane.publish(topic, payload, hops, None, route)
 
     def publish_now(self, topic: str, payload: bytes, stamp: int | None = None) -> int:
         """
@@ -89,12 +93,24 @@ class BackplaneBroker:
         persistence to wrap (each node persists what is published through
         it). @raise BackplaneUnavailable: the backplane is down.
         """
-        if not self.backplane.healthy:
+        backplane = self.backplane
+        if not backplane.healthy:
             raise BackplaneUnavailable("the server's other processes cannot be reached; not published")
-        delivered = self.local.publish_now(topic, payload, stamp)
+        route = backplane.route(topic)
+        delivered = self._deliver(topic, payload, stamp, route)
         self.sent += 1
-        self.backplane.publish(topic, payload).addErrback(lambda f: f.trap(BackplaneUnavailable))
+        backplane.publish(topic, payload, 0, stamp, route).addErrback(lambda f: f.trap(BackplaneUnavailable))
         return delivered
+
+    def _deliver(self, topic: str, payload: bytes, stamp: int | None, route) -> int:
+        """
+        This process's own delivery of a message published here: every
+        local queue group it reaches, unless the backplane's route names
+        the only ones.
+        """
+        if route is None:
+            return self.local.publish_now(topic, payload, stamp)
+        return self.local.publish_local(topic, payload, True, route.local, stamp)
 
     def subscribe(self, topic: str, subscriber: ISubscriber, group: str | None = None) -> Subscription:
         subscription = self.local.subscribe(topic, subscriber, group)
@@ -148,13 +164,10 @@ class BackplaneBroker:
     def received(self, topic: str, payload: bytes, plain: bool = True, groups=None, stamp: int | None = None) -> None:
         self.received_count += 1
         self.received_bytes += len(payload)
-        if self.local.topic(topic) is not None:
+        if plain and self.local.topic(topic) is not None:
             by_topic = self._received_by_topic
             by_topic[topic] = by_topic.get(topic, 0) + 1
-        # Queue groups arrive with the broker that has them; until then
-        # every local subscriber is plain.
-        if plain:
-            self.local.publish_now(topic, payload, stamp)
+        self.local.publish_local(topic, payload, plain, groups, stamp)
 
     # IBrokerStats
 

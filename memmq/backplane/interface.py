@@ -66,10 +66,21 @@ class IBackplane(Interface):
         row with the same C{on}.
         """
 
-    def publish(topic, payload, hops=0):
+    def route(topic):
+        """
+        Which of this process's queue groups get the next message published
+        here to C{topic}, decided before its local delivery and handed to
+        L{publish} with it: L{None} for every local group the topic reaches
+        (groups counted per process, as between nodes), or a value whose
+        C{local} names the only ones (the backplane chose other processes
+        for the others, as between workers).  Call once per message.
+        """
+
+    def publish(topic, payload, hops=0, stamp=None, route=None):
         """
         Send a message published here to the other processes that follow
-        its topic (the local delivery is the caller's).
+        its topic (the local delivery is the caller's), with its persisted
+        C{stamp} if it has one, where C{route} (from L{route}) says.
 
         @return: a L{Deferred} firing once the message is handed to the
             backplane in order after every earlier publish from this

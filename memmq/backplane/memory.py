@@ -74,7 +74,13 @@ class MemoryBackplane:
         """
         return (topic, None) in self.subjects
 
-    def publish(self, topic: str, payload: bytes, hops: int = 0) -> Deferred[None]:
+    def route(self, topic: str) -> None:
+        # Queue groups are per node: every local one gets its message.
+        return None
+
+    def publish(
+        self, topic: str, payload: bytes, hops: int = 0, stamp: int | None = None, route: None = None,
+    ) -> Deferred[None]:
         if not self.healthy:
             return fail(BackplaneUnavailable("in-memory backplane down"))
         for other in self.hub.members:

@@ -12,9 +12,11 @@ it, which keeps the order of every publishing connection's messages.
 
 What goes over a stream, as frames of one type byte and a 4-byte length:
 
-    H index             first: who is sending
+    H index count       first: who is sending, and how many I frames
+                        follow at once (everything it follows now)
     I subject / i       the sender's subscribers now follow / no longer
-                        follow this topic
+                        follow this topic or pattern, outside queue
+                        groups or in one (L{interest_frame})
     M message           a message published on the sender, for the
                         receiver's subscribers of its topic: the topic,
                         its persisted stamp (0: none), whether it is for
@@ -30,6 +32,15 @@ A message goes to a peer only if that peer said it follows the topic, so a
 publish to a topic nobody elsewhere follows costs nothing here.  Frames to a
 peer are gathered during a turn of the reactor and written together: a
 burst of messages to a peer leaves in one write.
+
+Each worker keeps what every peer follows: exact topics outside groups in a
+set per peer (a publish without patterns or groups anywhere is one lookup
+per peer, as in NATS's routes), and patterns and queue groups in one
+subscription tree (L{memmq.sublist}) whose items are workers, this one's
+groups included.  For a message to a topic a queue group reaches, the
+worker that took the publish chooses one worker among those holding the
+group's matching members (round-robin per group, L{Route}), so the group
+gets it once in the whole server (README: Workers).
 """
 
 from __future__ import annotations
@@ -45,8 +56,10 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from memmq.backplane.interface import IBackplane
+from memmq.patterns import Pattern
+from memmq.sublist import Sublist
 
-__all__ = ["MeshBackplane", "message_frame", "parse_message"]
+__all__ = ["MeshBackplane", "Route", "interest_frame", "message_frame", "parse_interest", "parse_message"]
 
 _log = Logger()
 
@@ -56,6 +69,9 @@ _TOPIC = struct.Struct(">H")
 _MESSAGE_FIELDS = struct.Struct(">QBB")
 _PLAIN = 1
 _ID = struct.Struct(">I")
+# flags, subject length; then the subject and the group (none if empty)
+_SUBJECT = struct.Struct(">BH")
+_IS_PATTERN = 1
 
 _HELLO, _ON, _OFF, _MESSAGE, _ASK, _ANSWER = b"HIiMSR"
 
@@ -64,9 +80,36 @@ _HELLO, _ON, _OFF, _MESSAGE, _ASK, _ANSWER = b"HIiMSR"
 # the parent holds).
 _RECONNECT = 0.05
 
+# How long a starting worker waits to learn what its peers follow before it
+# serves anyway (a peer that is down, or starting again itself).
+SYNC_LIMIT = 3.0
+
 
 def _frame(kind: int, body: bytes) -> bytes:
     return _HEADER.pack(kind, len(body)) + body
+
+
+def interest_frame(subject: str | Pattern, on: bool, group: str | None = None) -> bytes:
+    """
+    The whole frame saying that the sender's subscribers now follow
+    (C{on}) or no longer follow C{subject} (a topic or a pattern with
+    wildcards), outside queue groups or in C{group}: what
+    L{parse_interest} reads back.
+    """
+    is_pattern = isinstance(subject, Pattern)
+    text = (subject.text if is_pattern else subject).encode("utf-8")
+    body = _SUBJECT.pack(_IS_PATTERN if is_pattern else 0, len(text)) + text + (group or "").encode("utf-8")
+    return _frame(_ON if on else _OFF, body)
+
+
+def parse_interest(body: bytes) -> tuple[str | Pattern, str | None]:
+    """
+    (subject, group or None) of an interest frame's body.
+    """
+    flags, length = _SUBJECT.unpack_from(body)
+    text = body[_SUBJECT.size : _SUBJECT.size + length].decode("utf-8")
+    group = body[_SUBJECT.size + length :].decode("utf-8") or None
+    return (Pattern(text) if flags & _IS_PATTERN else text), group
 
 
 def message_frame(
@@ -145,13 +188,13 @@ class _Inbound(_Frames):
             topic, payload, stamp, plain, groups = parse_message(body)
             mesh.received += 1
             mesh.receiver.received(topic, payload, plain, groups, stamp)
-        elif kind == _ON:
-            mesh._follows(self.peer).add(body.decode("utf-8"))
-        elif kind == _OFF:
-            mesh._follows(self.peer).discard(body.decode("utf-8"))
+        elif kind == _ON or kind == _OFF:
+            subject, group = parse_interest(body)
+            mesh._peer_interest(self.peer, subject, kind == _ON, group)
         elif kind == _HELLO:
-            self.peer = int(body)
-            mesh._inbound_from(self.peer, self)
+            peer, count = body.split()
+            self.peer = int(peer)
+            mesh._inbound_from(self.peer, self, int(count))
         elif kind == _ASK:
             mesh._answer(self.peer, body)
         elif kind == _ANSWER:
@@ -220,9 +263,11 @@ class _Link(ClientFactory):
     def _connected(self, protocol: _Outbound) -> None:
         self.transport = protocol.transport
         self.connects += 1
-        self.send(_frame(_HELLO, b"%d" % self.mesh.index))
-        for subject in self.mesh._interest:
-            self.send(_frame(_ON, subject.encode("utf-8")))
+        interest = self.mesh._interest
+        self.send(_frame(_HELLO, b"%d %d" % (self.mesh.index, len(interest))))
+        for subject, group in interest:
+            self.send(interest_frame(subject, True, group))
+        self.mesh._sync()
 
     def _lost(self, protocol: _Outbound) -> None:
         self.transport = None
@@ -235,6 +280,45 @@ class _Link(ClientFactory):
     def _again(self) -> None:
         if self.mesh.running:
             self.mesh._reactor.callLater(_RECONNECT, self.connect)
+
+
+class _Holder:
+    """
+    A worker, as the subscription tree of L{MeshBackplane} holds it: an
+    item that says whether a queue group's message can be sent to it.
+    """
+
+    __slots__ = ("index", "link")
+
+    def __init__(self, index: int, link: _Link | None) -> None:
+        self.index = index
+        self.link = link
+
+    def __repr__(self) -> str:
+        return f"<worker {self.index}>"
+
+    def has_room(self) -> bool:
+        # This worker always; a peer while it is connected.
+        return self.link is None or self.link.transport is not None
+
+
+class Route:
+    """
+    Where one message published on this worker goes, when patterns or queue
+    groups are followed somewhere (L{MeshBackplane.route}).
+
+    @ivar local: the queue groups of this worker chosen for it: its own
+        delivery gives it to one member of each of these, and of no other.
+    @ivar plain: the peers whose subscribers outside groups get it.
+    @ivar chosen: peer -> the queue groups chosen for it.
+    """
+
+    __slots__ = ("local", "plain", "chosen")
+
+    def __init__(self, local: tuple[str, ...], plain: set[int], chosen: dict[int, list[str]]) -> None:
+        self.local = local
+        self.plain = plain
+        self.chosen = chosen
 
 
 @implementer(IBackplane)
@@ -259,10 +343,22 @@ class MeshBackplane:
         self.running = False
         self.sent = 0
         self.received = 0
-        self._interest: set[str] = set()
+        # (subject, group) this worker's subscribers follow
+        self._interest: set[tuple[str | Pattern, str | None]] = set()
         self._links = {peer: _Link(self, peer, path) for peer, path in enumerate(paths) if peer != index}
-        # peer -> the topics its subscribers follow
+        # peer -> the exact topics its subscribers outside groups follow
         self._peers: dict[int, set[str]] = {}
+        # The patterns and queue groups followed by the peers, and this
+        # worker's queue groups, by worker; consulted only while
+        # C{_matching} is set, so that a server without any pays nothing.
+        self._tree: Sublist[_Holder] = Sublist()
+        self._matching: Sublist[_Holder] | None = None
+        self._holders = {peer: _Holder(peer, self._links.get(peer)) for peer in range(len(paths))}
+        # worker -> the (subject, group) it holds in the tree
+        self._held: dict[int, set[tuple[str | Pattern, str | None]]] = {}
+        # peer -> how many I frames of its first dump are still to come
+        self._unsynced: dict[int, int] = {}
+        self._synced: Deferred | None = None
         self._inbound: dict[int, _Inbound] = {}
         self._port = None
         self._asked: dict[int, tuple[Deferred, dict[int, object], set[int]]] = {}
@@ -277,6 +373,12 @@ class MeshBackplane:
         return self.running
 
     def start(self, receiver) -> Deferred[None]:
+        """
+        Join the mesh; fire once every peer has said what it follows (so
+        that a message published here reaches them at once) and this worker
+        has said hello to every peer (so that its figures are asked for),
+        or after L{SYNC_LIMIT} seconds for those that have not.
+        """
         self.receiver = receiver
         self.running = True
         factory = Factory.forProtocol(lambda: _Inbound(self))
@@ -284,10 +386,25 @@ class MeshBackplane:
         self._port = self._reactor.adoptStreamPort(self._listening, socket.AF_UNIX, factory)
         for link in self._links.values():
             link.connect()
-        return succeed(None)
+        if not self._links:
+            return succeed(None)
+        synced = self._synced = Deferred()
+        synced.addTimeout(SYNC_LIMIT, self._reactor, onTimeoutCancel=lambda result, timeout: None)
+        return synced
+
+    def _sync(self) -> None:
+        synced = self._synced
+        if synced is not None and not synced.called and all(
+            self._unsynced.get(peer, 1) == 0 and link.transport is not None for peer, link in self._links.items()
+        ):
+            self._synced = None
+            synced.callback(None)
 
     def stop(self) -> Deferred[None]:
         self.running = False
+        synced, self._synced = self._synced, None
+        if synced is not None and not synced.called:
+            synced.callback(None)
         for link in self._links.values():
             if link.transport is not None:
                 link._flush()
@@ -298,34 +415,85 @@ class MeshBackplane:
         return maybeDeferred(port.stopListening)
 
     def interest(self, subject, on: bool, group: str | None = None) -> None:
-        if not isinstance(subject, str) or group is not None:
-            # Patterns and queue groups come with the broker that has them.
-            raise NotImplementedError("the workers' mesh carries topic interest only")
+        if isinstance(subject, Pattern) and subject.is_literal:
+            subject = subject.text
         if on:
-            self._interest.add(subject)
+            self._interest.add((subject, group))
         else:
-            self._interest.discard(subject)
-        frame = _frame(_ON if on else _OFF, subject.encode("utf-8"))
+            self._interest.discard((subject, group))
+        if group is not None:
+            # Chosen among the workers with members, this one included.
+            self._hold(self.index, subject, on, group)
+        frame = interest_frame(subject, on, group)
         for link in self._links.values():
             link.send(frame)
 
-    def publish(self, topic: str, payload: bytes, hops: int = 0) -> Deferred[None]:
-        frame = None
-        peers = self._peers
+    def route(self, topic: str) -> Route | None:
+        """
+        Where a message to C{topic} published here goes: L{None} when no
+        worker follows a pattern or has a queue group (every peer that
+        follows the topic gets it, for its subscribers outside groups);
+        else a L{Route}, choosing for each queue group the topic reaches
+        one worker among those with members it reaches.  Call once per
+        message: each call moves the groups' round-robin on.
+        """
+        matching = self._matching
+        if matching is None:
+            return None
+        matches = matching.match(topic)
+        plain = {holder.index for holder in matches.plain}
+        for peer, follows in self._peers.items():
+            if topic in follows:
+                plain.add(peer)
+        local: list[str] = []
+        chosen: dict[int, list[str]] = {}
+        for queue, holders in matches.groups:
+            holder = queue.choose(holders)
+            if holder is None:
+                continue  # every worker with members is unreachable
+            if holder.index == self.index:
+                local.append(queue.name)
+            else:
+                chosen.setdefault(holder.index, []).append(queue.name)
+        return Route(tuple(local), plain, chosen)
+
+    def publish(
+        self, topic: str, payload: bytes, hops: int = 0, stamp: int | None = None, route: Route | None = None,
+    ) -> Deferred[None]:
+        if route is None and self._matching is not None:
+            # A caller that delivers to every local group itself.
+            route = self.route(topic)
+        if route is None:
+            frame = None
+            peers = self._peers
+            for peer, link in self._links.items():
+                follows = peers.get(peer)
+                if follows and topic in follows and link.transport is not None:
+                    if frame is None:
+                        frame = message_frame(topic, payload, stamp)
+                    link.send(frame)
+                    self.sent += 1
+            return succeed(None)
+        plain, chosen = route.plain, route.chosen
         for peer, link in self._links.items():
-            follows = peers.get(peer)
-            if follows and topic in follows and link.transport is not None:
-                if frame is None:
-                    frame = message_frame(topic, payload)
-                link.send(frame)
+            groups = chosen.get(peer, ())
+            if (groups or peer in plain) and link.transport is not None:
+                link.send(message_frame(topic, payload, stamp, peer in plain, tuple(groups)))
                 self.sent += 1
         return succeed(None)
 
     def remote_topics(self, topic: str) -> int:
         """
-        How many peers follow C{topic} now.
+        How many peers follow C{topic} now (exactly, outside groups).
         """
         return sum(1 for follows in self._peers.values() if topic in follows)
+
+    def remote_subjects(self) -> int:
+        """
+        How many (pattern or topic, group) pairs the peers follow in the
+        subscription tree now: their patterns and queue groups.
+        """
+        return sum(len(held) for worker, held in self._held.items() if worker != self.index)
 
     # Figures of the whole server.
 
@@ -372,15 +540,54 @@ class MeshBackplane:
 
     # The peers' streams.
 
-    def _follows(self, peer: int | None) -> set[str]:
+    def _peer_interest(self, peer: int | None, subject: str | Pattern, on: bool, group: str | None) -> None:
         if peer is None:
             raise internet_error.ConnectionLost("a peer sent before saying who it is")
-        return self._peers.setdefault(peer, set())
+        if group is None and isinstance(subject, str):
+            follows = self._peers.setdefault(peer, set())
+            if on:
+                follows.add(subject)
+            else:
+                follows.discard(subject)
+        else:
+            self._hold(peer, subject, on, group)
+        left = self._unsynced.get(peer)
+        if left:
+            self._unsynced[peer] = left - 1
+            if left == 1:
+                self._sync()
 
-    def _inbound_from(self, peer: int, protocol: _Inbound) -> None:
+    def _hold(self, worker: int, subject: str | Pattern, on: bool, group: str | None) -> None:
+        """
+        Worker C{worker} follows, or no longer follows, a pattern or holds
+        members of a queue group: the tree says so.
+        """
+        held = self._held.setdefault(worker, set())
+        key = (subject, group)
+        if on and key not in held:
+            held.add(key)
+            self._tree.insert(subject, self._holders[worker], group)
+        elif not on and key in held:
+            held.discard(key)
+            self._tree.remove(subject, self._holders[worker], group)
+        self._matching = self._tree if len(self._tree) else None
+
+    def _forget(self, peer: int) -> None:
+        """
+        Everything C{peer} followed is gone (its connection was).
+        """
+        self._peers.pop(peer, None)
+        for subject, group in list(self._held.get(peer, ())):
+            self._hold(peer, subject, False, group)
+
+    def _inbound_from(self, peer: int, protocol: _Inbound, count: int = 0) -> None:
         old = self._inbound.get(peer)
         self._inbound[peer] = protocol
+        self._forget(peer)
         self._peers[peer] = set()
+        self._unsynced[peer] = count
+        if not count:
+            self._sync()
         if old is not None and old.transport is not None:
             old.transport.loseConnection()
 
@@ -388,7 +595,7 @@ class MeshBackplane:
         if self._inbound.get(peer) is not protocol:
             return
         del self._inbound[peer]
-        self._peers.pop(peer, None)
+        self._forget(peer)
         for ident, (d, answers, asking) in list(self._asked.items()):
             if peer in asking:
                 asking.discard(peer)

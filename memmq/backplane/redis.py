@@ -261,7 +261,13 @@ class RedisBackplane:
             topic = subject.text if isinstance(subject, Pattern) else subject
             self._thread.to_loop.call(link.interest, False, self.target.prefix + topic, on)
 
-    def publish(self, topic: str, payload: bytes, hops: int = 0) -> Deferred[None]:
+    def route(self, topic: str) -> None:
+        # Queue groups are per node: every local one gets its message.
+        return None
+
+    def publish(
+        self, topic: str, payload: bytes, hops: int = 0, stamp: int | None = None, route: None = None,
+    ) -> Deferred[None]:
         state = self.state
         if state == "down":
             return fail(BackplaneUnavailable(f"Redis at {self.target.where} unreachable; not published"))

@@ -4,57 +4,33 @@ Access control at the front-ends: the glue between a request, a WebSocket
 handshake or a gRPC call and the one L{IAuthority} that decides (README:
 Access control).
 
-L{Access} finds who a client is once per connection (a bearer token from
-C{Authorization: Bearer}, C{?token=} or the C{memmq.token.TOKEN} WebSocket
-subprotocol; else its verified TLS client certificate's names; else
-anonymous), asks the authority (which caches its decisions per identity and
-topic), checks a browser's C{Origin} against C{--allowed_origins}, counts
-refusals for C{/metrics} and logs them rate-limited, never a token.
+L{Access} finds who a client is once per connection (from the credentials
+L{memmq.server.credentials} reads; without any, anonymous), asks the
+authority (which caches its decisions per identity and topic), checks a
+browser's C{Origin} against C{--allowed_origins}, counts refusals for
+C{/metrics} and logs them rate-limited, never a token.
 """
 
 from __future__ import annotations
 
 import hmac
-import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
-from cryptography import x509
 from prometheus_client.core import CounterMetricFamily
 from twisted.application.service import Service
 from twisted.logger import Logger
 
 from memmq.auth import OFF, AuthError, Forbidden, IAuthority, Identity, Unauthenticated
 from memmq.logs import RateLimited
+from memmq.server.credentials import bearer_token, certificate_names, peer_certificate, presented, presented_token
 
-__all__ = [
-    "Access",
-    "AccessService",
-    "EXPIRED_CLOSE_CODE",
-    "TOKEN_SUBPROTOCOL",
-    "BEARER_SUBPROTOCOL",
-    "OriginRefused",
-    "bearer_token",
-    "certificate_names",
-    "redact_tokens",
-    "refusal",
-    "select_subprotocol",
-    "subprotocol_token",
-]
+__all__ = ["Access", "AccessService", "EXPIRED_CLOSE_CODE", "OriginRefused", "refusal"]
 
 _log = Logger()
 
 #: The WebSocket close code of a connection whose JWT has expired (4000 +
 #: HTTP's 401): the client reconnects with a new token.
 EXPIRED_CLOSE_CODE = 4001
-#: A browser, which cannot set headers on a WebSocket, offers its token as
-#: this subprotocol plus the token ...
-TOKEN_SUBPROTOCOL = "memmq.token."
-#: ... and this one, which the server selects (a browser fails a handshake
-#: whose answer selects none of those offered), so the token is never sent
-#: back.
-BEARER_SUBPROTOCOL = "memmq.bearer"
-
-_REDACT = re.compile(r"(?i)((?:^|[?&;\s])token=)[^&\s\"]*")
 _KINDS = ("unauthenticated", "forbidden", "origin")
 
 
@@ -63,57 +39,6 @@ class OriginRefused(AuthError):
     A WebSocket handshake from a browser page whose C{Origin} is not in
     C{--allowed_origins} (HTTP 403).
     """
-
-
-def redact_tokens(text: str) -> str:
-    """
-    C{text} (an access-log line, a URL) with the value of every C{token=}
-    replaced by C{REDACTED}.
-    """
-    return _REDACT.sub(r"\1REDACTED", text)
-
-
-def bearer_token(authorization: str | bytes | None) -> str | None:
-    """
-    The token of an C{Authorization: Bearer TOKEN} header value, or L{None}.
-    """
-    if not authorization:
-        return None
-    if isinstance(authorization, bytes):
-        authorization = authorization.decode("latin-1")
-    scheme, _, token = authorization.strip().partition(" ")
-    if scheme.lower() != "bearer":
-        return None
-    return token.strip() or None
-
-
-def subprotocol_token(protocols: Iterable[str]) -> str | None:
-    """
-    The token offered as the C{memmq.token.TOKEN} subprotocol, or L{None}.
-    """
-    for protocol in protocols:
-        if protocol.startswith(TOKEN_SUBPROTOCOL):
-            return protocol[len(TOKEN_SUBPROTOCOL):] or None
-    return None
-
-
-def certificate_names(certificate) -> list[str]:
-    """
-    A client certificate's names, as the auth file's C{certificate} keys
-    are compared with them: its common names, then its SANs (DNS names, IP
-    addresses, e-mail addresses, URIs).  C{certificate} is pyOpenSSL's or
-    C{cryptography}'s.
-    """
-    if hasattr(certificate, "to_cryptography"):
-        certificate = certificate.to_cryptography()
-    names = [str(a.value) for a in certificate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
-    try:
-        sans = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return names
-    for kind in (x509.DNSName, x509.IPAddress, x509.RFC822Name, x509.UniformResourceIdentifier):
-        names += [str(v) for v in sans.get_values_for_type(kind)]
-    return names
 
 
 class _Credentials:
@@ -133,29 +58,6 @@ class _Credentials:
         # that cannot change (no JWT expiry): a publisher sending to one
         # topic is checked once per connection.
         self.published: str | None = None
-
-
-# Where a request's credentials are: what _presented returns.
-_NONE, _HEADER, _QUERY, _SUBPROTOCOL = range(4)
-
-
-def _presented(request) -> tuple[int, bytes | None]:
-    """
-    Where C{request}'s credentials are, and their bytes as sent: the
-    C{Authorization} header, else C{?token=}, else the WebSocket
-    subprotocols offered; else none (a client certificate, or anonymous).
-    """
-    headers = request.requestHeaders
-    values = headers.getRawHeaders(b"authorization")
-    if values:
-        return _HEADER, values[0]
-    values = request.args.get(b"token")
-    if values:
-        return _QUERY, values[0]
-    values = headers.getRawHeaders(b"sec-websocket-protocol")
-    if values and TOKEN_SUBPROTOCOL.encode() in values[0]:
-        return _SUBPROTOCOL, b",".join(values)
-    return _NONE, None
 
 
 class Access:
@@ -259,22 +161,14 @@ class Access:
 
         @raise Unauthenticated: the credentials name no one.
         """
-        kind, presented = _presented(request)
+        kind, raw = presented(request)
         channel = request.channel
         cache = getattr(channel, "memmq_credentials", None)
         if cache is not None and cache.generation == self._generation and cache.kind == kind:
-            if presented is None or hmac.compare_digest(presented, cache.token):
+            if raw is None or hmac.compare_digest(raw, cache.token):
                 return cache.identity
-        if kind == _HEADER:
-            token = bearer_token(presented)
-        elif kind == _QUERY:
-            token = presented.decode("utf-8", "surrogateescape") or None
-        elif kind == _SUBPROTOCOL:
-            token = subprotocol_token(p.strip() for p in presented.decode("latin-1").split(","))
-        else:
-            token = None
-        identity = self.identify(token, lambda: _peer_certificate(channel))
-        channel.memmq_credentials = _Credentials(kind, presented, identity, self._generation)
+        identity = self.identify(presented_token(kind, raw), lambda: peer_certificate(channel))
+        channel.memmq_credentials = _Credentials(kind, raw, identity, self._generation)
         return identity
 
     # -- the questions a request asks ---------------------------------------------
@@ -398,35 +292,10 @@ def refusal(request, error: AuthError) -> bytes:
     return reason.encode("utf-8") + b"\n"
 
 
-def _peer_certificate(channel):
-    transport = getattr(channel, "transport", None)
-    get = getattr(transport, "getPeerCertificate", None)
-    if get is None:
-        return None
-    try:
-        return get()
-    except Exception:
-        return None
-
-
 def _peer(request) -> str:
     peer = request.getClientAddress()
     host = getattr(peer, "host", None)
     return f"{host}:{peer.port}" if host is not None else str(peer)
-
-
-def select_subprotocol(offered: Sequence[str], chosen: str | None = None) -> str | None:
-    """
-    The subprotocol a handshake answers with: C{chosen} if the handler
-    chose one; else L{BEARER_SUBPROTOCOL} when the client offered its token
-    as a subprotocol and offered that too (a browser needs one selected).
-    """
-    if chosen is not None:
-        return chosen
-    if BEARER_SUBPROTOCOL in offered and subprotocol_token(offered) is not None:
-        return BEARER_SUBPROTOCOL
-    return None
-
 
 
 class AccessService(Service):

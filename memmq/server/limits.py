@@ -1,7 +1,11 @@
+# -*- test-case-name: tests.test_limits -*-
 """
 The limits a server sets itself against peers that misbehave (README:
 Limits): whatever a peer does, it gets a prompt answer or a close, and the
-memory and descriptors it can hold stay bounded.
+memory and descriptors it can hold stay bounded.  This module holds what
+every front-end shares: the limits' values, their counts (L{Guard}), the
+plain-text answer of a refusal, and the watch on output a peer does not
+take; each limit is applied where its transport is:
 
 - Output a peer does not read: past the transport's buffer (64 KiB), the
   connection is not read any more (so it cannot ask for more answers,
@@ -9,49 +13,36 @@ memory and descriptors it can hold stay bounded.
   L{STALL_TIMEOUT} seconds is closed (L{OutputStall}).
 - A request head (and so a WebSocket upgrade, and the TLS handshake before
   it) must be complete within L{HEAD_TIMEOUT} seconds of its first byte,
-  or of the connection for the first request (L{GuardedChannel}).
+  or of the connection for the first request
+  (L{memmq.server.http_channel.GuardedChannel}).
 - A line longer than twisted.web takes, a line not ended by CRLF, and a
   chunk larger than a message may be are answered at once (431, 400, 413)
-  and the connection closed, rather than waited on.
-- Plain HTTP on the TLS port gets a plain-text 400 saying so
-  (L{PlainHTTPAnswer}), as Go's server answers it.
+  and the connection closed, rather than waited on (the same channel).
+- Plain HTTP on the TLS port gets a plain-text 400 saying so, as Go's
+  server answers it (L{memmq.server.plain_http}).
 - A WebSocket message in more than L{MAX_FRAGMENTS} frames closes the
-  connection (1009).
+  connection (1009; L{memmq.server.websocket}).
 - Connections refused for want of descriptors are counted and logged at
-  most every few seconds (L{watch_accepts}); the soft C{RLIMIT_NOFILE} is
-  raised to the hard one at start (L{raise_nofile_limit}); ports listen
-  with the system's largest backlog (L{system_backlog}).
+  most every few seconds; the soft C{RLIMIT_NOFILE} is raised to the hard
+  one at start; ports listen with the system's largest backlog
+  (L{memmq.server.system_limits}).
 
 Every refusal is counted in C{/metrics} (L{Guard}) and logged rate-limited.
 """
 
 from __future__ import annotations
 
-import resource
-import socket
-
 from prometheus_client.core import CounterMetricFamily
-from twisted.internet import tcp
-from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
-from twisted.logger import Logger, globalLogPublisher
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.web import http
-from zope.interface import implementer
 
-from memmq.internals.twisted_private import (
-    chunk_length_waiting,
-    queued_output,
-    request_line_parsed,
-    set_accept_logger,
-    stop_reading_during_request,
-)
+from memmq.internals.twisted_private import queued_output
 from memmq.logs import RateLimited
 
 __all__ = [
-    "Guard", "GuardedChannel", "OutputStall", "PlainHTTPAnswer", "GuardedTLSProtocol",
-    "GuardedBufferingTLSProtocol", "HEAD_TIMEOUT", "STALL_TIMEOUT", "MAX_FRAGMENTS", "CLOSE_GRACE",
-    "GuardedTLSServerEndpoint", "hang_up", "plain_text", "raise_nofile_limit", "system_backlog", "watch_accepts",
-    "with_backlog",
+    "CLOSE_GRACE", "HEAD_TIMEOUT", "MAX_FRAGMENTS", "STALL_TIMEOUT", "Guard", "OutputStall", "default_guard",
+    "plain_text",
 ]
 
 _log = Logger()
@@ -69,8 +60,6 @@ CLOSE_GRACE = 2.0
 
 # Frames per WebSocket message (browsers send one).
 MAX_FRAGMENTS = 4096
-
-PLAIN_HTTP_REASON = "Client sent an HTTP request to an HTTPS server."
 
 
 # What twisted.web's table lacks.
@@ -148,21 +137,6 @@ def default_guard() -> Guard:
     return _default_guard
 
 
-def hang_up(channel) -> None:
-    """
-    Stop reading C{channel}'s connection and close it: politely (what was
-    written goes out first), and for good after L{CLOSE_GRACE} seconds
-    when it is a L{GuardedChannel}.  Under TLS a polite close waits for
-    the peer's close alert, which a hostile peer never sends: hence the
-    grace.
-    """
-    if isinstance(channel, GuardedChannel):
-        channel.hang_up()
-    elif channel.transport is not None:
-        channel.transport.pauseProducing()
-        channel.loseConnection()
-
-
 class OutputStall:
     """
     Watches one connection whose output is full (its producer was paused):
@@ -204,287 +178,3 @@ class OutputStall:
             peer=str(self._transport.getPeer()), queued=queued, seconds=self._guard.stall_timeout,
         )
         self._transport.abortConnection()
-
-
-class GuardedChannel(http.HTTPChannel):
-    """
-    twisted.web's channel with the limits above: a deadline on the request
-    head, prompt answers to lines it cannot take, no reading while its
-    output is full (twisted.web pauses reading only between requests, so
-    pipelined requests whose answers are not read were answered without
-    end), and rate-limited time-out lines.
-    """
-
-    delimiter = b"\n"
-    _head_call = None
-    _lines = 0
-    _stall: OutputStall | None = None
-    _closing = False
-
-    @property
-    def guard(self) -> Guard:
-        return getattr(self.site, "guard", None) or default_guard()
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        self._stall = OutputStall(self.guard, self.transport)
-        self._start_head()
-
-    def _start_head(self) -> None:
-        if self._head_call is None:
-            self._head_call = self.guard.clock.callLater(self.guard.head_timeout, self._head_timed_out)
-
-    def _stop_head(self) -> None:
-        if self._head_call is not None:
-            if self._head_call.active():
-                self._head_call.cancel()
-            self._head_call = None
-
-    def _head_timed_out(self) -> None:
-        self._head_call = None
-        self.guard.count(
-            "head_timeouts", "closing {peer}: no complete request head in {seconds:g} s",
-            peer=str(self.transport.getPeer()), seconds=self.guard.head_timeout,
-        )
-        self.answer_and_close(408, f"request head not complete within {self.guard.head_timeout:g} s", counted=True)
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._closing:
-            return
-        if self.line_mode and not self.requests:
-            self._start_head()
-        super().dataReceived(data)
-
-    def lineReceived(self, line: bytes) -> None:
-        if self._closing or (self.transport is not None and self.transport.disconnecting):
-            return
-        if not line.endswith(b"\r"):
-            self.answer_and_close(400, "lines must end with CRLF")
-            return
-        self._lines += 1
-        super().lineReceived(line[:-1])
-
-    def lineLengthExceeded(self, line: bytes) -> None:
-        if self._lines == 0:
-            self.answer_and_close(400, f"request line longer than {self.MAX_LENGTH} bytes")
-        else:
-            self.answer_and_close(431, f"header line longer than {self.MAX_LENGTH} bytes")
-
-    def allHeadersReceived(self) -> None:
-        self._stop_head()
-        self._lines = 0
-        if not request_line_parsed(self):
-            # Lines went on after a request line twisted.web refused.
-            self.answer_and_close(400, "malformed request line")
-            return
-        super().allHeadersReceived()
-
-    def rawDataReceived(self, data: bytes) -> None:
-        super().rawDataReceived(data)
-        if self._closing or not self.requests:
-            return
-        waiting = chunk_length_waiting(self)
-        limit = getattr(self.site, "max_message_size", None)
-        request = self.requests[-1]
-        if waiting is not None and limit is not None and waiting > limit and not getattr(request, "refused", False):
-            self.answer_and_close(413, f"message larger than {limit} bytes (a chunk of {waiting} bytes)")
-
-    def answer_and_close(self, code: int, reason: str, counted: bool = False) -> None:
-        """
-        Answer C{code} with C{reason} now, read nothing more, and close.
-        """
-        if self._closing:
-            return
-        self._closing = True
-        if not counted:
-            self.guard.count(
-                "bad_requests", "refused a request from {peer}: {code} {reason}",
-                peer=str(self.transport.getPeer()), code=code, reason=reason,
-            )
-        self.persistent = False
-        self.transport.write(plain_text(code, reason))
-        self.hang_up()
-
-    _abort_call = None
-
-    def hang_up(self) -> None:
-        """
-        Read nothing more, close, and drop the connection if it is still
-        open L{CLOSE_GRACE} seconds later.
-        """
-        if self._abort_call is not None or self.transport is None:
-            return
-        self._closing = True
-        self.transport.pauseProducing()
-        self.loseConnection()
-        self._abort_call = self.guard.clock.callLater(CLOSE_GRACE, self._abort)
-
-    def _abort(self) -> None:
-        self._abort_call = None
-        if self.transport is not None:
-            self.transport.abortConnection()
-
-    def pauseProducing(self) -> None:
-        super().pauseProducing()
-        # twisted.web does not stop reading during a request; answers to
-        # what is read meanwhile would queue without bound.
-        stop_reading_during_request(self)
-        if self._stall is not None:
-            self._stall.paused()
-
-    def resumeProducing(self) -> None:
-        if self._stall is not None:
-            self._stall.resumed()
-        super().resumeProducing()
-
-    def timeoutConnection(self) -> None:
-        # twisted.web logs every one; a server with many idle clients
-        # would log a line per client.
-        self.guard.count(
-            "idle_timeouts", "timing out idle client {peer}", peer=str(self.transport.getPeer())
-        )
-        self.hang_up()
-
-    def connectionLost(self, reason) -> None:
-        self._stop_head()
-        if self._abort_call is not None and self._abort_call.active():
-            self._abort_call.cancel()
-        self._abort_call = None
-        if self._stall is not None:
-            self._stall.cancel()
-        super().connectionLost(reason)
-
-
-class PlainHTTPAnswer:
-    """
-    A mixin for a server-side TLS protocol: a connection whose first byte
-    is not a TLS handshake record (0x16) is answered a plain-text 400
-    saying the server speaks TLS, and closed.
-    """
-
-    _first = True
-    _plain = False
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._plain:
-            return
-        if self._first and data:
-            self._first = False
-            if data[0] != 0x16:
-                self._plain = True
-                guard = getattr(self.factory.wrappedFactory, "guard", None) or default_guard()
-                guard.count("plain_http")
-                self.transport.write(plain_text(400, PLAIN_HTTP_REASON))
-                self.transport.loseConnection()
-                return
-        super().dataReceived(data)
-
-
-class GuardedTLSProtocol(PlainHTTPAnswer, TLSMemoryBIOProtocol):
-    """
-    TLS written as the application writes, with L{PlainHTTPAnswer}.
-    """
-
-
-class GuardedBufferingTLSProtocol(PlainHTTPAnswer, BufferingTLSTransport):
-    """
-    Twisted's default server TLS, with L{PlainHTTPAnswer}.
-    """
-
-
-class _AcceptObserver:
-    """
-    Receives a listening port's accept events: counts refused connections
-    and logs them rate-limited, and passes anything else on.
-    """
-
-    def __init__(self, guard: Guard) -> None:
-        self._guard = guard
-
-    def __call__(self, event: dict) -> None:
-        text = event.get("log_format") or ""
-        if text.startswith(("EMFILE recovery: Closed", "Could not accept")):
-            reason = event.get("acceptError", "EMFILE")
-            self._guard.count(
-                "refused", "refusing connections: {reason} (out of file descriptors; see the open files limit)",
-                reason=reason,
-            )
-        elif text.startswith(("EMFILE encountered", "Re-reserving")):
-            return
-        else:
-            globalLogPublisher(event)
-
-
-def watch_accepts(port, guard: Guard) -> None:
-    """
-    Count and rate-limit the log lines of connections C{port} refuses
-    (Twisted logs one line per refused connection).
-    """
-    if isinstance(port, tcp.Port):
-        set_accept_logger(port, Logger(namespace="memmq.server.accept", observer=_AcceptObserver(guard)))
-
-
-def system_backlog() -> int:
-    """
-    The longest listen backlog the system allows (Linux:
-    C{net.core.somaxconn}), for bursts of connections after a restart.
-    """
-    try:
-        with open("/proc/sys/net/core/somaxconn") as f:
-            return max(int(f.read().strip()), 1)
-    except (OSError, ValueError):
-        return socket.SOMAXCONN
-
-
-def raise_nofile_limit() -> tuple[int, int]:
-    """
-    Raise the soft open-files limit to the hard one (as Go's runtime
-    does), so that a server is not capped at 1,024 connections by a
-    default nobody chose.  Returns (before, after).
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard
-    if target == resource.RLIM_INFINITY:
-        try:
-            with open("/proc/sys/fs/nr_open") as f:
-                target = int(f.read().strip())
-        except (OSError, ValueError):
-            return soft, soft
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (OSError, ValueError):
-            return soft, soft
-        return soft, target
-    return soft, soft
-
-
-class _GuardedTLSFactory(TLSMemoryBIOFactory):
-    protocol = GuardedBufferingTLSProtocol
-
-
-@implementer(IStreamServerEndpoint)
-class GuardedTLSServerEndpoint:
-    """
-    TLS over any server endpoint (a C{--listen}), with L{PlainHTTPAnswer}:
-    what C{wrapServerTLS} does, with this module's TLS protocol.
-    """
-
-    def __init__(self, endpoint: IStreamServerEndpoint, options, clock: IReactorTime | None = None) -> None:
-        self._endpoint = endpoint
-        self._options = options
-        self._clock = clock
-
-    def listen(self, protocolFactory):
-        return self._endpoint.listen(_GuardedTLSFactory(self._options, False, protocolFactory, self._clock))
-
-
-def with_backlog(description: str) -> str:
-    """
-    A C{--listen} description of a TCP or UNIX endpoint, listening with the
-    system's largest backlog unless it names one.
-    """
-    kind = description.split(":", 1)[0].strip().lower()
-    if kind in ("tcp", "tcp6", "unix") and "backlog=" not in description:
-        return f"{description}:backlog={system_backlog()}"
-    return description

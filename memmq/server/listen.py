@@ -30,7 +30,8 @@ from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 
 from memmq.eager import EagerTLSServerEndpoint
 from memmq.errors import MemmqError
-from memmq.server.limits import GuardedTLSServerEndpoint, system_backlog, with_backlog
+from memmq.server.plain_http import GuardedTLSServerEndpoint
+from memmq.server.system_limits import system_backlog, with_backlog
 
 __all__ = [
     "Address", "EndpointError", "ListenError", "parse_address", "parse_endpoint", "listen_tls", "listen_endpoint",

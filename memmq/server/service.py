@@ -18,8 +18,8 @@ from twisted.logger import Logger
 
 from memmq.errors import MemmqError
 from memmq.internals.twisted_private import open_connections
-from memmq.server.limits import watch_accepts
 from memmq.server.listen import Address, describe_port, is_plain, listen_endpoint, listen_tls
+from memmq.server.system_limits import watch_accepts
 from memmq.server.web import MemmqSite
 from memmq.tls import ServerCertificate
 

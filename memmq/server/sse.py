@@ -25,14 +25,14 @@ import base64
 import re
 from collections.abc import Callable
 
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
-from zope.interface import implementer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from memmq.broker import Message
-from memmq.interfaces import IBroker, IReplaySource, ISubscriber, ISubscription
-from memmq.persist.replay import Replay
+from memmq.interfaces import IBroker, IReplaySource, ISubscription
 from memmq.server.combine import Combiner
 from memmq.server.connections import Connections
+from memmq.server.query import Subject
+from memmq.server.response import ResponseSubscriber
 
 __all__ = [
     "BASE64_EVENT", "EVENT_STREAM", "HEARTBEAT", "RETRY_MS", "EventStreamSubscriber", "event", "last_event_id",
@@ -86,22 +86,17 @@ def event(payload: bytes) -> bytes:
     return b"event: base64\ndata: " + base64.b64encode(payload) + b"\n\n"
 
 
-@implementer(ISubscriber, IPushProducer)
-class EventStreamSubscriber:
+class EventStreamSubscriber(ResponseSubscriber):
     """
-    One C{text/event-stream} response subscribed to a topic.
+    One C{text/event-stream} response subscribed to a topic or a pattern,
+    in a queue group or not.
 
-    @param subscribe: registers this subscriber with the broker and returns
-        its subscription: C{broker.subscribe(topic, ...)} by default; the
-        hook through which a pattern or a queue group subscribes instead.
     @param since: replay the persisted messages stamped after it first.
     """
 
-    _replay: Replay | None = None
     _events: list[bytes] | None = None
     _heartbeat: IDelayedCall | None = None
-    _over = False
-    _replay_ended = False
+    _replay_over = False
 
     def __init__(
         self,
@@ -109,35 +104,26 @@ class EventStreamSubscriber:
         connections: Connections,
         combiner: Combiner,
         clock: IReactorTime,
-        topic: str,
+        subject: Subject,
         request,
         since: int | None = None,
         replay: IReplaySource | None = None,
-        subscribe: Callable[[ISubscriber], ISubscription] | None = None,
+        group: str | None = None,
     ) -> None:
-        self._broker = broker
-        self._connections = connections
         self._combiner = combiner
         self._clock = clock
-        self._request = request
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
         # nginx passes the stream on as it comes, whatever proxy_buffering says.
         request.setHeader(b"x-accel-buffering", b"no")
         request.write(b"retry: %d\n\n" % RETRY_MS)
-        request.registerProducer(self, True)
-        if subscribe is None:
-            self.subscription = broker.subscribe(topic, self)
-        else:
-            self.subscription = subscribe(self)
-        if since is not None and replay is not None:
-            self._replay = Replay(replay, topic, since, _ReplayEnd(self.subscription, self._end_replay),
-                                  self._write_replayed, self._fail)
-            if not self._replay.active:
-                self._end_replay()  # nothing to replay: it ended as it began
-        connections.add(self)
-        request.notifyFinish().addBoth(self._finished)
+        super().__init__(broker, connections, subject, request, since, replay, group)
+        if self._replay is not None and not self._replay.active:
+            self._replay_ended()  # nothing to replay: it ended as it began
         self._schedule_heartbeat()
+
+    def _replay_subscription(self) -> ISubscription:
+        return _ReplayEnd(self.subscription, self._replay_ended)
 
     def deliver(self, message: Message) -> None:
         data = message.encoded(event)
@@ -164,9 +150,9 @@ class EventStreamSubscriber:
         if not self._over:
             self._request.write(event(payload))
 
-    def _end_replay(self) -> None:
-        if self._replay is not None and not self._replay_ended and not self._over:
-            self._replay_ended = True
+    def _replay_ended(self) -> None:
+        if self._replay is not None and not self._replay_over and not self._over:
+            self._replay_over = True
             # An id alone dispatches no event but moves the browser's
             # Last-Event-ID past everything replayed.
             self._request.write(b"id: %d\n\n" % self._replay.last)
@@ -186,41 +172,17 @@ class EventStreamSubscriber:
         self._request.write(b": heartbeat\n\n")
         self._schedule_heartbeat()
 
-    def pauseProducing(self) -> None:
-        if self._replay is None or not self._replay.pause():
-            self.subscription.pause()
-
-    def resumeProducing(self) -> None:
-        if self._replay is None or not self._replay.resume():
-            if self._replay is not None:
-                self._end_replay()
-            self.subscription.resume()
-
-    def stopProducing(self) -> None:
-        pass
-
-    def _finished(self, _) -> None:
-        self._over = True
+    def _finished(self, reason) -> None:
         self._events = None
         if self._heartbeat is not None and self._heartbeat.active():
             self._heartbeat.cancel()
         self._heartbeat = None
-        if self._replay is not None:
-            self._replay.cancel()
-        self._broker.unsubscribe(self.subscription)
-        self._connections.discard(self)
+        super()._finished(reason)
 
     def close_going_away(self) -> None:
-        if not self._request.finished and not self._over:
-            if self._events:
-                self.flush()
-            self._request.unregisterProducer()
-            self._request.finish()
-
-    def abort(self) -> None:
-        transport = self._request.channel.transport if self._request.channel else None
-        if transport is not None:
-            transport.abortConnection()
+        if self._events and not self._request.finished:
+            self.flush()
+        super().close_going_away()
 
 
 class _ReplayEnd:

@@ -36,16 +36,18 @@ from memmq.defaults import MAX_MESSAGE_SIZE as DEFAULT_MAX_MESSAGE_SIZE
 from memmq.hops import HOPS_HEADER, check_hops
 from memmq.interfaces import IBroker, IReplaySource
 from memmq.patterns import parse_pattern
-from memmq.server.access import Access, redact_tokens
+from memmq.server.access import Access
 from memmq.server.combine import Combiner
 from memmq.server.connections import Connections
 from memmq.server.cors import Origins
+from memmq.server.credentials import redact_tokens
 from memmq.server.dashboard import DashboardFiles
 from memmq.server.forwarded import NO_PROXIES, ClientAddress, TrustedProxies, client_address
-from memmq.server.limits import Guard, GuardedChannel, hang_up
+from memmq.server.http_channel import GuardedChannel, hang_up
+from memmq.server.limits import Guard
 from memmq.server.metrics import Metrics
 from memmq.server.mux import mux_resource, wants_mux
-from memmq.server.query import NO_REPLAY, since_from_query, subject_from_query, subscribe_subject, topic_from_query
+from memmq.server.query import NO_REPLAY, since_from_query, subject_from_query, topic_from_query
 from memmq.server.readouts import HealthResource, MetricsResource, StatsResource, SummaryResource
 from memmq.server.resources import Branch, HTTPError, LeafResource, error, is_websocket_upgrade, status_of
 from memmq.server.sse import EventStreamSubscriber, last_event_id, wants_event_stream
@@ -401,9 +403,8 @@ class SubscribeResource(LeafResource):
                 since = last_event_id(request)
             self._origins.answer(request)
             streaming = EventStreamSubscriber(
-                self._broker, self._connections, self._combiner, self._clock, getattr(topic, "text", topic),
-                request, since, self._replay,
-                subscribe=lambda subscriber: subscribe_subject(self._broker, topic, subscriber, group),
+                self._broker, self._connections, self._combiner, self._clock, topic, request, since, self._replay,
+                group,
             )
         else:
             streaming = StreamingSubscriber(

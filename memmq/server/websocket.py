@@ -31,9 +31,10 @@ from memmq.internals.autobahn_private import (
     unmasked_binary_frame,
 )
 from memmq.persist.replay import Replay, replay_subject
-from memmq.server.access import EXPIRED_CLOSE_CODE, Access, select_subprotocol
+from memmq.server.access import EXPIRED_CLOSE_CODE, Access
 from memmq.server.combine import Combiner
 from memmq.server.connections import Connections
+from memmq.server.credentials import select_subprotocol
 from memmq.server.limits import MAX_FRAGMENTS, Guard, OutputStall, default_guard
 from memmq.server.query import (
     NO_REPLAY,

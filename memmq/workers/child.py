@@ -22,6 +22,7 @@ import signal
 import sys
 
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.internet.task import LoopingCall
@@ -32,7 +33,7 @@ from zope.interface import implementer
 from memmq.backplane.mesh import MeshBackplane
 from memmq.eager import adopt_eager_tls
 from memmq.logs import observer
-from memmq.workers.figures import WorkerBroker
+from memmq.workers.figures import FiguresBroker, WorkerBroker
 
 __all__ = ["Worker", "main"]
 
@@ -74,7 +75,9 @@ class _Status(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._say(b"ready")
+        # Ready once the other workers' interest is known (or the mesh gave
+        # up waiting): a message published here then reaches them.
+        self._worker.synced.addCallback(lambda _: self._say(b"ready"))
         self._beats = LoopingCall(self._say, b"beat")
         self._beats.clock = self._reactor
         self._beats.start(self._worker.beat, now=False)
@@ -129,12 +132,13 @@ class _Mesh(Service):
 
     name = "mesh"
 
-    def __init__(self, broker: WorkerBroker) -> None:
-        self.broker = broker
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.broker = worker.broker
 
     def startService(self) -> None:
         super().startService()
-        self.broker.start()
+        self.broker.start().addBoth(self.worker.joined)
 
     def stopService(self):
         super().stopService()
@@ -154,9 +158,14 @@ class Worker:
         self.status_fd: int = spec["status_fd"]
         self.beat: float = spec["beat"]
         self._reactor = reactor
-        self.broker: WorkerBroker | None = None
+        self.broker: WorkerBroker | FiguresBroker | None = None
         self.site = None
-        self._waiting: list = []
+        #: fires once the mesh knows what the other workers follow
+        self.synced: Deferred[None] = Deferred()
+        self._listening: bool = spec["listening"]
+        # The ports that accept once the mesh is synced, and (the
+        # --address socket's) once the parent's socket listens.
+        self._held: list[tuple[object, bool]] = []
         os.set_blocking(0, False)
         reactor.addReader(_Parent(self, reactor))
 
@@ -164,23 +173,46 @@ class Worker:
         """
         The parent's socket listens now: accept on it.
         """
-        waiting, self._waiting = self._waiting, []
-        for port in waiting:
-            port.startReading()
+        self._listening = True
+        self._release()
 
-    def wrap(self, local):
+    def joined(self, result) -> None:
         """
-        The broker of this worker, over the local in-memory one.
+        The mesh is synced: accept, and say so.
+        """
+        if not self.synced.called:
+            self.synced.callback(None)
+        self._release()
+
+    def _release(self) -> None:
+        if not self.synced.called:
+            return
+        held, self._held = self._held, []
+        for port, needs_listen in held:
+            if needs_listen and not self._listening:
+                # Not listening yet: a socket in that state reads as hung
+                # up, which would close the port.
+                self._held.append((port, needs_listen))
+            else:
+                port.startReading()
+
+    def wrap(self, broker, messages: bool = True):
+        """
+        The broker of this worker: over the local in-memory one, joined to
+        the others by the mesh; or, when C{messages} is false (each worker
+        a proxy, or a node of a Redis backplane, of its own), over
+        C{broker} as it is, with the mesh carrying figures only.
         """
         mesh = MeshBackplane(self._reactor, self.index, self.spec["mesh"], self.spec["mesh_fd"])
-        self.broker = WorkerBroker(local, mesh, self.index, self._reactor)
+        kind = WorkerBroker if messages else FiguresBroker
+        self.broker = kind(broker, mesh, self.index, self._reactor)
         return self.broker
 
     def services(self, root) -> None:
         """
         Add what comes first in a worker's tree: the mesh.
         """
-        _Mesh(self.broker).setServiceParent(root)
+        _Mesh(self).setServiceParent(root)
 
     def adopt(self, http) -> None:
         """
@@ -194,13 +226,10 @@ class Worker:
             fd, family = entry["fd"], entry["family"]
             if entry["description"] is None:
                 port = adopt_eager_tls(self._reactor, fd, family, tls, site)
-                if not self.spec["listening"]:
-                    # Not listening yet: a socket in that state reads as
-                    # hung up, which would close the port.
-                    port.stopReading()
-                    self._waiting.append(port)
             else:
                 port = self._reactor.adoptStreamPort(fd, family, TLSMemoryBIOFactory(tls, False, site))
+            port.stopReading()
+            self._held.append((port, entry["description"] is None))
             os.close(fd)
             http.adopt(port, entry["description"])
 

@@ -46,10 +46,8 @@ def check_workers(options) -> None:
         return
     if options["client"] or options["interactive"]:
         raise usage.UsageError("--workers is for the server, not for --client or -i")
-    if options["proxy"]:
-        raise usage.UsageError("--workers does not go with --proxy yet: run one proxy per core behind a balancer")
-    if options["backplane"]:
-        raise usage.UsageError("--workers does not go with --backplane yet: run one node per core instead")
+    if options["persist"] and options["backplane"]:
+        raise usage.UsageError("--workers does not go with --persist and --backplane together: run one node per core")
     if options["persist"]:
         raise usage.UsageError(
             "--workers does not go with --persist yet: each topic's file must be written by one process"
@@ -62,8 +60,9 @@ WORKERS = Group(
         ["workers", None, 1,
          "How many processes serve: a number, or auto for one per usable CPU. With more than 1, "
          "a parent process holds every listening socket and restarts workers that die; the "
-         "workers share the sockets and the topics, and any of them shows the whole server's "
-         "/metrics and /stats [default: 1].", _workers],
+         "workers share the sockets, the topics, patterns and queue groups, and any of them shows "
+         "the whole server's /metrics and /stats; with --proxy or --backplane, each worker is a "
+         "proxy or a node of its own [default: 1].", _workers],
     ],
     check=check_workers,
 )
