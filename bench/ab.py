@@ -27,13 +27,14 @@ import argparse
 import json
 import os
 import shlex
-import signal
-import socket
-import ssl
 import statistics
 import subprocess
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from servers import free_port, parse_variant, start, stop, wait_listening  # noqa: E402
 
 KEY_FIGURES = {
     "pub": "requests_per_s",
@@ -42,57 +43,43 @@ KEY_FIGURES = {
     "idle": "bytes_per_subscriber",
 }
 
+# mqbench-grpc's names for the same figures.
+GRPC_KEY_FIGURES = {"pub": "calls_per_s", "fanout": "deliveries_per_s"}
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_listening(port: int, deadline: float) -> None:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as raw:
-                with context.wrap_socket(raw):
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"ab: the server on port {port} did not answer in time")
+PROBLEMS = ("lost", "out_of_order", "errors", "error", "duplicates")
 
 
-def start(variant: dict, port: int) -> subprocess.Popen:
-    address = f"--address=127.0.0.1:{port}"
-    if variant["checkout"].startswith("exec:"):
-        argv = [variant["checkout"][5:], address, *variant["args"]]
-        env = dict(os.environ)
-    else:
-        argv = [sys.executable, "-m", "memmq", address, *variant["args"]]
-        env = dict(os.environ, PYTHONPATH=os.path.abspath(variant["checkout"]))
-    return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def key_figure(scenario: str, grpc: bool = False) -> str:
+    """
+    The figure compared for C{scenario} (mqbench's, or mqbench-grpc's).
+    """
+    name = shlex.split(scenario)[0]
+    return (GRPC_KEY_FIGURES if grpc else KEY_FIGURES)[name]
 
 
-def stop(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-def run_one(args, variant: dict, scenario: str) -> dict:
+def run_one(args, variant: dict, scenario: str, bench: str | None = None, grpc: bool = False) -> dict:
+    """
+    Start a fresh server of C{variant}, run C{scenario} against it with
+    mqbench (or, with C{grpc}, mqbench-grpc: C{bench}), stop the server;
+    return the load generator's JSON result, or C{{"error": ...}}.
+    C{args} gives C{mqbench}, C{timeout} and C{start_wait}.
+    """
     port = free_port()
     server = start(variant, port)
     try:
         wait_listening(port, time.monotonic() + args.start_wait)
-        command = [args.mqbench, "-q", "-url", f"https://127.0.0.1:{port}", "-pid", str(server.pid)]
+        if grpc:
+            command = [bench, "-q", "-addr", f"127.0.0.1:{port}", "-pid", str(server.pid)]
+        else:
+            url = f"https://127.0.0.1:{port}"
+            command = [bench or args.mqbench, "-q", "-url", url, "-pid", str(server.pid)]
         for header in variant["headers"]:
             command += ["-H", header]
         command += shlex.split(scenario)
-        done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            return {"error": f"no answer from the load generator in {args.timeout:.0f} s"}
         lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
         if not lines:
             return {"error": (done.stderr or done.stdout).strip()[-200:]}
@@ -101,15 +88,37 @@ def run_one(args, variant: dict, scenario: str) -> dict:
         stop(server)
 
 
-def parse_variant(text: str, headers: dict[str, list[str]]) -> dict:
-    name, _, rest = text.partition("=")
-    checkout, _, server_args = rest.partition("::")
-    return {
-        "name": name,
-        "checkout": checkout or ".",
-        "args": shlex.split(server_args),
-        "headers": headers.get(name, []),
-    }
+def compare(args, variants: list[dict], scenarios: list[str], runs: int, out=None, bench: str | None = None,
+            grpc: bool = False) -> tuple[dict, dict]:
+    """
+    Run every scenario against every variant C{runs} times, a fresh server
+    each time, alternating the variants' order from run to run; return
+    each (scenario, variant name)'s key figures and problems (lost,
+    out of order, errors), and write every result to C{out} if given.
+    """
+    figures: dict[tuple[str, str], list[float]] = {}
+    problems: dict[tuple[str, str], list[str]] = {}
+    for run in range(runs):
+        for scenario in scenarios:
+            key = key_figure(scenario, grpc)
+            order = variants if run % 2 == 0 else list(reversed(variants))
+            for variant in order:
+                result = run_one(args, variant, scenario, bench, grpc)
+                if out:
+                    out.write(json.dumps({**result, "variant": variant["name"], "scenario": scenario}) + "\n")
+                    out.flush()
+                label = (scenario, variant["name"])
+                if key in result:
+                    figures.setdefault(label, []).append(float(result[key]))
+                for bad in PROBLEMS:
+                    if result.get(bad):
+                        problems.setdefault(label, []).append(f"{bad}={result[bad]}")
+                print(f"run {run + 1} {variant['name']:>10} {scenario}: {result.get(key, result)}", file=sys.stderr)
+    return figures, problems
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,36 +139,20 @@ def main(argv: list[str] | None = None) -> int:
         name, _, header = item.partition("=")
         headers.setdefault(name, []).append(header)
     variants = [parse_variant(v, headers) for v in args.variant]
-    figures: dict[tuple[str, str], list[float]] = {}
-    problems: dict[tuple[str, str], list[str]] = {}
     out = open(args.json, "a") if args.json else None
-    for run in range(args.runs):
-        for scenario in args.scenario:
-            key = KEY_FIGURES[shlex.split(scenario)[0]]
-            order = variants if run % 2 == 0 else list(reversed(variants))
-            for variant in order:
-                result = run_one(args, variant, scenario)
-                if out:
-                    out.write(json.dumps({"variant": variant["name"], "scenario": scenario, **result}) + "\n")
-                label = (scenario, variant["name"])
-                if key in result:
-                    figures.setdefault(label, []).append(float(result[key]))
-                for bad in ("lost", "out_of_order", "errors", "error", "duplicates"):
-                    if result.get(bad):
-                        problems.setdefault(label, []).append(f"{bad}={result[bad]}")
-                print(f"run {run + 1} {variant['name']:>10} {scenario}: {result.get(key, result)}", file=sys.stderr)
+    figures, problems = compare(args, variants, args.scenario, args.runs, out)
     for scenario in args.scenario:
-        key = KEY_FIGURES[shlex.split(scenario)[0]]
+        key = key_figure(scenario)
         base = None
         print(f"{scenario}  ({key}, median of {args.runs})")
         for variant in variants:
             values = figures.get((scenario, variant["name"]), [])
-            median = statistics.median(values) if values else float("nan")
-            base = median if base is None else base
-            ratio = median / base if base else float("nan")
+            middle = median(values)
+            base = middle if base is None else base
+            ratio = middle / base if base else float("nan")
             trouble = " ".join(problems.get((scenario, variant["name"]), []))
             runs = " / ".join(f"{v:,.0f}" for v in values)
-            print(f"  {variant['name']:>10}: {median:>12,.0f}  x{ratio:.2f}  ({runs}) {trouble}")
+            print(f"  {variant['name']:>10}: {middle:>12,.0f}  x{ratio:.2f}  ({runs}) {trouble}")
     return 0
 
 

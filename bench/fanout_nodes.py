@@ -26,8 +26,6 @@ import json
 import os
 import shutil
 import signal
-import socket
-import ssl
 import statistics
 import subprocess
 import sys
@@ -36,28 +34,13 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from servers import free_port, wait_listening  # noqa: E402
 
 
 def wait_port(port: int, tls: bool, deadline: float) -> None:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as raw:
-                if tls:
-                    with context.wrap_socket(raw):
-                        return
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"fanout_nodes: nothing answered on port {port} in time")
+    wait_listening(port, deadline, tls=tls, what="fanout_nodes: the process")
 
 
 NGINX = """

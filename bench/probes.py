@@ -25,7 +25,6 @@ import argparse
 import os
 import resource
 import select
-import shlex
 import socket
 import ssl
 import subprocess
@@ -33,16 +32,15 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import servers  # noqa: E402
+from servers import free_port  # noqa: E402
+
 # Requests, pings, fragments at --scale 1 (the figures).
 PIPELINED = 600_000
 PINGS = 1_000_000
 FRAGMENTS = 5_000_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tls_context(max_version=None, ciphers=None) -> ssl.SSLContext:
@@ -74,32 +72,21 @@ class Server:
     def __init__(self, variant: dict, nofile: int | None = None) -> None:
         self.port = free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="probe-", suffix=".log", delete=False)
-        address = f"--address=127.0.0.1:{self.port}"
-        if variant["checkout"].startswith("exec:"):
-            argv = [variant["checkout"][5:], address, *variant["args"]]
-            env = dict(os.environ)
-        else:
-            argv = [sys.executable, "-m", "memmq", address, *variant["args"]]
-            env = dict(os.environ, PYTHONPATH=os.path.abspath(variant["checkout"]))
 
         def limit():
             if nofile is not None:
                 hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
 
-        self.process = subprocess.Popen(
-            argv, env=env, stdout=self.log, stderr=self.log, preexec_fn=limit, cwd=tempfile.gettempdir()
+        self.process = servers.start(
+            variant, self.port, stdout=self.log, stderr=self.log, preexec_fn=limit, cwd=tempfile.gettempdir()
         )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                tls_connect(self.port, 1).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        log = open(self.log.name, errors="replace").read()[-300:]
-        self.stop()
-        raise RuntimeError(f"the server on port {self.port} did not answer in time: {log!r}")
+        try:
+            servers.wait_listening(self.port, time.monotonic() + 60)
+        except SystemExit:
+            log = open(self.log.name, errors="replace").read()[-300:]
+            self.stop()
+            raise RuntimeError(f"the server on port {self.port} did not answer in time: {log!r}") from None
 
     def rss_mb(self) -> float:
         with open(f"/proc/{self.process.pid}/status") as f:
@@ -123,13 +110,7 @@ class Server:
             return sum(1 for line in f if needle is None or needle in line)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        servers.stop(self.process, grace=5)
         self.log.close()
         os.unlink(self.log.name)
 
@@ -481,19 +462,13 @@ PROBES = {
 }
 
 
-def parse_variant(text: str) -> dict:
-    name, _, rest = text.partition("=")
-    checkout, _, args = rest.partition("::")
-    return {"name": name, "checkout": checkout or ".", "args": shlex.split(args)}
-
-
 def _interrupted(signum, frame):
     raise KeyboardInterrupt
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variant", action="append", required=True, type=parse_variant)
+    parser.add_argument("--variant", action="append", required=True, type=servers.parse_variant)
     parser.add_argument("--probe", action="append", choices=sorted(PROBES), help="default: all")
     parser.add_argument("--scale", type=float, default=1.0)
     options = parser.parse_args(argv)

@@ -132,16 +132,12 @@ class Broker:
         self.published += 1
         entry.published += 1
         message = Message(topic, payload, stamp)
-        subscriptions = entry.subscriptions
+        handed = len(entry.members)
         self.published_bytes += message.size
-        self.handed += len(subscriptions)
-        self.handed_bytes += message.size * len(subscriptions)
-        for subscription in subscriptions:
-            if subscription.paused:
-                subscription.offer(message)
-            else:
-                subscription.subscriber.deliver(message)
-        return len(subscriptions)
+        self.handed += handed
+        self.handed_bytes += message.size * handed
+        entry.hand(message)
+        return handed
 
     def _publish_matched(
         self, topic: str, payload: bytes, entry: Topic | None, chosen: list[Subscription], stamp: int | None = None,
@@ -166,6 +162,9 @@ class Broker:
             if subscription.paused:
                 subscription.offer(message)
             else:
+                if subscription.cursor is not None:
+                    # What waits in the topic's log goes first.
+                    subscription.catch_up()
                 subscription.subscriber.deliver(message)
         return len(recipients)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from zope.interface import Attribute, Interface
 
-__all__ = ["IBroker", "IBrokerStats", "IReplaySource", "ISubscriber", "ISubscription"]
+__all__ = ["IBroker", "IBrokerStats", "IFollower", "IReplaySource", "ISubscriber", "ISubscription"]
 
 
 class ISubscriber(Interface):
@@ -33,6 +33,22 @@ class ISubscriber(Interface):
 
         Called only while the subscription is not paused, in publish order.
         Must not raise and must not call back into the broker.
+        """
+
+
+class IFollower(ISubscriber):
+    """
+    A subscriber that writes what it is sent later, many messages at once
+    (a WebSocket subscriber, through L{memmq.server.combine}): rather than
+    being handed each message of a topic, it is woken once, and takes at
+    its next write everything published since (L{memmq.following}).
+    """
+
+    def wake():
+        """
+        Messages wait for this subscriber in its topic's log: take them
+        (C{subscription.take}) at the next write.  Called once until they
+        are taken; must not raise and must not call back into the broker.
         """
 
 

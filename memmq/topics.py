@@ -17,7 +17,8 @@ from zope.interface import implementer
 from memmq.defaults import MAX_BUFFERED_BYTES as DEFAULT_MAX_BUFFERED_BYTES
 from memmq.defaults import MAX_BUFFERED_MESSAGES as DEFAULT_MAX_BUFFERED_MESSAGES
 from memmq.errors import InvalidTopic
-from memmq.interfaces import ISubscriber, ISubscription
+from memmq.following import CHUNK, Chunk, Cursor, Joined, joined, read
+from memmq.interfaces import IFollower, ISubscriber, ISubscription
 from memmq.patterns import Pattern
 
 __all__ = [
@@ -140,6 +141,8 @@ class Subscription:
         "_max_messages",
         "_max_bytes",
         "_dropping",
+        "cursor",
+        "follows",
     )
 
     def __init__(
@@ -162,6 +165,11 @@ class Subscription:
         self._max_messages = max_messages
         self._max_bytes = max_bytes
         self._dropping = False
+        # Where in its topic's log this subscription reads from, while it
+        # follows (see memmq.following); None while it is handed each
+        # message (paused, idle, or a subscriber that cannot follow).
+        self.cursor: Cursor | None = None
+        self.follows = IFollower.providedBy(subscriber)
 
     @property
     def buffered(self) -> int:
@@ -196,7 +204,63 @@ class Subscription:
             return self._max_messages > 0
         return len(pending) < self._max_messages and self._pending_bytes < self._max_bytes
 
+    @property
+    def following(self) -> bool:
+        """
+        Whether messages wait for this subscriber in its topic's log.
+        """
+        return self.cursor is not None
+
+    def follow(self, cursor: Cursor) -> None:
+        """
+        Read from the topic's log from C{cursor} on, and tell the
+        subscriber it has something to take.
+        """
+        self.cursor = cursor
+        self.topic_entry.waiting += 1
+        self.subscriber.wake()
+
+    def take(self, encoding: Callable[[bytes], bytes]) -> bytes:
+        """
+        What waits for this subscriber in its topic's log, each message
+        framed by C{encoding} and joined (shared with the subscribers that
+        take the same stretch); stop following.
+        """
+        cursor = self.cursor
+        if cursor is None:
+            return b""
+        entry = self.topic_entry
+        data = joined(entry.joined, cursor, encoding)
+        self._unfollow()
+        return data
+
+    def catch_up(self) -> None:
+        """
+        Hand the subscriber, one by one, what waits for it in the log, and
+        stop following: before a message that comes another way (so that
+        order is kept), and before pausing (what is published next is
+        queued, and must not be in the log as well).
+        """
+        cursor = self.cursor
+        if cursor is None:
+            return
+        messages = read(cursor)[0]
+        self._unfollow()
+        deliver = self.subscriber.deliver
+        for message in messages:
+            deliver(message)
+
+    def _unfollow(self) -> None:
+        self.cursor = None
+        entry = self.topic_entry
+        entry.waiting -= 1
+        if not entry.waiting:
+            # Nobody reads the log: let it, and the last stretch framed, go.
+            entry.tail = None
+            entry.joined = Joined()
+
     def pause(self) -> None:
+        self.catch_up()
         self.paused = True
 
     def resume(self) -> None:
@@ -244,6 +308,8 @@ class Subscription:
         self._pending_bytes += message.size
 
     def end(self) -> None:
+        if self.cursor is not None:
+            self._unfollow()
         self._active = False
         self._pending = None
         self._pending_bytes = 0
@@ -258,7 +324,10 @@ class Topic:
     has subscribers: the last one leaving frees it.
     """
 
-    __slots__ = ("name", "published", "dropped", "dropped_bytes", "members", "_snapshot", "on_drop")
+    __slots__ = (
+        "name", "published", "dropped", "dropped_bytes", "members", "_snapshot", "on_drop",
+        "followers", "waiting", "tail", "joined",
+    )
 
     def __init__(self, name: str, on_drop) -> None:
         self.name = name
@@ -268,6 +337,13 @@ class Topic:
         self.dropped_bytes = 0
         self.members: dict[Subscription, None] = {}
         self._snapshot: tuple[Subscription, ...] | None = None
+        # The log its followers read from (memmq.following): how many
+        # members can follow, how many do now, the chunk being appended
+        # to (while any does), and the last stretch framed.
+        self.followers = 0
+        self.waiting = 0
+        self.tail: Chunk | None = None
+        self.joined = Joined()
 
     @property
     def subscriptions(self) -> tuple[Subscription, ...]:
@@ -285,7 +361,41 @@ class Topic:
     def add(self, subscription: Subscription) -> None:
         self.members[subscription] = None
         self._snapshot = None
+        if subscription.follows:
+            self.followers += 1
 
     def remove(self, subscription: Subscription) -> None:
-        self.members.pop(subscription, None)
+        if subscription in self.members:
+            del self.members[subscription]
+            if subscription.follows:
+                self.followers -= 1
         self._snapshot = None
+
+    def hand(self, message: Message) -> None:
+        """
+        Hand C{message} to every subscriber: appended to the log for those
+        that follow it already, and those that can follow start to (one
+        call each, and none for the publishes after, until they are
+        written to); queued for the paused; delivered to the others.
+        """
+        cursor = None
+        if self.followers:
+            tail = self.tail
+            if tail is None or len(tail.messages) >= CHUNK:
+                chunk = Chunk()
+                if tail is not None:
+                    tail.next = chunk
+                tail = self.tail = chunk
+            cursor = (tail, len(tail.messages))
+            tail.messages.append(message)
+        for subscription in self.subscriptions:
+            if subscription.cursor is not None:
+                continue
+            if subscription.paused:
+                subscription.offer(message)
+            elif cursor is not None and subscription.follows:
+                subscription.follow(cursor)
+            else:
+                subscription.subscriber.deliver(message)
+        if not self.waiting:
+            self.tail = None

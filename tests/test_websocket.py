@@ -51,6 +51,36 @@ class SubscriberTests(TestCase):
         self.assertEqual(sum(s.dropped for s in self.server.broker.topic("fan").subscriptions), 0)
 
     @inlineCallbacks
+    def test_burst_read_from_the_topic_log(self) -> None:
+        """
+        A burst from a WebSocket publisher (no answer awaited) reaches 20
+        subscribers, each message once and in order, though each write
+        carries many messages read from the topic's log (more than one of
+        its chunks); nothing is dropped and the log is let go afterwards.
+        """
+        subs = yield DeferredList(
+            [self.client.subscribe(self.server.url, "burst") for _ in range(20)], fireOnOneErrback=True
+        )
+        subs = [s for _, s in subs]
+        pub = yield self.client.connect(self.server.url, "/pub", "burst")
+        expected = [b"burst %d" % i for i in range(600)]
+        for payload in expected:
+            pub.sendMessage(payload, isBinary=True)
+        for sub in subs:
+            messages = yield sub.wait_for(600)
+            self.assertEqual(messages, expected)
+        topic = self.server.broker.topic("burst")
+        self.assertEqual(sum(s.dropped for s in topic.subscriptions), 0)
+        self.assertEqual(self.server.broker.delivered, 20 * 600)
+        self.assertEqual(topic.waiting, 0)
+        self.assertIsNone(topic.tail)
+        pub.sendClose()
+        yield pub.wait_closed()
+        for sub in subs:
+            sub.transport.abortConnection()
+        yield until(lambda: self.server.broker.subscribers == 0)
+
+    @inlineCallbacks
     def test_disconnect_unsubscribes_at_once(self) -> None:
         """
         A subscriber that goes away is unsubscribed when its connection is

@@ -23,7 +23,7 @@ from zope.interface import implementer
 from memmq.broker import Message
 from memmq.errors import MemmqError, PersistError
 from memmq.hops import HOPS_HEADER, check_hops
-from memmq.interfaces import IBroker, IReplaySource, ISubscriber
+from memmq.interfaces import IBroker, IFollower, IReplaySource
 from memmq.internals.autobahn_private import (
     LenientKeyHandshake,
     fail_connection,
@@ -143,7 +143,7 @@ class _ServerProtocol(LenientKeyHandshake, WebSocketServerProtocol):
             self.transport.abortConnection()
 
 
-@implementer(ISubscriber, IPushProducer)
+@implementer(IFollower, IPushProducer)
 class SubscriberProtocol(_ServerProtocol):
     """
     C{/sub} over WebSocket: every message published to the topic from now on,
@@ -161,6 +161,7 @@ class SubscriberProtocol(_ServerProtocol):
     subject: Subject | None = None
     _replay: Replay | None = None
     _frames: list[bytes] | None = None
+    _flushing_soon = False
     _stall: OutputStall | None = None
 
     def _read_subject(self, params) -> None:
@@ -202,17 +203,36 @@ class SubscriberProtocol(_ServerProtocol):
         frames = self._frames
         if frames is None:
             self._frames = [message.encoded(binary_frame)]
-            self.factory.combiner.want_flush(self)
+            self.wake()
         else:
             frames.append(message.encoded(binary_frame))
 
+    def wake(self) -> None:
+        """
+        Something waits for this subscriber (delivered, or in its topic's
+        log: see L{memmq.following}): flush it soon.
+        """
+        if not self._flushing_soon:
+            self._flushing_soon = True
+            self.factory.combiner.want_flush(self)
+
     def flush(self) -> None:
         """
-        Write the frames waiting since the last flush, in one write.
+        Write what waits since the last flush, in one write: the frames
+        delivered, then what the topic's log holds.
         """
+        self._flushing_soon = False
         frames, self._frames = self._frames, None
-        if frames and self.state == self.STATE_OPEN:
+        subscription = self.subscription
+        logged = subscription.take(binary_frame) if subscription is not None else b""
+        if self.state != self.STATE_OPEN:
+            return
+        if frames:
+            if logged:
+                frames.append(logged)
             self.transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+        elif logged:
+            self.transport.write(logged)
 
     def onMessage(self, payload, isBinary) -> None:
         # A subscriber has nothing to say; pings are answered by autobahn.
@@ -245,7 +265,7 @@ class SubscriberProtocol(_ServerProtocol):
         pass
 
     def close_going_away(self) -> None:
-        if self._frames:
+        if self._flushing_soon:
             self.flush()
         super().close_going_away()
 
