@@ -571,6 +571,32 @@ class OptionTests(TestCase):
             self.assertIn(b"--workers", result.stderr)
 
 
+class PlainListenTests(TestCase):
+    """
+    A --listen=plain: port served by workers speaks plain HTTP, and the
+    start-up line warns that it is without TLS, as one process does.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_plain_listen(self):
+        import re
+
+        server = _Server(self, 2, "--listen=plain:tcp:0:interface=127.0.0.1")
+        yield server.start()
+        yield until(lambda: b"WITHOUT TLS" in server.process.output)
+        port = int(re.search(rb"listening on http://127\.0\.0\.1:(\d+) WITHOUT TLS", server.process.output).group(1))
+        plain = f"http://127.0.0.1:{port}"
+        # Enough requests, each on a connection of its own, for both
+        # workers to take some.
+        for i in range(10):
+            response = yield bounded(treq.post(f"{plain}/pub?topic=plain", b"m%d" % i, persistent=False))
+            self.assertEqual(response.code, 200)
+        stats = yield server.stats()
+        self.assertEqual(stats["published"], 10)
+
+
 _ACTIVATE = (
     "import os, sys; os.environ['LISTEN_PID'] = str(os.getpid()); "
     "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"

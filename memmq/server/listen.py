@@ -27,13 +27,17 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.logger import Logger
 
 from memmq.eager import EagerTLSServerEndpoint
 from memmq.errors import MemmqError
 from memmq.server.plain_http import GuardedTLSServerEndpoint
 from memmq.server.system_limits import system_backlog, with_backlog
 
+_log = Logger()
+
 __all__ = [
+    "announce_listening",
     "Address", "EndpointError", "ListenError", "parse_address", "parse_endpoint", "listen_tls", "listen_endpoint",
     "describe_port", "is_plain", "PLAIN", "bind",
 ]
@@ -281,3 +285,23 @@ def describe_port(port: IListeningPort, description: str | None = None) -> tuple
         name = host.name.decode("utf-8", "replace") if isinstance(host.name, bytes) else host.name
         return "", f"unix:{name}"
     return "", description or str(host)
+
+
+def announce_listening(port: IListeningPort, description: str | None, origin: str, role: str = "") -> None:
+    """
+    The start-up line saying where C{port} listens: loud for plain HTTP,
+    which anyone on the path reads unless a proxy in front terminates TLS
+    (README, "Behind a proxy").
+    """
+    scheme, address = describe_port(port, description)
+    if description is not None and is_plain(description):
+        _log.warn(
+            "memmq listening on {scheme}{address} WITHOUT TLS (plain HTTP: put a proxy that "
+            "terminates TLS in front of it){role}",
+            scheme=scheme, address=address, endpoint=description, role=role,
+        )
+    else:
+        _log.info(
+            "memmq listening on {scheme}{address} (certificate {origin}){role}",
+            scheme=scheme, address=address, origin=origin, endpoint=description, role=role,
+        )

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 
 from memmq.errors import MemmqError
 from memmq.internals.twisted_private import open_connections
-from memmq.server.listen import Address, describe_port, is_plain, listen_endpoint, listen_tls
+from memmq.server.listen import Address, announce_listening, listen_endpoint, listen_tls
 from memmq.server.system_limits import watch_accepts
 from memmq.server.web import MemmqSite
 from memmq.tls import ServerCertificate
@@ -108,25 +108,10 @@ class HTTPService(Service):
         # Said here, once every service of the tree has taken its ports (a
         # gRPC port in use ends the start before this): "listening" means
         # all of them.
+        if self.quiet:
+            return
         for port, description in zip(self.ports, self._descriptions, strict=True):
-            if self.quiet:
-                break
-            scheme, address = describe_port(port, description)
-            if description is not None and is_plain(description):
-                # Loud on purpose: anyone on the path reads this traffic
-                # unless a proxy in front terminates TLS (README, "Behind a
-                # proxy").
-                _log.warn(
-                    "memmq listening on {scheme}{address} WITHOUT TLS (plain HTTP: put a proxy that "
-                    "terminates TLS in front of it){role}",
-                    scheme=scheme, address=address, endpoint=description, role=self.role,
-                )
-                continue
-            _log.info(
-                "memmq listening on {scheme}{address} (certificate {origin}){role}",
-                scheme=scheme, address=address, origin=self.certificate.origin, endpoint=description,
-                role=self.role,
-            )
+            announce_listening(port, description, self.certificate.origin, self.role)
 
     def stopService(self):
         super().stopService()

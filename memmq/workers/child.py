@@ -33,6 +33,7 @@ from zope.interface import implementer
 from memmq.backplane.mesh import MeshBackplane
 from memmq.eager import adopt_eager_tls
 from memmq.logs import observer
+from memmq.server.listen import is_plain
 from memmq.workers.figures import FiguresBroker, WorkerBroker
 
 __all__ = ["Worker", "main"]
@@ -234,10 +235,12 @@ class Worker:
         self.broker.site = site
         for entry in self.spec["ports"]:
             fd, family = entry["fd"], entry["family"]
-            if entry["description"] is None:
+            description = entry["description"]
+            if description is None:
                 port = adopt_eager_tls(self._reactor, fd, family, tls, site)
             else:
-                port = self._reactor.adoptStreamPort(fd, family, TLSMemoryBIOFactory(tls, False, site))
+                factory = site if is_plain(description) else TLSMemoryBIOFactory(tls, False, site)
+                port = self._reactor.adoptStreamPort(fd, family, factory)
             port.stopReading()
             self._held.append((port, entry["description"] is None))
             os.close(fd)

@@ -38,7 +38,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from memmq.eager import adopt_eager_tls
-from memmq.server.listen import Address, bind, describe_port, listen_endpoint
+from memmq.server.listen import Address, announce_listening, bind, listen_endpoint
 from memmq.systemd import notify
 
 __all__ = ["WorkersService", "HANG_LIMIT", "MAX_BACKOFF"]
@@ -284,11 +284,7 @@ class WorkersService(Service):
             for worker in self.workers.values():
                 worker.transport.writeToChild(0, b"listen\n")
         for port, description in self.ports:
-            scheme, address = describe_port(port, description)
-            _log.info(
-                "memmq listening on {scheme}{address} (certificate {origin})",
-                scheme=scheme, address=address, origin=self.certificate.origin, endpoint=description,
-            )
+            announce_listening(port, description, self.certificate.origin)
         if self._grpc_address is not None:
             from memmq.server.rpc import grpc_target
 
