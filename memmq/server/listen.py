@@ -34,8 +34,6 @@ from memmq.errors import MemmqError
 from memmq.server.plain_http import GuardedTLSServerEndpoint
 from memmq.server.system_limits import system_backlog, with_backlog
 
-_log = Logger()
-
 __all__ = [
     "announce_listening",
     "Address", "EndpointError", "ListenError", "parse_address", "parse_endpoint", "listen_tls", "listen_endpoint",
@@ -287,21 +285,24 @@ def describe_port(port: IListeningPort, description: str | None = None) -> tuple
     return "", description or str(host)
 
 
-def announce_listening(port: IListeningPort, description: str | None, origin: str, role: str = "") -> None:
+def announce_listening(
+    log: Logger, port: IListeningPort, description: str | None, origin: str, role: str = "",
+) -> None:
     """
-    The start-up line saying where C{port} listens: loud for plain HTTP,
+    The start-up line saying where C{port} listens, on C{log} (the
+    caller's namespace, which people filter on): loud for plain HTTP,
     which anyone on the path reads unless a proxy in front terminates TLS
     (README, "Behind a proxy").
     """
     scheme, address = describe_port(port, description)
     if description is not None and is_plain(description):
-        _log.warn(
+        log.warn(
             "memmq listening on {scheme}{address} WITHOUT TLS (plain HTTP: put a proxy that "
             "terminates TLS in front of it){role}",
             scheme=scheme, address=address, endpoint=description, role=role,
         )
     else:
-        _log.info(
+        log.info(
             "memmq listening on {scheme}{address} (certificate {origin}){role}",
             scheme=scheme, address=address, origin=origin, endpoint=description, role=role,
         )

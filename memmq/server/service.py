@@ -111,7 +111,7 @@ class HTTPService(Service):
         if self.quiet:
             return
         for port, description in zip(self.ports, self._descriptions, strict=True):
-            announce_listening(port, description, self.certificate.origin, self.role)
+            announce_listening(_log, port, description, self.certificate.origin, self.role)
 
     def stopService(self):
         super().stopService()

@@ -256,25 +256,18 @@ class Worker:
 def main() -> int:
     spec = json.loads(os.environ.pop("MEMMQ_WORKER"))
     die_with_parent(spec["parent"])
-    from memmq.script import Options, ProcessRoot
+    from memmq.script import Options, serve
 
     options = Options()
     options.parseOptions(spec["argv"])
     globalLogBeginner.beginLoggingTo([observer(options["log_format"], LogLevel.info)], redirectStandardIO=False)
     from twisted.internet import reactor
 
-    from memmq.tap import makeService
-
     # The parent passes SIGHUP on; a feature that reloads on it installs
     # its own handler while the tree is built, over this one.
     signal.signal(signal.SIGHUP, lambda signum, frame: None)
 
-    service = makeService(options, reactor, root=ProcessRoot, worker=Worker(spec, reactor))
-    service.privilegedStartService()
-    service.startService()
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    reactor.run()
-    return 0
+    return serve(options, reactor, Worker(spec, reactor))
 
 
 if __name__ == "__main__":

@@ -284,7 +284,7 @@ class WorkersService(Service):
             for worker in self.workers.values():
                 worker.transport.writeToChild(0, b"listen\n")
         for port, description in self.ports:
-            announce_listening(port, description, self.certificate.origin)
+            announce_listening(_log, port, description, self.certificate.origin)
         if self._grpc_address is not None:
             from memmq.server.rpc import grpc_target
 
