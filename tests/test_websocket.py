@@ -297,3 +297,43 @@ class SeedKeyTests(TestCase):
         data = yield bounded(more)
         self.assertTrue(data.endswith(b"\x82\x1ea completely arbitrary message"), data[-40:])
 
+
+
+class PublisherFailureTests(TestCase):
+    """
+    A WebSocket publisher, which gets no answer per message, is told by
+    its connection's close when its messages stop being taken.
+    """
+
+    timeout = 30
+
+    @inlineCallbacks
+    def test_other_processes_away(self) -> None:
+        """
+        While the server cannot reach its other processes (here its
+        backplane is down), a WebSocket publisher's next message closes its
+        connection with 1013, try again later; the subscribers had what
+        came before, and the server still serves.
+        """
+        from memmq.backplane.broker import BackplaneBroker
+        from memmq.backplane.memory import MemoryHub
+        from memmq.broker import Broker
+
+        backplane = MemoryHub().member()
+        broker = BackplaneBroker(Broker(), backplane)
+        yield bounded(broker.start())
+        server = RunningServer(self, broker=broker)
+        subscriber = yield server.client.subscribe(server.url, "w")
+        publisher = yield server.client.connect(server.url, "/pub", "w")
+        publisher.sendMessage(b"taken", isBinary=True)
+        yield subscriber.wait_for(1)
+        backplane.healthy = False
+        publisher.sendMessage(b"not taken", isBinary=True)
+        code = yield publisher.wait_closed()
+        self.assertEqual(code, 1013)
+        self.assertEqual(subscriber.messages, [b"taken"])
+        backplane.healthy = True
+        again = yield server.client.connect(server.url, "/pub", "w")
+        again.sendMessage(b"again", isBinary=True)
+        yield subscriber.wait_for(2)
+        self.assertEqual(subscriber.messages, [b"taken", b"again"])

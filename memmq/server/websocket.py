@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from memmq.broker import Message
-from memmq.errors import MemmqError, PersistError
+from memmq.errors import BackplaneUnavailable, MemmqError, PersistError
 from memmq.hops import HOPS_HEADER, check_hops
 from memmq.interfaces import IBroker, IFollower, IReplaySource
 from memmq.internals.autobahn_private import (
@@ -30,6 +30,7 @@ from memmq.internals.autobahn_private import (
     send_close_frame,
     unmasked_binary_frame,
 )
+from memmq.logs import RateLimited
 from memmq.persist.replay import Replay, replay_subject
 from memmq.server.access import EXPIRED_CLOSE_CODE, Access
 from memmq.server.combine import Combiner
@@ -46,7 +47,7 @@ from memmq.server.query import (
 )
 
 __all__ = [
-    "GOING_AWAY", "INTERNAL_ERROR", "PublisherProtocol", "SubscriberProtocol", "UpgradeResource",
+    "GOING_AWAY", "INTERNAL_ERROR", "TRY_AGAIN_LATER", "PublisherProtocol", "SubscriberProtocol", "UpgradeResource",
     "WebSocketFactory", "binary_frame", "close_reason",
 ]
 
@@ -54,6 +55,9 @@ _log = Logger()
 
 GOING_AWAY = 1001
 INTERNAL_ERROR = 1011
+# The server cannot take messages for a while (the other processes of the
+# server cannot be reached): reconnect later.
+TRY_AGAIN_LATER = 1013
 
 
 def close_reason(reason: str) -> bytes:
@@ -319,17 +323,20 @@ class PublisherProtocol(_ServerProtocol):
             self._publish_failed(result)
 
     def _publish_failed(self, failure) -> None:
-        if failure.check(PersistError):
-            # The writer logs the file's failure once; say it to this
-            # publisher, once, by closing.
-            if self.state == self.STATE_OPEN:
-                reason = close_reason(failure.getErrorMessage())
-                send_close_frame(self, INTERNAL_ERROR, reason)
+        # Said to this publisher, once, by closing: it knows the messages
+        # it sent from then on were not taken.  A message that could not
+        # be persisted is final (1011); one the server could not hand to
+        # its other processes (a worker or the backplane is away) is
+        # worth sending again on a new connection a little later (1013).
+        code = INTERNAL_ERROR if failure.check(PersistError) else TRY_AGAIN_LATER
+        if failure.check(PersistError, BackplaneUnavailable) is None:
+            self.factory.failures.warn(
+                "publish to {topic!r} from WebSocket {peer} failed: {reason}",
+                topic=self.topic, peer=self.peer, reason=failure.getErrorMessage(),
+            )
             return
-        _log.warn(
-            "publish to {topic!r} from WebSocket {peer} failed: {reason}",
-            topic=self.topic, peer=self.peer, reason=failure.getErrorMessage(),
-        )
+        if self.state == self.STATE_OPEN:
+            send_close_frame(self, code, close_reason(failure.getErrorMessage()))
 
 
 class WebSocketFactory(WebSocketServerFactory):
@@ -359,6 +366,9 @@ class WebSocketFactory(WebSocketServerFactory):
         self.combiner = combiner
         self.replay = replay
         self.guard = guard or default_guard()
+        #: publishes that failed for another reason (a proxy's upstreams):
+        #: logged, never one line per message
+        self.failures = RateLimited(_log, self.guard.clock)
         self.setProtocolOptions(
             maxFramePayloadSize=max_message_size,
             maxMessagePayloadSize=max_message_size,
