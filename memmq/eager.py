@@ -22,15 +22,17 @@ have really gone out.
 
 from __future__ import annotations
 
+import socket
+
 from twisted.internet import defer, tcp
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
-from memmq.internals.twisted_private import EagerWrites, port_from_descriptor
+from memmq.internals.twisted_private import EagerWrites, TakeTurns, port_from_descriptor
 from memmq.server.plain_http import GuardedTLSProtocol
 
-__all__ = ["EagerTLSServerEndpoint", "ImmediateTLSFactory", "adopt_eager_tls", "make_eager"]
+__all__ = ["EagerTLSServerEndpoint", "ImmediateTLSFactory", "adopt_eager_tls", "adopt_shared", "make_eager"]
 
 class _EagerServer(EagerWrites, tcp.Server):
     """
@@ -66,6 +68,18 @@ def make_eager(transport) -> None:
 
 class _EagerPort(tcp.Port):
     transport = _EagerServer
+
+
+class _SharedPort(TakeTurns, _EagerPort):
+    """
+    An eager port over a socket several workers accept on.
+    """
+
+
+class _SharedPlainPort(TakeTurns, tcp.Port):
+    """
+    A TCP port over a socket several workers accept on.
+    """
 
 
 class ImmediateTLSFactory(TLSMemoryBIOFactory):
@@ -106,10 +120,26 @@ def adopt_eager_tls(reactor, fd: int, family: int, options, protocolFactory):
     """
     Accept, with eager connections and immediate TLS writes, on the
     listening socket C{fd} (of address family C{family}) that another
-    process opened and passed down (a worker of C{--workers}); the socket
-    is duplicated, C{fd} left to the caller.
+    process opened and passed down (a worker of C{--workers}), taking
+    turns with the other workers (L{TakeTurns}); the socket is
+    duplicated, C{fd} left to the caller.
     """
     factory = ImmediateTLSFactory(options, False, protocolFactory, reactor)
-    port = port_from_descriptor(_EagerPort, reactor, fd, family, factory)
+    port = port_from_descriptor(_SharedPort, reactor, fd, family, factory)
+    port.startListening()
+    return port
+
+
+def adopt_shared(reactor, fd: int, family: int, factory):
+    """
+    Accept with C{factory} on the listening socket C{fd} that another
+    process opened and passed down (a C{--listen} socket of a worker of
+    C{--workers}): a TCP socket taking turns with the other workers
+    (L{TakeTurns}), a UNIX one as Twisted adopts it.  The socket is
+    duplicated, C{fd} left to the caller.
+    """
+    if family not in (socket.AF_INET, socket.AF_INET6):
+        return reactor.adoptStreamPort(fd, family, factory)
+    port = port_from_descriptor(_SharedPlainPort, reactor, fd, family, factory)
     port.startListening()
     return port

@@ -34,7 +34,7 @@ from memmq.internals.autobahn_private import (
     unmasked_binary_frame,
 )
 from memmq.internals.twisted_private import clear_exit_signal, open_connections
-from tests.support import bounded
+from tests.support import bounded, until
 
 
 class _Buffered(abstract.FileDescriptor):
@@ -163,6 +163,42 @@ class PortTests(TestCase):
         self.assertIs(client.transport.TLS, False)
         client.transport.loseConnection()
         yield bounded(lost)
+
+    @inlineCallbacks
+    def test_take_turns(self) -> None:
+        """
+        A readable port accepts as many waiting connections as its
+        C{numberAccepts} (counting them in C{sessionno}); one with
+        L{twisted_private.TakeTurns} accepts one, stops reading for its
+        turn, then reads again; stopped meanwhile, it leaves nothing behind.
+        """
+
+        class TurnPort(twisted_private.TakeTurns, tcp.Port):
+            pass
+
+        for port_class, accepted in ((tcp.Port, 3), (TurnPort, 1)):
+            made: list[Protocol] = []
+            factory = Factory.forProtocol(Protocol)
+            factory.buildProtocol = lambda addr, made=made: made.append(Protocol()) or made[-1]
+            port = port_class(0, factory, interface="127.0.0.1")
+            port.startListening()
+            port.stopReading()
+            self.addCleanup(port.stopListening)
+            clients = [socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5) for _ in range(3)]
+            for client in clients:
+                self.addCleanup(client.close)
+            port.doRead()
+            for protocol in made:
+                protocol.transport.abortConnection()
+            self.assertEqual((len(made), port.sessionno, port.numberAccepts), (accepted, accepted, accepted))
+        self.assertNotIn(port, reactor.getReaders())
+        # Its turns over, the reactor has it take the others, one a turn.
+        yield until(lambda: port.sessionno == 3, 5)
+        for protocol in made:
+            protocol.transport.abortConnection()
+        self.assertEqual(len(made), 3)
+        yield port.stopListening()
+        self.assertIsNone(port._turning)
 
     @inlineCallbacks
     def test_wrapping_factory_protocols(self) -> None:

@@ -40,6 +40,12 @@ The details of Twisted that memmq relies on and Twisted does not publish.
                             the request is read (L{request_line_parsed})
     tcp.Port._logger        the logger a port reports accept errors to
                             (one line per refused connection)
+    tcp.Port.numberAccepts, .sessionno, .doRead, .connectionLost
+                            how many connections a port accepts each time
+                            its socket is readable (Twisted grows it by 20
+                            when it takes them all), how many it has
+                            accepted, the accepting, and the port's end:
+                            L{TakeTurns} accepts one at a time
 
 
 Each is pinned by C{tests/test_internals.py}.
@@ -53,7 +59,7 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import IListeningPort
 
 __all__ = [
-    "EagerWrites", "chunk_length_waiting", "clear_exit_signal", "open_connections", "port_from_descriptor",
+    "EagerWrites", "TakeTurns", "chunk_length_waiting", "clear_exit_signal", "open_connections", "port_from_descriptor",
     "queued_output", "request_line_parsed", "set_accept_logger", "stop_reading_during_request",
 ]
 
@@ -112,6 +118,51 @@ def clear_exit_signal(reactor) -> None:
     """
     if getattr(reactor, "_exitSignal", None) is not None:
         reactor._exitSignal = None
+
+
+class TakeTurns:
+    """
+    Mixed into a C{tcp.Port} subclass over a listening socket that several
+    worker processes accept on: accept one connection each time the socket
+    is readable, then leave it to the others for L{turn} seconds.
+
+    Every worker is woken for a new connection and the first to call
+    accept() takes it. Left to Twisted, a worker takes up to 100 at once,
+    and the one back in its loop first takes the next as well, so the
+    connections a client opens together often land mostly on one worker
+    (16 landed 14 and 2); taking turns spreads them evenly. A worker
+    still takes up to 1 / L{turn} connections a second when the others
+    are busy.
+    """
+
+    turn = 0.0005
+    _turning = None
+
+    @property
+    def numberAccepts(self) -> int:
+        return 1
+
+    @numberAccepts.setter
+    def numberAccepts(self, value: int) -> None:
+        pass
+
+    def doRead(self):
+        accepted = self.sessionno
+        super().doRead()
+        if self.sessionno != accepted and self.connected:
+            self.stopReading()
+            self._turning = self.reactor.callLater(self.turn, self._turn_over)
+
+    def _turn_over(self) -> None:
+        self._turning = None
+        if self.connected:
+            self.startReading()
+
+    def connectionLost(self, reason) -> None:
+        if self._turning is not None and self._turning.active():
+            self._turning.cancel()
+        self._turning = None
+        super().connectionLost(reason)
 
 
 def port_from_descriptor(port_class, reactor, fd: int, family: int, factory):

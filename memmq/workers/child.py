@@ -31,7 +31,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from memmq.backplane.mesh import MeshBackplane
-from memmq.eager import adopt_eager_tls
+from memmq.eager import adopt_eager_tls, adopt_shared
 from memmq.logs import observer
 from memmq.server.listen import is_plain
 from memmq.workers.figures import FiguresBroker, WorkerBroker
@@ -240,7 +240,7 @@ class Worker:
                 port = adopt_eager_tls(self._reactor, fd, family, tls, site)
             else:
                 factory = site if is_plain(description) else TLSMemoryBIOFactory(tls, False, site)
-                port = self._reactor.adoptStreamPort(fd, family, factory)
+                port = adopt_shared(self._reactor, fd, family, factory)
             port.stopReading()
             self._held.append((port, entry["description"] is None))
             os.close(fd)
