@@ -320,30 +320,42 @@ class OwnTrafficTests(TestCase):
 
     timeout = 120
 
+    def _publisher(self, server, topic: str):
+        """
+        A function publishing its payload to C{topic} through C{server},
+        answered 200.
+        """
+
+        @inlineCallbacks
+        def publish(payload):
+            code, _ = yield server.client.publish(server.url, topic, payload)
+            self.assertEqual(code, 200)
+
+        return publish
+
     @inlineCallbacks
-    def _check(self, server, publish, topic: str):
+    def _in_order(self, publish, subscribers, count: int = 30):
         """
-        Subscribers on both workers (and a queue group's members) get what
-        C{publish(i)} publishes, each message once, in order; nothing
-        crosses between the workers.
+        Once every subscriber hears a probe, publish C{count} messages:
+        each subscriber gets each once, in order.
         """
-        subscribers = yield server.spread(topic)
-        members = yield server.spread(None, query=f"topic={topic}&group=g")
         for _ in range(int(WAIT / 0.05)):
             yield publish(b"probe")
             if all(b"probe" in s.messages for s in subscribers):
                 break
             yield sleep(0.05)
-        count = 30
         for i in range(count):
             yield publish(b"%d" % i)
         for subscriber in subscribers:
             yield until(lambda s=subscriber: len(_real(s.messages)) >= count, 30)
             self.assertEqual(_real(subscriber.messages), [b"%d" % i for i in range(count)])
-        yield until(lambda: sum(len(_real(m.messages)) for m in members) >= count, 30)
-        yield sleep(0.3)
-        shared = [m for member in members for m in _real(member.messages)]
-        self.assertEqual(sorted(shared), sorted(b"%d" % i for i in range(count)))
+
+    @inlineCallbacks
+    def _figures_only(self, server):
+        """
+        The whole server's figures, in which nothing crossed between the
+        workers.
+        """
         stats = yield server.stats()
         self.assertEqual(stats["cross_worker_messages"], 0)
         self.assertEqual(len(stats["workers"]), 2)
@@ -352,8 +364,10 @@ class OwnTrafficTests(TestCase):
     @inlineCallbacks
     def test_proxy(self):
         """
-        C{--proxy --workers=2}: each worker holds its own subscription on
-        the upstream server (which counts two) and publishes there itself.
+        C{--proxy --workers=2}: each worker holds its own subscriptions on
+        the upstream server (which counts them) and publishes there itself;
+        subscribers on both workers, and a queue group's members, get each
+        message once.
         """
         files = CertificateFiles(self)
         upstream = ServerProcess.spawn(self, [
@@ -362,13 +376,15 @@ class OwnTrafficTests(TestCase):
         port = yield upstream.wait_listening()
         server = _Server(self, 2, "--proxy", f"--servers=127.0.0.1:{port}")
         yield server.start()
-
-        @inlineCallbacks
-        def publish(payload):
-            code, _ = yield server.client.publish(server.url, "x", payload)
-            self.assertEqual(code, 200)
-
-        stats = yield self._check(server, publish, "x")
+        subscribers = yield server.spread("x")
+        members = yield server.spread(None, query="topic=x&group=g")
+        count = 30
+        yield self._in_order(self._publisher(server, "x"), subscribers, count)
+        yield until(lambda: sum(len(_real(m.messages)) for m in members) >= count, 30)
+        yield sleep(0.3)
+        shared = [m for member in members for m in _real(member.messages)]
+        self.assertEqual(sorted(shared), sorted(b"%d" % i for i in range(count)))
+        stats = yield self._figures_only(server)
         self.assertEqual(stats["upstream_servers"], [f"https://127.0.0.1:{port}"])
         response = yield bounded(TLSClient(self, files.certificate).http.get(f"https://127.0.0.1:{port}/stats"))
         upstream_stats = json.loads((yield bounded(treq.content(response))))
@@ -389,27 +405,9 @@ class OwnTrafficTests(TestCase):
         yield redis.ready
         server = _Server(self, 2, f"--backplane={redis.url}")
         yield server.start()
-
-        @inlineCallbacks
-        def publish(payload):
-            code, _ = yield server.client.publish(server.url, "y", payload)
-            self.assertEqual(code, 200)
-
         subscribers = yield server.spread("y")
-        for _ in range(int(WAIT / 0.05)):
-            yield publish(b"probe")
-            if all(b"probe" in s.messages for s in subscribers):
-                break
-            yield sleep(0.05)
-        count = 30
-        for i in range(count):
-            yield publish(b"%d" % i)
-        for subscriber in subscribers:
-            yield until(lambda s=subscriber: len(_real(s.messages)) >= count, 30)
-            self.assertEqual(_real(subscriber.messages), [b"%d" % i for i in range(count)])
-        stats = yield server.stats()
-        self.assertEqual(stats["cross_worker_messages"], 0)
-        self.assertEqual(len(stats["workers"]), 2)
+        yield self._in_order(self._publisher(server, "y"), subscribers)
+        yield self._figures_only(server)
         self.assertEqual((yield numsub(redis, "memmq:y")), 2)
 
 
