@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -29,7 +29,7 @@ from memmq.broker import Message, check_group, check_topic
 from memmq.errors import BackplaneUnavailable, BadQuery, InvalidTopic, PersistError, PublishError
 from memmq.hops import HOPS_HEADER, BadHops, TooManyHops, check_hops
 from memmq.interfaces import IBroker, IReplaySource, ISubscriber
-from memmq.internals.autobahn_private import LenientKeyHandshake, send_close_frame, unmasked_binary_frame
+from memmq.internals.autobahn_private import send_close_frame, unmasked_binary_frame
 from memmq.mux_protocol import (
     SUBPROTOCOL,
     ProtocolError,
@@ -45,7 +45,7 @@ from memmq.persist.replay import PatternReplay, Replay
 from memmq.server.combine import Combiner
 from memmq.server.connections import Connections
 from memmq.server.query import NO_REPLAY, subscribe_subject
-from memmq.server.websocket import GOING_AWAY, INTERNAL_ERROR, close_reason
+from memmq.server.websocket import INTERNAL_ERROR, ServerConnection, close_reason
 
 __all__ = ["MAX_SUBSCRIPTIONS", "MuxProtocol", "mux_frame", "mux_resource", "wants_mux"]
 
@@ -110,7 +110,7 @@ def _subject_of(request: dict[str, Any]) -> tuple[str | Pattern, str | None]:
 
 
 @implementer(ISubscriber, IPushProducer)
-class MuxProtocol(LenientKeyHandshake, WebSocketServerProtocol):
+class MuxProtocol(ServerConnection):
     """
     One C{memmq.v1} connection: its subscriptions, keyed by what names them
     (C{("t" or "p", topic or pattern, group)}), and its publishes.
@@ -325,14 +325,7 @@ class MuxProtocol(LenientKeyHandshake, WebSocketServerProtocol):
     def close_going_away(self) -> None:
         if self._frames:
             self.flush()
-        if self.state == self.STATE_OPEN:
-            send_close_frame(self, GOING_AWAY, b"server shutting down")
-        elif self.transport is not None:
-            self.transport.loseConnection()
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abortConnection()
+        super().close_going_away()
 
     def onClose(self, wasClean, code, reason) -> None:
         self.factory.connections.discard(self)

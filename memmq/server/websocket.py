@@ -47,7 +47,8 @@ from memmq.server.query import (
 )
 
 __all__ = [
-    "GOING_AWAY", "INTERNAL_ERROR", "TRY_AGAIN_LATER", "PublisherProtocol", "SubscriberProtocol", "UpgradeResource",
+    "GOING_AWAY", "INTERNAL_ERROR", "TRY_AGAIN_LATER", "PublisherProtocol", "ServerConnection",
+    "SubscriberProtocol", "UpgradeResource",
     "WebSocketFactory", "binary_frame", "close_reason",
 ]
 
@@ -79,11 +80,34 @@ def binary_frame(payload: bytes) -> bytes:
     return unmasked_binary_frame(payload)
 
 
-class _ServerProtocol(LenientKeyHandshake, WebSocketServerProtocol):
+class ServerConnection(LenientKeyHandshake, WebSocketServerProtocol):
     """
-    What both memmq WebSocket protocols share: the topic from the query, the
-    broker from the factory, a lenient key check (L{LenientKeyHandshake}),
-    and a place in the factory's set of open connections.
+    A server-side WebSocket of memmq's (C{/pub}, C{/sub} and memmq.v1):
+    a lenient key check (L{LenientKeyHandshake}) and what the front-end's
+    stop asks of each open connection.
+    """
+
+    def close_going_away(self) -> None:
+        """
+        Start the closing handshake with 1001 (going away): the server stops.
+        """
+        if self.state == self.STATE_OPEN:
+            # sendClose() keeps 1001 for autobahn's own use (see
+            # memmq.internals.autobahn_private).
+            send_close_frame(self, GOING_AWAY, b"server shutting down")
+        elif self.transport is not None:
+            self.transport.loseConnection()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+
+class _ServerProtocol(ServerConnection):
+    """
+    What both per-topic WebSocket protocols share: the topic from the
+    query, the broker from the factory, and a place in the factory's set
+    of open connections.
     """
 
     topic: str | None = None
@@ -131,20 +155,6 @@ class _ServerProtocol(LenientKeyHandshake, WebSocketServerProtocol):
             self.factory.guard.count("fragments")
             fail_connection(self, 1009, f"message in more than {MAX_FRAGMENTS} frames")
 
-    def close_going_away(self) -> None:
-        """
-        Start the closing handshake with 1001 (going away): the server stops.
-        """
-        if self.state == self.STATE_OPEN:
-            # sendClose() keeps 1001 for autobahn's own use (see
-            # memmq.internals.autobahn_private).
-            send_close_frame(self, GOING_AWAY, b"server shutting down")
-        elif self.transport is not None:
-            self.transport.loseConnection()
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abortConnection()
 
 
 @implementer(IFollower, IPushProducer)
