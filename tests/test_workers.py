@@ -119,28 +119,14 @@ class DeliveryTests(TestCase):
         yield server.start()
         subscribers = yield server.spread("t")
         publishers = yield gatherResults([server.client.connect(server.url, "/pub", "t") for _ in range(4)])
-        # Until each subscriber has had a probe of each publisher, the
-        # workers may not all know the others' interest yet.
-        for p, publisher in enumerate(publishers):
-            while not all(any(m.startswith(b"probe %d " % p) for m in s.messages) for s in subscribers):
-                publisher.sendMessage(b"probe %d " % p, isBinary=True)
-                yield sleep(0.02)
+        yield _probe(publishers, subscribers)
         count = 100
-        for i in range(count):
-            for p, publisher in enumerate(publishers):
-                publisher.sendMessage(b"%d:%d" % (p, i), isBinary=True)
+        _interleave(publishers, count)
         for subscriber in subscribers:
-            yield until(
-                lambda s=subscriber: len([m for m in s.messages if not m.startswith(b"probe")]) >= 4 * count, 90
-            )
+            yield until(lambda s=subscriber: len(_real(s.messages)) >= 4 * count, 90)
         yield sleep(0.2)
         for subscriber in subscribers:
-            real = [m for m in subscriber.messages if not m.startswith(b"probe")]
-            self.assertEqual(len(real), 4 * count)
-            for p in range(4):
-                self.assertEqual(
-                    [m for m in real if m.startswith(b"%d:" % p)], [b"%d:%d" % (p, i) for i in range(count)]
-                )
+            _per_publisher(self, subscriber, 4, count)
         stats = yield server.stats()
         self.assertGreater(stats["cross_worker_messages"], 0)
 
@@ -206,6 +192,29 @@ def _real(messages: list[bytes]) -> list[bytes]:
     return [m for m in messages if not m.startswith(b"probe")]
 
 
+def _interleave(publishers, count: int) -> None:
+    """
+    Send C{count} messages C{b"P:I"} from each WebSocket publisher P,
+    the publishers taking turns.
+    """
+    for i in range(count):
+        for p, publisher in enumerate(publishers):
+            publisher.sendMessage(b"%d:%d" % (p, i), isBinary=True)
+
+
+def _per_publisher(testcase, subscriber, publishers: int, count: int) -> None:
+    """
+    C{subscriber} had every message L{_interleave} sent once, each
+    publisher's in its order.
+    """
+    real = _real(subscriber.messages)
+    testcase.assertEqual(len(real), publishers * count)
+    for p in range(publishers):
+        testcase.assertEqual(
+            [m for m in real if m.startswith(b"%d:" % p)], [b"%d:%d" % (p, i) for i in range(count)]
+        )
+
+
 class PatternGroupTests(TestCase):
     """
     Patterns and queue groups across workers (README: Workers): a pattern
@@ -228,9 +237,7 @@ class PatternGroupTests(TestCase):
         publishers = yield gatherResults([server.client.connect(server.url, "/pub", f"p.{i}") for i in range(4)])
         yield _probe(publishers, subscribers)
         count = 50
-        for i in range(count):
-            for p, publisher in enumerate(publishers):
-                publisher.sendMessage(b"%d:%d" % (p, i), isBinary=True)
+        _interleave(publishers, count)
         for subscriber in subscribers:
             yield until(lambda s=subscriber: len(_real(s.messages)) >= 4 * count, 60)
         before = (yield server.stats())["cross_worker_messages"]
@@ -240,12 +247,7 @@ class PatternGroupTests(TestCase):
             self.assertEqual(code, 200)
         self.assertEqual((yield server.stats())["cross_worker_messages"], before)
         for subscriber in subscribers:
-            real = _real(subscriber.messages)
-            self.assertEqual(len(real), 4 * count)
-            for p in range(4):
-                self.assertEqual(
-                    [m for m in real if m.startswith(b"%d:" % p)], [b"%d:%d" % (p, i) for i in range(count)]
-                )
+            _per_publisher(self, subscriber, 4, count)
 
     @inlineCallbacks
     def test_group_once_across_workers(self):
@@ -263,9 +265,7 @@ class PatternGroupTests(TestCase):
         publishers = yield gatherResults([server.client.connect(server.url, "/pub", "j.x") for _ in range(4)])
         yield _probe(publishers, plain)
         count = 100
-        for i in range(count):
-            for p, publisher in enumerate(publishers):
-                publisher.sendMessage(b"%d:%d" % (p, i), isBinary=True)
+        _interleave(publishers, count)
         for subscriber in plain:
             yield until(lambda s=subscriber: len(_real(s.messages)) >= 4 * count, 60)
         yield until(lambda: sum(len(_real(m.messages)) for m in members) >= 4 * count, 30)
@@ -275,12 +275,7 @@ class PatternGroupTests(TestCase):
         self.assertEqual(sorted(shared), sorted(b"%d:%d" % (p, i) for p in range(4) for i in range(count)))
         self.assertTrue(all(_real(member.messages) for member in members), [len(m.messages) for m in members])
         for subscriber in plain:
-            real = _real(subscriber.messages)
-            self.assertEqual(len(real), 4 * count)
-            for p in range(4):
-                self.assertEqual(
-                    [m for m in real if m.startswith(b"%d:" % p)], [b"%d:%d" % (p, i) for i in range(count)]
-                )
+            _per_publisher(self, subscriber, 4, count)
         stats = yield server.stats()
         self.assertEqual(stats["groups"], [{"group": "g", "members": len(members), "dropped": 0}])
 
