@@ -18,7 +18,7 @@ from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-__all__ = ["NotifyService", "notify"]
+__all__ = ["NotifyService", "notify", "watchdog_interval"]
 
 _log = Logger()
 
@@ -44,6 +44,18 @@ def notify(message: str, environ=os.environ) -> bool:
     return True
 
 
+def watchdog_interval(environ=os.environ) -> float | None:
+    """
+    How often to send WATCHDOG=1 (half of C{$WATCHDOG_USEC}, in seconds),
+    or L{None} when systemd watches no process, or another one.
+    """
+    usec = environ.get("WATCHDOG_USEC", "")
+    pid = environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 1e6 / 2
+
+
 class NotifyService(Service):
     """
     Tells systemd (C{Type=notify}) when memmq is ready and when it stops,
@@ -57,18 +69,11 @@ class NotifyService(Service):
         self._environ = environ
         self._watchdog: LoopingCall | None = None
 
-    def _watchdog_interval(self) -> float | None:
-        usec = self._environ.get("WATCHDOG_USEC", "")
-        pid = self._environ.get("WATCHDOG_PID", "")
-        if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
-            return None
-        return int(usec) / 1e6 / 2
-
     def startService(self) -> None:
         super().startService()
         if not notify("READY=1\nSTATUS=serving", self._environ):
             return
-        interval = self._watchdog_interval()
+        interval = watchdog_interval(self._environ)
         if interval is not None:
             self._watchdog = LoopingCall(notify, "WATCHDOG=1", self._environ)
             self._watchdog.clock = self._reactor

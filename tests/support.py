@@ -922,3 +922,36 @@ class Browser:
         Fire with the browser console's error entries so far.
         """
         return self.call(lambda driver: [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"])
+
+
+class NotifySocket:
+    """
+    A datagram socket standing in for systemd's; keeps what it receives.
+    """
+
+    def __init__(self, testcase, abstract: bool = False) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        if abstract:
+            name = f"memmq-test-{os.getpid()}-{id(self)}"
+            self.sock.bind("\0" + name)
+            self.address = "@" + name
+        else:
+            self.address = os.path.join(short_directory(testcase), "notify")
+            self.sock.bind(self.address)
+        self.sock.setblocking(False)
+        testcase.addCleanup(self.sock.close)
+        self.received: list[str] = []
+
+    def read(self) -> list[str]:
+        while True:
+            try:
+                self.received.append(self.sock.recv(4096).decode())
+            except BlockingIOError:
+                return self.received
+
+    def feeds(self) -> int:
+        """
+        How many WATCHDOG=1 have arrived so far.
+        """
+        return sum(1 for message in self.read() if message == "WATCHDOG=1")
+

@@ -6,7 +6,6 @@ a real datagram socket, from a real memmq process and in-process.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 
 from twisted.internet.defer import inlineCallbacks
@@ -14,33 +13,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from memmq.systemd import NotifyService, notify
-from tests.support import ServerProcess, child_env, short_directory, spawn, until
-
-
-class _NotifySocket:
-    """
-    A datagram socket standing in for systemd's; keeps what it receives.
-    """
-
-    def __init__(self, testcase, abstract: bool = False) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        if abstract:
-            name = f"memmq-test-{os.getpid()}-{id(self)}"
-            self.sock.bind("\0" + name)
-            self.address = "@" + name
-        else:
-            self.address = os.path.join(short_directory(testcase), "notify")
-            self.sock.bind(self.address)
-        self.sock.setblocking(False)
-        testcase.addCleanup(self.sock.close)
-        self.received: list[str] = []
-
-    def read(self) -> list[str]:
-        while True:
-            try:
-                self.received.append(self.sock.recv(4096).decode())
-            except BlockingIOError:
-                return self.received
+from tests.support import NotifySocket, ServerProcess, child_env, short_directory, spawn, until
 
 
 class NotifyTests(SynchronousTestCase):
@@ -55,7 +28,7 @@ class NotifyTests(SynchronousTestCase):
         A message reaches a socket named by a path, or by @name (abstract).
         """
         for abstract in (False, True):
-            target = _NotifySocket(self, abstract)
+            target = NotifySocket(self, abstract)
             self.assertTrue(notify("READY=1", {"NOTIFY_SOCKET": target.address}))
             self.assertEqual(target.read(), ["READY=1"])
 
@@ -71,7 +44,7 @@ class NotifyTests(SynchronousTestCase):
         The service says READY=1 when started, WATCHDOG=1 every half
         WATCHDOG_USEC, and STOPPING=1 when stopped.
         """
-        target = _NotifySocket(self)
+        target = NotifySocket(self)
         clock = Clock()
         service = NotifyService(clock, {"NOTIFY_SOCKET": target.address, "WATCHDOG_USEC": "2000000"})
         service.startService()
@@ -88,7 +61,7 @@ class NotifyTests(SynchronousTestCase):
         """
         WATCHDOG_PID naming another process means no watchdog here.
         """
-        target = _NotifySocket(self)
+        target = NotifySocket(self)
         clock = Clock()
         environ = {"NOTIFY_SOCKET": target.address, "WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "1"}
         NotifyService(clock, environ).startService()
@@ -105,7 +78,7 @@ class ProcessNotifyTests(TestCase):
         A real memmq process says READY=1 once it listens and STOPPING=1
         when SIGTERM stops it.
         """
-        target = _NotifySocket(self)
+        target = NotifySocket(self)
         server = ServerProcess()
         env = dict(child_env(), NOTIFY_SOCKET=target.address)
         spawn(self, server, [sys.executable, "-m", "memmq", "--address=127.0.0.1:0"], env=env)

@@ -616,28 +616,15 @@ class SystemdTests(TestCase):
 
         from twisted.internet import reactor
 
-        from tests.support import TWISTD, child_env, short_directory
+        from tests.support import TWISTD, NotifySocket, child_env
 
         listening = sockets.socket(sockets.AF_INET, sockets.SOCK_STREAM)
         self.addCleanup(listening.close)
         listening.bind(("127.0.0.1", 0))
         listening.listen(50)
-        notify = sockets.socket(sockets.AF_UNIX, sockets.SOCK_DGRAM)
-        self.addCleanup(notify.close)
-        address = os.path.join(short_directory(self), "notify")
-        notify.bind(address)
-        notify.setblocking(False)
-        received: list[str] = []
-
-        def read():
-            while True:
-                try:
-                    received.append(notify.recv(4096).decode())
-                except BlockingIOError:
-                    return received
-
+        notify = NotifySocket(self)
         files = CertificateFiles(self)
-        env = dict(child_env(), LISTEN_FDS="1", LISTEN_FDNAMES="memmq", NOTIFY_SOCKET=address)
+        env = dict(child_env(), LISTEN_FDS="1", LISTEN_FDNAMES="memmq", NOTIFY_SOCKET=notify.address)
         process = ServerProcess()
         argv = [
             sys.executable, "-c", _ACTIVATE, *TWISTD, "memmq", "--workers=2",
@@ -650,8 +637,8 @@ class SystemdTests(TestCase):
         self.addCleanup(lambda: process.ended.called or process.transport.signalProcess("KILL"))
         port = yield process.wait_listening()
         self.assertEqual(port, listening.getsockname()[1])
-        yield until(lambda: any(m.startswith("READY=1") for m in read()))
-        self.assertIn("2 workers", "".join(received))
+        yield until(lambda: any(m.startswith("READY=1") for m in notify.read()))
+        self.assertIn("2 workers", "".join(notify.received))
         client = TLSClient(self, files.certificate)
         url = f"https://127.0.0.1:{port}"
         subscriber = yield client.subscribe(url, "sd")
@@ -665,4 +652,4 @@ class SystemdTests(TestCase):
         process.transport.signalProcess("TERM")
         status = yield bounded(process.ended)
         self.assertEqual(status, 0)
-        self.assertIn("STOPPING=1", read())
+        self.assertIn("STOPPING=1", notify.read())

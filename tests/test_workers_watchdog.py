@@ -9,38 +9,13 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import sys
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from memmq.workers.parent import HANG_LIMIT
-from tests.support import CertificateFiles, ServerProcess, child_env, short_directory, sleep, spawn, until
-
-
-class _Notifications:
-    """
-    A notify socket, as systemd gives a service, and what arrived on it.
-    """
-
-    def __init__(self, testcase) -> None:
-        self.address = os.path.join(short_directory(testcase), "notify")
-        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        testcase.addCleanup(self._socket.close)
-        self._socket.bind(self.address)
-        self._socket.setblocking(False)
-        self.received: list[str] = []
-
-    def read(self) -> list[str]:
-        while True:
-            try:
-                self.received.append(self._socket.recv(4096).decode())
-            except BlockingIOError:
-                return self.received
-
-    def feeds(self) -> int:
-        return sum(1 for message in self.read() if message == "WATCHDOG=1")
+from tests.support import CertificateFiles, NotifySocket, ServerProcess, child_env, sleep, spawn, until
 
 
 class WatchdogTests(TestCase):
@@ -54,7 +29,7 @@ class WatchdogTests(TestCase):
         silent worker after its hang limit, restarts it, and the feeding
         starts again.
         """
-        notifications = _Notifications(self)
+        notifications = NotifySocket(self)
         files = CertificateFiles(self)
         process = ServerProcess()
         env = dict(child_env(), NOTIFY_SOCKET=notifications.address, WATCHDOG_USEC="1000000")

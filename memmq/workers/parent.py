@@ -39,7 +39,7 @@ from twisted.logger import Logger
 
 from memmq.eager import adopt_eager_tls
 from memmq.server.listen import Address, announce_listening, bind, listen_endpoint
-from memmq.systemd import notify
+from memmq.systemd import notify, watchdog_interval
 
 __all__ = ["WorkersService", "HANG_LIMIT", "MAX_BACKOFF"]
 
@@ -298,18 +298,11 @@ class WorkersService(Service):
             count=self.count, pids=" ".join(str(self.workers[i].pid) for i in range(self.count)),
         )
         if notify(f"READY=1\nSTATUS=serving with {self.count} workers\nMAINPID={os.getpid()}"):
-            interval = self._watchdog_interval()
+            interval = watchdog_interval()
             if interval is not None:
                 self._watchdog = LoopingCall(self._feed_watchdog, interval * 2)
                 self._watchdog.clock = self._reactor
                 self._watchdog.start(interval, now=True)
-
-    def _watchdog_interval(self) -> float | None:
-        usec = os.environ.get("WATCHDOG_USEC", "")
-        pid = os.environ.get("WATCHDOG_PID", "")
-        if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
-            return None
-        return int(usec) / 1e6 / 2
 
     def _feed_watchdog(self, limit: float) -> None:
         # Fed only while every worker beats: a hung worker that is not
