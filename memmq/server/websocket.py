@@ -332,21 +332,23 @@ class PublisherProtocol(_ServerProtocol):
         if isinstance(result, Failure):
             self._publish_failed(result)
 
+    # A publish failure said to the publisher, once, by closing (it knows
+    # the messages it sent from then on were not taken): one that could not
+    # be persisted is final; one the server could not hand to its other
+    # processes (a worker or the backplane is away) is worth sending again
+    # on a new connection a little later.
+    _CLOSE_CODES = ((PersistError, INTERNAL_ERROR), (BackplaneUnavailable, TRY_AGAIN_LATER))
+
     def _publish_failed(self, failure) -> None:
-        # Said to this publisher, once, by closing: it knows the messages
-        # it sent from then on were not taken.  A message that could not
-        # be persisted is final (1011); one the server could not hand to
-        # its other processes (a worker or the backplane is away) is
-        # worth sending again on a new connection a little later (1013).
-        code = INTERNAL_ERROR if failure.check(PersistError) else TRY_AGAIN_LATER
-        if failure.check(PersistError, BackplaneUnavailable) is None:
-            self.factory.failures.warn(
-                "publish to {topic!r} from WebSocket {peer} failed: {reason}",
-                topic=self.topic, peer=self.peer, reason=failure.getErrorMessage(),
-            )
-            return
-        if self.state == self.STATE_OPEN:
-            send_close_frame(self, code, close_reason(failure.getErrorMessage()))
+        for error, code in self._CLOSE_CODES:
+            if failure.check(error):
+                if self.state == self.STATE_OPEN:
+                    send_close_frame(self, code, close_reason(failure.getErrorMessage()))
+                return
+        self.factory.failures.warn(
+            "publish to {topic!r} from WebSocket {peer} failed: {reason}",
+            topic=self.topic, peer=self.peer, reason=failure.getErrorMessage(),
+        )
 
 
 class WebSocketFactory(WebSocketServerFactory):
