@@ -22,7 +22,7 @@ from collections.abc import Callable
 import treq
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from treq.client import HTTPClient
-from twisted.internet import endpoints, reactor, ssl, threads
+from twisted.internet import defer, endpoints, reactor, ssl, threads
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.internet.task import deferLater
@@ -45,6 +45,10 @@ from memmq.server.web import MemmqSite
 from memmq.tls import ServerCertificate, self_signed_certificate
 
 WAIT = 20.0  # seconds: the bound on any single wait in a test
+# seconds: the bound on a server's start-up (or a worker's restart), which
+# is several Pythons importing everything at once: ten times what it takes
+# on an idle machine, as it may on a busy 2-core one.
+START = 60.0
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -347,7 +351,8 @@ class ServerProcess(ProcessProtocol):
             self.origin = match.group(3).decode()
             waiting, self._listening = self._listening, []
             for d in waiting:
-                d.callback(self.port)
+                if not d.called:  # or it timed out
+                    d.callback(self.port)
 
     def outReceived(self, data: bytes) -> None:
         self.stdout += data
@@ -363,18 +368,25 @@ class ServerProcess(ProcessProtocol):
         self.status = reason.value.exitCode
         waiting, self._listening = self._listening, []
         for d in waiting:
-            d.errback(RuntimeError(f"server exited ({self.status}) before listening: {self.output!r}"))
+            if not d.called:
+                d.errback(RuntimeError(f"server exited ({self.status}) before listening: {self.output!r}"))
         self.ended.callback(self.status)
 
-    def wait_listening(self) -> Deferred:
+    def wait_listening(self, seconds: float = START) -> Deferred:
         """
-        Fire with the port once the server says where it listens.
+        Fire with the port once the server says where it listens; fail
+        with what it said so far if it has not within C{seconds}.
         """
         if self.port is not None:
             return succeed(self.port)
         d: Deferred = Deferred()
         self._listening.append(d)
-        return bounded(d)
+
+        def late(failure):
+            failure.trap(defer.TimeoutError)
+            raise AssertionError(f"server not listening after {seconds:g} s: {self.output[-3000:]!r}")
+
+        return bounded(d, seconds).addErrback(late)
 
     def terminate(self) -> Deferred:
         """
@@ -404,6 +416,24 @@ def until(condition: Callable[[], object], seconds: float = WAIT) -> Deferred:
         return result
 
     return bounded(d, seconds).addBoth(cancel)
+
+
+@inlineCallbacks
+def whole_stats(client: TLSClient, url: str, workers: int):
+    """
+    C{/stats} of a server run with C{--workers}, once it holds every one of
+    its C{workers} workers' figures.  The worker that answers waits a
+    second for the others' (README: Workers) and answers without those that
+    are slower: one that has not joined it yet (just after a restart), or
+    one kept busy on a loaded machine.
+    """
+    for _ in range(int(WAIT / 0.05)):
+        response = yield bounded(client.http.get(url + "/stats"))
+        stats = json.loads((yield bounded(treq.content(response))))
+        if len(stats["workers"]) == workers:
+            return stats
+        yield sleep(0.05)
+    raise AssertionError(f"never every worker's figures: {stats}")
 
 
 def sleep(seconds: float) -> Deferred:
