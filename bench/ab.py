@@ -48,6 +48,24 @@ GRPC_KEY_FIGURES = {"pub": "calls_per_s", "fanout": "deliveries_per_s"}
 
 PROBLEMS = ("lost", "out_of_order", "errors", "error", "duplicates")
 
+# What one unit of work is, in each load generator's result: a request or
+# call for pub, a delivery for the others.
+UNITS = {"pub": ("requests", "calls"), "fanout": ("received",), "topics": ("received",)}
+
+
+def cpu_per_unit(result: dict, scenario: str) -> tuple[float, float] | None:
+    """
+    The server's and the load generator's CPU time per unit of work (µs
+    per request, call or delivery) in one run's C{result}, or None if it
+    does not say. The server's figure is the process the load generator
+    was given (with --workers 2, the parent, which does no message work).
+    """
+    names = UNITS.get(shlex.split(scenario)[0], ())
+    units = next((result[name] for name in names if result.get(name)), 0)
+    if not units or "server_cpu_s" not in result or "client_cpu_s" not in result:
+        return None
+    return result["server_cpu_s"] / units * 1e6, result["client_cpu_s"] / units * 1e6
+
 
 def key_figure(scenario: str, grpc: bool = False) -> str:
     """
@@ -89,12 +107,14 @@ def run_one(args, variant: dict, scenario: str, bench: str | None = None, grpc: 
 
 
 def compare(args, variants: list[dict], scenarios: list[str], runs: int, out=None, bench: str | None = None,
-            grpc: bool = False) -> tuple[dict, dict]:
+            grpc: bool = False, costs: dict | None = None) -> tuple[dict, dict]:
     """
     Run every scenario against every variant C{runs} times, a fresh server
     each time, alternating the variants' order from run to run; return
     each (scenario, variant name)'s key figures and problems (lost,
     out of order, errors), and write every result to C{out} if given.
+    C{costs}, if given, gets each (scenario, variant name)'s
+    L{cpu_per_unit} of every run.
     """
     figures: dict[tuple[str, str], list[float]] = {}
     problems: dict[tuple[str, str], list[str]] = {}
@@ -110,6 +130,9 @@ def compare(args, variants: list[dict], scenarios: list[str], runs: int, out=Non
                 label = (scenario, variant["name"])
                 if key in result:
                     figures.setdefault(label, []).append(float(result[key]))
+                cost = cpu_per_unit(result, scenario)
+                if costs is not None and cost:
+                    costs.setdefault(label, []).append(cost)
                 for bad in PROBLEMS:
                     if result.get(bad):
                         problems.setdefault(label, []).append(f"{bad}={result[bad]}")

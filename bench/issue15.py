@@ -27,6 +27,12 @@ generators read the CPU time of the process they are given: with
 ``--workers 2`` that is the parent, which does no message work, so the
 server_cpu_s of those runs (in --json) is not the server's.
 
+Each ratio is printed with this machine's ceiling for it: the most the
+numerator could reach with every core busy, from the CPU one unit of work
+(request, call, delivery) took the server and the load generator in the
+runs (w2's taken as w1's). On 2 cores the load generator's share decides:
+a w2/w1 ratio cannot pass 2 / (1 + load generator µs / server µs).
+
 Building what it runs:
 
   mqbench       the Go load generator for asim/mq-compatible brokers (README:
@@ -112,9 +118,16 @@ def measure(args, rows: list[dict], out) -> list[dict]:
     """
     for row in rows:
         bench = args.mqbench_grpc if row["grpc"] else args.mqbench
-        figures, problems = compare(args, row["variants"], [row["scenario"]], args.runs, out, bench, row["grpc"])
+        costs: dict = {}
+        figures, problems = compare(
+            args, row["variants"], [row["scenario"]], args.runs, out, bench, row["grpc"], costs
+        )
         row["runs"] = {v["name"]: figures.get((row["scenario"], v["name"]), []) for v in row["variants"]}
         row["medians"] = {name: median(values) for name, values in row["runs"].items()}
+        row["cpu_us"] = {
+            v["name"]: [median([c[i] for c in costs.get((row["scenario"], v["name"]), [])]) for i in (0, 1)]
+            for v in row["variants"]
+        }
         row["problems"] = {
             v["name"]: problems.get((row["scenario"], v["name"]), []) for v in row["variants"]
         }
@@ -124,11 +137,29 @@ def measure(args, rows: list[dict], out) -> list[dict]:
             ratio = row["medians"][numerator] / below if below else float("nan")
             row["results"].append({
                 "ratio": f"{numerator}/{denominator}", "value": ratio, "target": target, "met": ratio >= target,
+                "ceiling": ceiling(row, numerator, denominator, args.cores),
             })
         if row.get("clean"):
             dirty = [name for name, found in row["problems"].items() if name != "asim" and found]
             row["results"].append({"ratio": "nothing lost or out of order (memmq)", "met": not dirty})
     return rows
+
+
+def ceiling(row: dict, numerator: str, denominator: str, cores: int) -> float:
+    """
+    The highest C{numerator}/C{denominator} this machine allows, estimated
+    from the CPU each unit of work (request, call, delivery) took in the
+    runs: C{numerator} cannot do more than C{cores} / (server µs + load
+    generator µs per unit) units a second, all cores busy, none idle.
+
+    With --workers 2 the load generator sees only the parent's CPU, so w2's
+    cost per unit is taken to be w1's; the mesh only adds to it, so the
+    estimate is, if anything, too high. NaN where a figure is missing.
+    """
+    source = "w1" if numerator == "w2" else numerator
+    server, client = row["cpu_us"].get(source, (float("nan"), float("nan")))
+    below = row["medians"].get(denominator) or float("nan")
+    return cores * 1e6 / (server + client) / below
 
 
 def table(rows: list[dict], runs: int) -> str:
@@ -140,11 +171,16 @@ def table(rows: list[dict], runs: int) -> str:
         for name, value in row["medians"].items():
             values = " / ".join(f"{v:,.0f}" for v in row["runs"][name])
             trouble = " ".join(row["problems"][name])
-            lines.append(f"  {name:>9} {value:>12,.0f}   ({values}) {trouble}".rstrip())
+            server, client = row["cpu_us"][name]
+            cpu = f"CPU/unit server {server:,.1f} µs, load generator {client:,.1f} µs"
+            lines.append(f"  {name:>9} {value:>12,.0f}   ({values})  {cpu} {trouble}".rstrip())
         for result in row["results"]:
             mark = "met" if result["met"] else "NOT met"
             if "value" in result:
-                lines.append(f"  {result['ratio']:>19} = {result['value']:.2f}  (target >= {result['target']}) {mark}")
+                lines.append(
+                    f"  {result['ratio']:>19} = {result['value']:.2f}  (target >= {result['target']}) {mark};"
+                    f" this machine's ceiling ~{result['ceiling']:.2f}"
+                )
             else:
                 lines.append(f"  {result['ratio']}: {mark}")
     return "\n".join(lines)
@@ -167,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         "--baseline", help="a memmq checkout from before issue 15 (commit 4a8a98e; no baseline column without it)"
     )
     parser.add_argument("--checkout", default=HERE, help="the memmq checkout measured (default: this one)")
+    parser.add_argument(
+        "--cores", type=int, default=len(os.sched_getaffinity(0)),
+        help="cores the servers and load generators share, for the ceilings (default: the usable CPUs)",
+    )
     parser.add_argument("--runs", type=int, default=3, help="runs per variant and scenario (median of them)")
     parser.add_argument("--pub_seconds", type=int, default=5, help="how long each pub run lasts")
     parser.add_argument("--grpc_fanout", default="fanout -s 100 -m 5000 -b 64", help="the gRPC fan-out scenario")
@@ -192,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             summary = [
-                {key: row[key] for key in ("name", "scenario", "grpc", "runs", "medians", "problems", "results")}
+                {
+                    key: row[key]
+                    for key in ("name", "scenario", "grpc", "runs", "medians", "cpu_us", "problems", "results")
+                }
                 for row in rows
             ]
             json.dump({"runs": args.runs, "rows": summary, "results_file": runs_path}, f, indent=1)
