@@ -16,6 +16,7 @@ from zope.interface.verify import verifyObject
 from memmq.backplane import mesh as mesh_module
 from memmq.backplane.interface import IBackplane
 from memmq.backplane.mesh import MeshBackplane, interest_frame, message_frame, parse_interest, parse_message
+from memmq.errors import BackplaneUnavailable
 from memmq.patterns import parse_pattern
 from tests.support import bounded, short_directory, until
 
@@ -198,7 +199,8 @@ class MeshTests(TestCase):
         """
         A peer that stops reading its stream costs a bounded amount: once
         the stream is full its messages are held up to HOLD bytes, then
-        dropped and counted; its queue groups are not chosen meanwhile.
+        dropped and counted (calls carrying a message are refused); its
+        queue groups are not chosen meanwhile.
         When it reads again, what was held arrives, in order, and new
         messages and group choices reach it again.
         """
@@ -224,6 +226,9 @@ class MeshTests(TestCase):
         # was full (the kernel's buffers, some hundreds of KiB).
         self.assertLess(a.sent * len(payload), 256 * 1024 + 4 * 1024 * 1024)
         self.assertEqual([a.route("t").local for _ in range(3)], [("g",)] * 3)
+        # A call carrying a message is refused rather than dropped.
+        self.assertRaises(BackplaneUnavailable, a.tell, 1, b"p", payload, True)
+        yield self.assertFailure(a.call(1, b"p", payload, True), BackplaneUnavailable)
         inbound.transport.resumeProducing()
         yield until(lambda: len(self.recorders[1].frames) == a.sent and not a._links[1].full)
         received = [frame[1] for frame in self.recorders[1].frames]

@@ -50,7 +50,8 @@ gets it once in the whole server (README: Workers).
 A peer that stops reading its stream (stopped, or stuck) is not waited
 for without end: once its stream is full a peer holds at most L{HOLD}
 bytes of messages for it, then drops what would pass that and counts it
-(L{MeshBackplane.dropped}); interest frames and calls are never dropped.
+(L{MeshBackplane.dropped}); a call carrying a message fails then with
+L{BackplaneUnavailable} instead, and interest frames are never dropped.
 While its stream is full, queue groups choose among the other workers.
 
 Calls keep their place on the stream: a call sent after an interest frame
@@ -289,7 +290,6 @@ class _Link(ClientFactory):
             return False
         if message and self.full:
             if self._held + len(frame) > HOLD:
-                self.dropped += 1
                 return False
             self._held += len(frame)
         pending = self._pending
@@ -550,16 +550,20 @@ class MeshBackplane:
                 if follows and topic in follows and link.transport is not None:
                     if frame is None:
                         frame = message_frame(topic, payload, stamp)
-                    if link.send(frame, message=True):
-                        self.sent += 1
+                    self._count(link.send(frame, message=True), link)
             return succeed(None)
         plain, chosen = route.plain, route.chosen
         for peer, link in self._links.items():
             groups = chosen.get(peer, ())
             if (groups or peer in plain) and link.transport is not None:
-                if link.send(message_frame(topic, payload, stamp, peer in plain, tuple(groups)), message=True):
-                    self.sent += 1
+                self._count(link.send(message_frame(topic, payload, stamp, peer in plain, tuple(groups)), True), link)
         return succeed(None)
+
+    def _count(self, sent: bool, link: _Link) -> None:
+        if sent:
+            self.sent += 1
+        else:
+            link.dropped += 1
 
     @property
     def dropped(self) -> int:
@@ -648,7 +652,8 @@ class MeshBackplane:
         """
         Call C{what} on C{peer} wanting no answer, in order after whatever
         was sent to it before; C{message}: it carries a message (counted in
-        L{sent}). @raise BackplaneUnavailable: the peer cannot be reached.
+        L{sent}). @raise BackplaneUnavailable: the peer cannot be reached,
+        or, for a message, has left L{HOLD} bytes of them unread.
         """
         self._send_call(peer, 0, what, body, message)
 
@@ -657,7 +662,8 @@ class MeshBackplane:
         Call C{what} on C{peer}, in order after whatever was sent to it
         before; fire with its answer, or fail with the L{MemmqError} it
         failed with, or with L{BackplaneUnavailable} if the peer cannot be
-        reached or goes away first.
+        reached (or, for a message, has left L{HOLD} bytes of them unread)
+        or goes away first.
         """
         self._next_call = ident = self._next_call % 0xFFFFFFFF + 1
         try:
@@ -671,7 +677,8 @@ class MeshBackplane:
     def _send_call(self, peer: int, ident: int, what: bytes, body: bytes, message: bool) -> None:
         if not self.reachable(peer):
             raise BackplaneUnavailable(f"worker {peer} of this server cannot be reached (restarting?)")
-        self._links[peer].send(_frame(_CALL, _CALL_HEAD.pack(ident, what[0]) + body))
+        if not self._links[peer].send(_frame(_CALL, _CALL_HEAD.pack(ident, what[0]) + body), message):
+            raise BackplaneUnavailable(f"worker {peer} of this server is not reading what it is sent (stopped?)")
         if message:
             self.sent += 1
 
