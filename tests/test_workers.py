@@ -676,7 +676,7 @@ class StalledWorkerTests(TestCase):
         yield _probe(probers, plain + members[-1:])
         for member in members:
             del member.messages[:]
-        stats = yield server.whole()
+        stats = yield server.stats()
         stopped = stats["workers"][1]["pid"]
         os.kill(stopped, signal.SIGSTOP)
         self.addCleanup(_continue, stopped)
@@ -694,7 +694,7 @@ class StalledWorkerTests(TestCase):
         yield until(lambda: sum(len(_real(m.messages)) for m in members) >= _COUNT, 30)
         shared = sorted(m for member in members for m in _real(member.messages))
         self.assertEqual(shared, sorted(_message(i) for i in range(_COUNT)))
-        stats = yield server.whole()
+        stats = yield server.stats()
         self.assertEqual([w["dropped"] for w in stats["workers"]], [0, 0])
         response = yield bounded(server.client.http.get(server.url + "/metrics"))
         metrics = (yield bounded(treq.content(response))).decode()
