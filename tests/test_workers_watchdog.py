@@ -15,7 +15,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from memmq.workers.parent import HANG_LIMIT
-from tests.support import CertificateFiles, NotifySocket, ServerProcess, child_env, sleep, spawn, until
+from tests.support import START, CertificateFiles, NotifySocket, ServerProcess, child_env, sleep, spawn, until
 
 
 class WatchdogTests(TestCase):
@@ -25,7 +25,8 @@ class WatchdogTests(TestCase):
     def test_hung_worker_stops_the_feeding(self):
         """
         With WATCHDOG_USEC set, WATCHDOG=1 comes while both workers beat;
-        none comes while one is stopped (SIGSTOP); the parent kills the
+        none comes while one is stopped (SIGSTOP), and the parent says
+        which worker it stopped feeding for; the parent kills the
         silent worker after its hang limit, restarts it, and the feeding
         starts again.
         """
@@ -45,16 +46,22 @@ class WatchdogTests(TestCase):
 
         os.kill(pids[0], signal.SIGSTOP)
         self.addCleanup(lambda: _continue(pids[0]))
-        # A beat may be two seconds late before the worker counts as silent.
-        yield sleep(2.5)
+        # A beat may be two seconds late before the worker counts as
+        # silent; the parent says when it stops feeding (every feed it
+        # sent before is in the socket by then), and feeds no more until
+        # it has killed the worker, at its hang limit, well after this.
+        stopped = b"memmq worker 0 (pid %d) has not beaten for" % pids[0]
+        yield until(lambda: stopped in process.output, HANG_LIMIT)
+        self.assertIn(b"not feeding systemd's watchdog", process.output)
         before = notifications.feeds()
         yield sleep(2.0)
         self.assertEqual(notifications.feeds(), before, "fed while a worker was stopped")
+        self.assertNotIn(b"silent for", process.output)
 
         yield until(lambda: b"silent for" in process.output, HANG_LIMIT + 20)
         yield until(lambda: b"worker 0 (pid %d) died" % pids[0] in process.output, 20)
         yield until(lambda: notifications.feeds() > before, 30)
-        yield until(lambda: b"serving again" in process.output, 30)
+        yield until(lambda: b"serving again" in process.output, START)
 
 
 def _continue(pid: int) -> None:

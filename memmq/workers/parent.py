@@ -144,6 +144,7 @@ class WorkersService(Service):
         self._announced = False
         self._stopping = False
         self._watchdog: LoopingCall | None = None
+        self._unfed = False
         self._hangs: LoopingCall | None = None
         self._exit_signal_handlers: dict = {}
         self._address: socket.socket | None = None
@@ -308,8 +309,19 @@ class WorkersService(Service):
         # Fed only while every worker beats: a hung worker that is not
         # restarted in time brings systemd's restart of the whole server.
         now = self._reactor.seconds()
-        if all(now - worker.beat < max(limit, BEAT * 4) for worker in self.workers.values()):
+        limit = max(limit, BEAT * 4)
+        silent = [worker for worker in self.workers.values() if now - worker.beat >= limit]
+        if not silent:
+            self._unfed = False
             notify("WATCHDOG=1")
+        elif not self._unfed:
+            # Once, when the feeding stops: the worker that systemd's
+            # restart of the server would be for.
+            self._unfed = True
+            _log.warn(
+                "memmq worker {index} (pid {pid}) has not beaten for {seconds:.1f} s: not feeding systemd's watchdog",
+                index=silent[0].index, pid=silent[0].pid, seconds=now - silent[0].beat,
+            )
 
     def _check_hangs(self) -> None:
         now = self._reactor.seconds()
