@@ -16,7 +16,7 @@ import treq
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from tests.support import WAIT, CertificateFiles, ServerProcess, TLSClient, bounded, sleep, until, whole_stats
+from tests.support import START, WAIT, CertificateFiles, ServerProcess, TLSClient, bounded, sleep, until, whole_stats
 
 
 def _alive(pid: int) -> bool:
@@ -419,7 +419,7 @@ class FaultTests(TestCase):
         os.kill(victim["pid"], signal.SIGKILL)
         yield until(lambda: b"worker 0 (pid %d) died" % victim["pid"] in server.process.output)
         yield until(lambda: b"worker 0 (pid" in server.process.output.split(b"died", 1)[1]
-                    and b"serving again" in server.process.output)
+                    and b"serving again" in server.process.output, START)
         closed = [s for s in subscribers if s.close_code is not None]
         alive = [s for s in subscribers if s.close_code is None]
         self.assertTrue(closed)

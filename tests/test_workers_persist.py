@@ -24,6 +24,7 @@ from memmq.persist.names import file_name
 from memmq.persist.record import parse
 from memmq.workers.persist import WorkerReplaySource, owner_of
 from tests.support import (
+    START,
     WAIT,
     CertificateFiles,
     MuxCollector,
@@ -487,7 +488,8 @@ class FaultTests(TestCase):
                 break
         self.assertEqual(code, 200)
         yield until(lambda: b"worker 0 (pid %d) died" % victim["pid"] in server.process.output)
-        for _ in range(400):
+        # Until it has started again.
+        for _ in range(int(START / 0.05)):
             n += 1
             code = yield publish(owned[0][0], b"k%d" % n)
             codes.append(code)
