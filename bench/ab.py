@@ -48,6 +48,29 @@ GRPC_KEY_FIGURES = {"pub": "calls_per_s", "fanout": "deliveries_per_s"}
 
 PROBLEMS = ("lost", "out_of_order", "errors", "error", "duplicates")
 
+# What one unit of work is, in each load generator's result: a request or
+# a call. Only for pub, whose rate is over the whole run as the CPU time is;
+# fanout's and topics' rates are over the publishing only, while the CPU
+# time also holds connecting the subscribers.
+UNITS = {"pub": ("requests", "calls")}
+
+
+def cpu_per_unit(result: dict, scenario: str) -> tuple[float, float] | None:
+    """
+    The server's and the load generator's CPU time per unit of work (µs
+    per request, call or delivery) in one run's C{result}, or None if it
+    does not say. The server's is its whole process tree's (a --workers
+    server's parent and workers, L{tree_cpu_seconds}) over the load
+    generator's run, which includes the load generator's set-up (connecting
+    its connections).
+    """
+    names = UNITS.get(shlex.split(scenario)[0], ())
+    units = next((result[name] for name in names if result.get(name)), 0)
+    server = result.get("server_tree_cpu_s", result.get("server_cpu_s"))
+    if not units or server is None or "client_cpu_s" not in result:
+        return None
+    return server / units * 1e6, result["client_cpu_s"] / units * 1e6
+
 
 def key_figure(scenario: str, grpc: bool = False) -> str:
     """
@@ -55,6 +78,29 @@ def key_figure(scenario: str, grpc: bool = False) -> str:
     """
     name = shlex.split(scenario)[0]
     return (GRPC_KEY_FIGURES if grpc else KEY_FIGURES)[name]
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """
+    The CPU time (user and system, in seconds) used so far by process
+    C{pid} and every live descendant of it: a --workers server's parent
+    and its workers together. 0 for a process that has gone.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            with open(f"/proc/{current}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as f:
+                    pending += [int(child) for child in f.read().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
 
 
 def run_one(args, variant: dict, scenario: str, bench: str | None = None, grpc: bool = False) -> dict:
@@ -76,6 +122,7 @@ def run_one(args, variant: dict, scenario: str, bench: str | None = None, grpc: 
         for header in variant["headers"]:
             command += ["-H", header]
         command += shlex.split(scenario)
+        before = tree_cpu_seconds(server.pid)
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
         except subprocess.TimeoutExpired:
@@ -83,18 +130,20 @@ def run_one(args, variant: dict, scenario: str, bench: str | None = None, grpc: 
         lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
         if not lines:
             return {"error": (done.stderr or done.stdout).strip()[-200:]}
-        return json.loads(lines[-1])
+        return {**json.loads(lines[-1]), "server_tree_cpu_s": tree_cpu_seconds(server.pid) - before}
     finally:
         stop(server)
 
 
 def compare(args, variants: list[dict], scenarios: list[str], runs: int, out=None, bench: str | None = None,
-            grpc: bool = False) -> tuple[dict, dict]:
+            grpc: bool = False, costs: dict | None = None) -> tuple[dict, dict]:
     """
     Run every scenario against every variant C{runs} times, a fresh server
     each time, alternating the variants' order from run to run; return
     each (scenario, variant name)'s key figures and problems (lost,
     out of order, errors), and write every result to C{out} if given.
+    C{costs}, if given, gets each (scenario, variant name)'s
+    L{cpu_per_unit} of every run.
     """
     figures: dict[tuple[str, str], list[float]] = {}
     problems: dict[tuple[str, str], list[str]] = {}
@@ -110,6 +159,9 @@ def compare(args, variants: list[dict], scenarios: list[str], runs: int, out=Non
                 label = (scenario, variant["name"])
                 if key in result:
                     figures.setdefault(label, []).append(float(result[key]))
+                cost = cpu_per_unit(result, scenario)
+                if costs is not None and cost:
+                    costs.setdefault(label, []).append(cost)
                 for bad in PROBLEMS:
                     if result.get(bad):
                         problems.setdefault(label, []).append(f"{bad}={result[bad]}")

@@ -125,6 +125,8 @@ class Worker:
     @ivar sent: messages it sent to other workers (one per message per
         worker that follows the topic).
     @ivar received: messages it received from other workers.
+    @ivar dropped: messages it dropped for a worker that did not read them
+        (L{memmq.backplane.mesh.HOLD}).
     """
 
     index: int
@@ -135,6 +137,7 @@ class Worker:
     published: int
     sent: int
     received: int
+    dropped: int = 0
 
 
 @dataclass(frozen=True)

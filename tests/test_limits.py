@@ -170,10 +170,33 @@ class HeadDeadlineTests(TestCase):
         A head sent a byte at a time gets a 408 and a close at the
         deadline.
         """
+        return self._drip(first=b"")
+
+    def test_dripping_second_head(self):
+        """
+        On a kept-alive connection, the deadline is armed again for the
+        next request's head: dripping it gets a 408 too.
+        """
+        return self._drip(first=b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+
+    def _drip(self, first: bytes):
+        """
+        Send C{first} (and read its answer), wait a little, then send a
+        head a byte at a time: it gets a 408 and a close at the deadline.
+        """
         server = _server(self, head_timeout=1)
 
         def client():
             sock = raw_tls(server.port)
+            answer = b""
+            if first:
+                sock.sendall(first)
+                while not answer.endswith(b"ok\n"):
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        break
+                    answer += chunk
+                time.sleep(0.5)
             started = time.monotonic()
             for byte in b"GET /health HTTP/1.1\r\nHost: x":
                 try:
@@ -184,12 +207,15 @@ class HeadDeadlineTests(TestCase):
                 if time.monotonic() - started > 4:
                     break
             data, closed = read_until_closed(sock, 5)
-            return data, closed, time.monotonic() - started
+            return answer, data, closed, time.monotonic() - started
 
         def check(outcome):
-            data, closed, seconds = outcome
+            answer, data, closed, seconds = outcome
+            if first:
+                self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
             self.assertTrue(data.startswith(b"HTTP/1.1 408 "), data)
             self.assertTrue(closed)
+            self.assertGreater(seconds, 0.9)
             self.assertLess(seconds, 4)
             self.assertEqual(server.site.guard.counts["head_timeouts"], 1)
 

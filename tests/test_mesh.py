@@ -13,8 +13,10 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
+from memmq.backplane import mesh as mesh_module
 from memmq.backplane.interface import IBackplane
 from memmq.backplane.mesh import MeshBackplane, interest_frame, message_frame, parse_interest, parse_message
+from memmq.errors import BackplaneUnavailable
 from memmq.patterns import parse_pattern
 from tests.support import bounded, short_directory, until
 
@@ -191,6 +193,53 @@ class MeshTests(TestCase):
             self.assertEqual([a.route("j").local for _ in range(2)], [("g",), ("g",)])
         finally:
             link.transport = transport
+
+    @inlineCallbacks
+    def test_peer_not_reading(self) -> None:
+        """
+        A peer that stops reading its stream costs a bounded amount: once
+        the stream is full its messages are held up to HOLD bytes, then
+        dropped and counted (calls carrying a message are refused); its
+        queue groups are not chosen meanwhile.
+        When it reads again, what was held arrives, in order, and new
+        messages and group choices reach it again.
+        """
+        self.patch(mesh_module, "HOLD", 256 * 1024)
+        a, b = self.meshes
+        a.interest("t", True, "g")
+        b.interest("t", True)
+        b.interest("t", True, "g")
+        yield until(lambda: a.remote_topics("t") == 1 and a.remote_subjects() == 1)
+        inbound = b._inbound[0]
+        inbound.transport.pauseProducing()
+        payload = b"x" * 1024
+        published = 0
+        while published < 4000 and not a.dropped:
+            for _ in range(50):
+                a.publish("t", payload + b"%d" % published, route=a.route("t"))
+                published += 1
+            yield until(lambda: not a._links[1]._pending)
+        self.assertTrue(a._links[1].full)
+        self.assertGreater(a.dropped, 0)
+        self.assertEqual(a.sent + a.dropped, published)
+        # Held: HOLD bytes at most, beyond what the stream took before it
+        # was full (the kernel's buffers, some hundreds of KiB).
+        self.assertLess(a.sent * len(payload), 256 * 1024 + 4 * 1024 * 1024)
+        self.assertEqual([a.route("t").local for _ in range(3)], [("g",)] * 3)
+        # A call carrying a message is refused rather than dropped.
+        self.assertRaises(BackplaneUnavailable, a.tell, 1, b"p", payload, True)
+        yield self.assertFailure(a.call(1, b"p", payload, True), BackplaneUnavailable)
+        inbound.transport.resumeProducing()
+        yield until(lambda: len(self.recorders[1].frames) == a.sent and not a._links[1].full)
+        received = [frame[1] for frame in self.recorders[1].frames]
+        numbers = [int(p[len(payload):]) for p in received]
+        self.assertEqual(numbers, sorted(numbers))
+        self.assertEqual(numbers[: len(numbers) // 2], list(range(len(numbers) // 2)))
+        choices = [a.route("t") for _ in range(2)]
+        self.assertEqual(sorted(len(route.local) for route in choices), [0, 1])
+        a.publish("t", b"again")
+        yield until(lambda: self.recorders[1].frames[-1][1] == b"again")
+
 
 class CallTests(TestCase):
     """

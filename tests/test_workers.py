@@ -653,3 +653,64 @@ class SystemdTests(TestCase):
         status = yield bounded(process.ended)
         self.assertEqual(status, 0)
         self.assertIn("STOPPING=1", notify.read())
+
+
+# A worker that stops reading (README: Workers). Enough bytes to fill the stopped worker's stream (Twisted's buffer and
+# the kernel's, some hundreds of KiB), far from what would be dropped.
+_COUNT = 2000
+_SIZE = 1024
+
+
+def _message(i: int) -> bytes:
+    return (b"%d:" % i).ljust(_SIZE, b".")
+
+
+class StalledWorkerTests(TestCase):
+    timeout = 120
+
+    @inlineCallbacks
+    def test_stopped_worker(self):
+        """
+        While one worker is stopped, a queue group's messages go to the
+        members on the worker that reads; when it goes on, its plain
+        subscribers get every message, in order, and the group has had
+        each message once.
+        """
+        server = _Server(self)
+        yield server.start()
+        plain = yield server.spread("k")
+        members = yield server.spread(None, query="topic=k&group=g")
+        probers = yield gatherResults([server.client.connect(server.url, "/pub", "k") for _ in range(2)])
+        yield _probe(probers, plain + members[-1:])
+        for member in members:
+            del member.messages[:]
+        stats = yield server.whole()
+        stopped = stats["workers"][1]["pid"]
+        os.kill(stopped, signal.SIGSTOP)
+        self.addCleanup(_continue, stopped)
+        # A worker that is stopped accepts nothing: this lands on the other.
+        publisher = yield server.client.connect(server.url, "/pub", "k")
+        for i in range(_COUNT):
+            publisher.sendMessage(_message(i), isBinary=True)
+        # Only the members on the worker still reading get messages now;
+        # round-robin between the workers would give them half.
+        yield until(lambda: sum(len(_real(m.messages)) for m in members) >= _COUNT * 3 // 4, 30)
+        _continue(stopped)
+        for subscriber in plain:
+            yield until(lambda s=subscriber: len(_real(s.messages)) >= _COUNT, 60)
+            self.assertEqual(_real(subscriber.messages), [_message(i) for i in range(_COUNT)])
+        yield until(lambda: sum(len(_real(m.messages)) for m in members) >= _COUNT, 30)
+        shared = sorted(m for member in members for m in _real(member.messages))
+        self.assertEqual(shared, sorted(_message(i) for i in range(_COUNT)))
+        stats = yield server.whole()
+        self.assertEqual([w["dropped"] for w in stats["workers"]], [0, 0])
+        response = yield bounded(server.client.http.get(server.url + "/metrics"))
+        metrics = (yield bounded(treq.content(response))).decode()
+        self.assertIn('memmq_worker_messages_dropped_total{worker="1"} 0.0', metrics)
+
+
+def _continue(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass

@@ -47,6 +47,13 @@ worker that took the publish chooses one worker among those holding the
 group's matching members (round-robin per group, L{Route}), so the group
 gets it once in the whole server (README: Workers).
 
+A peer that stops reading its stream (stopped, or stuck) is not waited
+for without end: once its stream is full a peer holds at most L{HOLD}
+bytes of messages for it, then drops what would pass that and counts it
+(L{MeshBackplane.dropped}); a call carrying a message fails then with
+L{BackplaneUnavailable} instead, and interest frames are never dropped.
+While its stream is full, queue groups choose among the other workers.
+
 Calls keep their place on the stream: a call sent after an interest frame
 or a message is handled after it.  A call to a peer that cannot be reached
 both ways (it is being restarted) fails at once, and calls waiting for an
@@ -62,6 +69,7 @@ import struct
 
 from twisted.internet import error as internet_error
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -71,7 +79,7 @@ from memmq.errors import BackplaneUnavailable, MemmqError
 from memmq.patterns import Pattern
 from memmq.sublist import Sublist
 
-__all__ = ["MeshBackplane", "Route", "interest_frame", "message_frame", "parse_interest", "parse_message"]
+__all__ = ["HOLD", "MeshBackplane", "Route", "interest_frame", "message_frame", "parse_interest", "parse_message"]
 
 _log = Logger()
 
@@ -93,6 +101,10 @@ _CALL_HEAD = struct.Struct(">IB")
 # (it is being restarted: the connection waits in the backlog of the socket
 # the parent holds).
 _RECONNECT = 0.05
+# Bytes of messages a worker keeps waiting for a peer whose stream is full
+# (it is stopped or stuck): seconds of a busy server's traffic, less than a
+# stuck peer would otherwise cost every other worker in memory.
+HOLD = 64 * 1024 * 1024
 
 # How long a starting worker waits to learn what its peers follow before it
 # serves anyway (a peer that is down, or starting again itself).
@@ -241,9 +253,16 @@ class _Outbound(Protocol):
         self.link._lost(self)
 
 
+@implementer(IPushProducer)
 class _Link(ClientFactory):
     """
-    The connection to one peer, made again whenever it is lost.
+    The connection to one peer, made again whenever it is lost; the
+    producer of its stream, paused while the peer does not read it.
+
+    @ivar full: whether the stream is full (the peer reads slower than it
+        is written to, or not at all).
+    @ivar dropped: messages dropped for the peer, once L{HOLD} bytes of
+        them were waiting on a full stream.
     """
 
     noisy = False
@@ -254,20 +273,40 @@ class _Link(ClientFactory):
         self.path = path
         self.transport = None
         self.connects = 0
+        self.full = False
+        self.dropped = 0
+        # Bytes of messages written since the stream became full.
+        self._held = 0
         # Frames written in this reactor turn, sent together at its end.
         self._pending: list[bytes] = []
 
-    def send(self, frame: bytes) -> None:
+    def send(self, frame: bytes, message: bool = False) -> bool:
         """
-        Queue C{frame} for this turn's write to the peer (dropped if the
-        peer is not connected).
+        Queue C{frame} for this turn's write to the peer. Return whether
+        it was: not if the peer is not connected, nor, for a C{message},
+        if the stream is full and L{HOLD} bytes of messages wait already.
         """
         if self.transport is None:
-            return
+            return False
+        if message and self.full:
+            if self._held + len(frame) > HOLD:
+                return False
+            self._held += len(frame)
         pending = self._pending
         if not pending:
             self.mesh._reactor.callLater(0, self._flush)
         pending.append(frame)
+        return True
+
+    def pauseProducing(self) -> None:
+        self.full = True
+
+    def resumeProducing(self) -> None:
+        self.full = False
+        self._held = 0
+
+    def stopProducing(self) -> None:
+        self.full = False
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
@@ -282,6 +321,7 @@ class _Link(ClientFactory):
 
     def _connected(self, protocol: _Outbound) -> None:
         self.transport = protocol.transport
+        self.transport.registerProducer(self, True)
         self.connects += 1
         interest = self.mesh._interest
         self.send(_frame(_HELLO, b"%d %d" % (self.mesh.index, len(interest))))
@@ -291,6 +331,7 @@ class _Link(ClientFactory):
 
     def _lost(self, protocol: _Outbound) -> None:
         self.transport = None
+        self.resumeProducing()
         self._pending = []
         self.mesh._calls_lost(self.peer)
         self._again()
@@ -319,8 +360,9 @@ class _Holder:
         return f"<worker {self.index}>"
 
     def has_room(self) -> bool:
-        # This worker always; a peer while it is connected.
-        return self.link is None or self.link.transport is not None
+        # This worker always; a peer while it is connected and reads.
+        link = self.link
+        return link is None or (link.transport is not None and not link.full)
 
 
 class Route:
@@ -508,16 +550,28 @@ class MeshBackplane:
                 if follows and topic in follows and link.transport is not None:
                     if frame is None:
                         frame = message_frame(topic, payload, stamp)
-                    link.send(frame)
-                    self.sent += 1
+                    self._count(link.send(frame, message=True), link)
             return succeed(None)
         plain, chosen = route.plain, route.chosen
         for peer, link in self._links.items():
             groups = chosen.get(peer, ())
             if (groups or peer in plain) and link.transport is not None:
-                link.send(message_frame(topic, payload, stamp, peer in plain, tuple(groups)))
-                self.sent += 1
+                self._count(link.send(message_frame(topic, payload, stamp, peer in plain, tuple(groups)), True), link)
         return succeed(None)
+
+    def _count(self, sent: bool, link: _Link) -> None:
+        if sent:
+            self.sent += 1
+        else:
+            link.dropped += 1
+
+    @property
+    def dropped(self) -> int:
+        """
+        Messages dropped for peers that did not read their streams (see
+        L{HOLD}).
+        """
+        return sum(link.dropped for link in self._links.values())
 
     def remote_topics(self, topic: str) -> int:
         """
@@ -598,7 +652,8 @@ class MeshBackplane:
         """
         Call C{what} on C{peer} wanting no answer, in order after whatever
         was sent to it before; C{message}: it carries a message (counted in
-        L{sent}). @raise BackplaneUnavailable: the peer cannot be reached.
+        L{sent}). @raise BackplaneUnavailable: the peer cannot be reached,
+        or, for a message, has left L{HOLD} bytes of them unread.
         """
         self._send_call(peer, 0, what, body, message)
 
@@ -607,7 +662,8 @@ class MeshBackplane:
         Call C{what} on C{peer}, in order after whatever was sent to it
         before; fire with its answer, or fail with the L{MemmqError} it
         failed with, or with L{BackplaneUnavailable} if the peer cannot be
-        reached or goes away first.
+        reached (or, for a message, has left L{HOLD} bytes of them unread)
+        or goes away first.
         """
         self._next_call = ident = self._next_call % 0xFFFFFFFF + 1
         try:
@@ -621,7 +677,8 @@ class MeshBackplane:
     def _send_call(self, peer: int, ident: int, what: bytes, body: bytes, message: bool) -> None:
         if not self.reachable(peer):
             raise BackplaneUnavailable(f"worker {peer} of this server cannot be reached (restarting?)")
-        self._links[peer].send(_frame(_CALL, _CALL_HEAD.pack(ident, what[0]) + body))
+        if not self._links[peer].send(_frame(_CALL, _CALL_HEAD.pack(ident, what[0]) + body), message):
+            raise BackplaneUnavailable(f"worker {peer} of this server is not reading what it is sent (stopped?)")
         if message:
             self.sent += 1
 

@@ -41,7 +41,11 @@ class GuardedChannel(http.HTTPChannel):
     """
 
     delimiter = b"\n"
+    # The deadline on the request head: one call per connection, moved on
+    # at each new head rather than cancelled and made again, since a
+    # keep-alive connection starts a head for every request.
     _head_call = None
+    _in_head = False
     _lines = 0
     _stall: OutputStall | None = None
     _closing = False
@@ -56,17 +60,22 @@ class GuardedChannel(http.HTTPChannel):
         self._start_head()
 
     def _start_head(self) -> None:
-        if self._head_call is None:
-            self._head_call = self.guard.clock.callLater(self.guard.head_timeout, self._head_timed_out)
+        if self._in_head:
+            return
+        self._in_head = True
+        timeout = self.guard.head_timeout
+        if self._head_call is not None and self._head_call.active():
+            self._head_call.reset(timeout)
+        else:
+            self._head_call = self.guard.clock.callLater(timeout, self._head_timed_out)
 
     def _stop_head(self) -> None:
-        if self._head_call is not None:
-            if self._head_call.active():
-                self._head_call.cancel()
-            self._head_call = None
+        self._in_head = False
 
     def _head_timed_out(self) -> None:
         self._head_call = None
+        if not self._in_head:
+            return
         self.guard.count(
             "head_timeouts", "closing {peer}: no complete request head in {seconds:g} s",
             peer=str(self.transport.getPeer()), seconds=self.guard.head_timeout,
@@ -170,8 +179,18 @@ class GuardedChannel(http.HTTPChannel):
         )
         self.hang_up()
 
+    def handed_over(self) -> None:
+        """
+        The connection now belongs to another protocol (a WebSocket, after
+        an upgrade): the channel's timers stop, as at its connection's end.
+        """
+        self._in_head = False
+        if self._head_call is not None and self._head_call.active():
+            self._head_call.cancel()
+        self._head_call = None
+
     def connectionLost(self, reason) -> None:
-        self._stop_head()
+        self.handed_over()
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
         self._abort_call = None

@@ -138,6 +138,14 @@ def _worker_metrics(workers):
     for worker in workers:
         counter.add_metric([str(worker.index)], worker.sent)
     yield counter
+    dropped = CounterMetricFamily(
+        "memmq_worker_messages_dropped",
+        "Messages one worker dropped for another that did not read them (README: Workers).",
+        labels=["worker"],
+    )
+    for worker in workers:
+        dropped.add_metric([str(worker.index)], worker.dropped)
+    yield dropped
     total = CounterMetricFamily(
         "memmq_cross_worker_messages", "Messages passed between workers, over all workers."
     )
@@ -252,6 +260,7 @@ class Metrics:
                 {
                     "worker": w.index, "pid": w.pid, "rss": w.rss, "connections": w.connections,
                     "subscribers": w.subscribers, "published": w.published, "sent": w.sent, "received": w.received,
+                    "dropped": w.dropped,
                 }
                 for w in stats.workers
             ]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.interfaces import IPushProducer
@@ -45,7 +44,7 @@ from memmq.persist.replay import PatternReplay, Replay
 from memmq.server.combine import Combiner
 from memmq.server.connections import Connections
 from memmq.server.query import NO_REPLAY, subscribe_subject
-from memmq.server.websocket import INTERNAL_ERROR, ServerConnection, close_reason
+from memmq.server.websocket import INTERNAL_ERROR, ServerConnection, TakeOverResource, close_reason
 
 __all__ = ["MAX_SUBSCRIPTIONS", "MuxProtocol", "mux_frame", "mux_resource", "wants_mux"]
 
@@ -390,8 +389,8 @@ def mux_resource(
     max_message_size: int,
     combiner: Combiner,
     replay: IReplaySource | None = None,
-) -> WebSocketResource:
+) -> TakeOverResource:
     """
     The WebSocket resource serving C{memmq.v1}.
     """
-    return WebSocketResource(MuxFactory(broker, connections, max_message_size, combiner, replay))
+    return TakeOverResource(MuxFactory(broker, connections, max_message_size, combiner, replay))

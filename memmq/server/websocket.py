@@ -36,6 +36,7 @@ from memmq.server.access import EXPIRED_CLOSE_CODE, Access
 from memmq.server.combine import CombinedSubscriber, Combiner
 from memmq.server.connections import Connections
 from memmq.server.credentials import select_subprotocol
+from memmq.server.http_channel import GuardedChannel
 from memmq.server.limits import MAX_FRAGMENTS, Guard, OutputStall, default_guard
 from memmq.server.query import (
     NO_REPLAY,
@@ -48,7 +49,7 @@ from memmq.server.query import (
 
 __all__ = [
     "GOING_AWAY", "INTERNAL_ERROR", "TRY_AGAIN_LATER", "PublisherProtocol", "ServerConnection",
-    "SubscriberProtocol", "UpgradeResource",
+    "SubscriberProtocol", "TakeOverResource", "UpgradeResource",
     "WebSocketFactory", "binary_frame", "binary_message", "close_reason",
 ]
 
@@ -377,7 +378,21 @@ class WebSocketFactory(WebSocketServerFactory):
         return protocol
 
 
-class UpgradeResource(WebSocketResource):
+class TakeOverResource(WebSocketResource):
+    """
+    autobahn's upgrade of an HTTP request to a WebSocket, which also tells
+    the HTTP channel it has handed its connection over (its timers stop).
+    """
+
+    def render(self, request):
+        channel = request.channel
+        answer = super().render(request)
+        if channel.transport is None and isinstance(channel, GuardedChannel):
+            channel.handed_over()
+        return answer
+
+
+class UpgradeResource(TakeOverResource):
     """
     The WebSocket side of C{/pub} or C{/sub}: takes over a request the
     resource has checked, its protocol made knowing who the client is.

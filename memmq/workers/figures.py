@@ -154,6 +154,7 @@ class _WholeServer:
             published=delivery.published if delivery else 0,
             sent=self.mesh.sent,
             received=self.mesh.received,
+            dropped=self.mesh.dropped,
         )
         persistence = self.persister.figures() if self.persister is not None else None
         return replace(stats, workers=(worker,), persistence=persistence), topic_stats
