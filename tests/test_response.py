@@ -145,6 +145,26 @@ class FollowTests(SynchronousTestCase):
         self.assertEqual(exact.value(), _chunk(b"data: a\n\ndata: b\n\n"))
         self.assertEqual(pattern.value(), _chunk(b"data: a\n\ndata: b\n\n"))
 
+    def test_queue_group_streams_share_the_messages(self) -> None:
+        """
+        Streams in a queue group are handed their share of the messages
+        (each message to one of them, in order for each), beside a stream
+        of the topic that follows it and gets them all.
+        """
+        streams = _Streams(self, Broker())
+        everything = streams.open()
+        grouped = b"GET /sub?topic=t&group=g HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+        members = [streams.open(grouped) for _ in range(2)]
+        for n in range(6):
+            streams.broker.publish_now("t", b"m%d" % n)
+        streams.flush()
+        self.assertEqual(_unchunked(everything.value()), b"".join(b"data: m%d\n\n" % n for n in range(6)))
+        shares = [_unchunked(member.value()).split(b"\n\n")[:-1] for member in members]
+        self.assertEqual(sorted(event for share in shares for event in share), [b"data: m%d" % n for n in range(6)])
+        for share in shares:
+            self.assertTrue(share)
+            self.assertEqual(share, sorted(share))
+
     def test_close_writes_what_waits(self) -> None:
         """
         A stream ended by the server (shutdown, an expired token) first
