@@ -12,10 +12,10 @@ from memmq.server.connections import Connections
 from memmq.server.query import Subject
 from memmq.server.response import ResponseSubscriber
 
-__all__ = ["StreamingSubscriber", "payload"]
+__all__ = ["StreamingSubscriber", "bare_payload"]
 
 
-def payload(message: Message) -> bytes:
+def bare_payload(message: Message) -> bytes:
     """
     A message as the plain stream writes it: its payload's bytes alone.
     """
@@ -30,7 +30,7 @@ class StreamingSubscriber(ResponseSubscriber):
     persisted ones first (L{memmq.persist.replay.Replay}).
     """
 
-    framing = staticmethod(payload)
+    framing = staticmethod(bare_payload)
 
     def __init__(
         self, broker: IBroker, connections: Connections, combiner: Combiner, topic: Subject, request,
