@@ -75,7 +75,9 @@ def server_command(variant: dict, port: int) -> tuple[list[str], dict[str, str]]
     address = f"--address=127.0.0.1:{port}"
     if variant["checkout"].startswith("exec:"):
         return [variant["checkout"][5:], address, *variant["args"]], dict(os.environ)
-    argv = [sys.executable, "-m", "memmq", address, *variant["args"]]
+    # -P: not the working directory's memmq (a checkout run from) but
+    # CHECKOUT's, whatever the directory this is run from.
+    argv = [sys.executable, "-P", "-m", "memmq", address, *variant["args"]]
     return argv, dict(os.environ, PYTHONPATH=os.path.abspath(variant["checkout"]))
 
 

@@ -61,30 +61,32 @@ def read(cursor: Cursor) -> tuple[list, Chunk, int]:
 
 class Joined:
     """
-    The last stretch of a log read and framed: the subscribers flushed one
-    after another took the same stretch, and write the same bytes.
+    The last stretch of a log read and framed one way: the subscribers
+    flushed one after another took the same stretch, and write the same
+    bytes.  A topic keeps one per framing its followers use (WebSocket
+    frames, Server-Sent Events, bare payloads), so that followers of
+    several kinds on one topic do not undo each other's.
     """
 
-    __slots__ = ("start", "end", "encoding", "data")
+    __slots__ = ("start", "end", "data")
 
     def __init__(self) -> None:
         self.start: Cursor | None = None
         self.end: Cursor | None = None
-        self.encoding = None
         self.data = b""
 
 
-def joined(cache: Joined, cursor: Cursor, encoding: Callable) -> bytes:
+def joined(cache: Joined, cursor: Cursor, framing: Callable) -> bytes:
     """
     The messages from C{cursor} to the end of the log, each framed by
-    C{encoding} (see L{memmq.topics.Message.encoded}) and joined: computed
-    once for every follower that takes the same stretch, kept in C{cache}.
+    C{framing} (see L{memmq.topics.Message.framed}) and joined: computed
+    once for every follower that takes the same stretch, kept in C{cache}
+    (the topic's for this framing).
     """
     start_chunk, start_index = cursor
     end = cache.end
     if (
         end is not None
-        and cache.encoding is encoding
         and cache.start[0] is start_chunk
         and cache.start[1] == start_index
         and end[0].next is None
@@ -93,11 +95,10 @@ def joined(cache: Joined, cursor: Cursor, encoding: Callable) -> bytes:
         return cache.data
     messages, end_chunk, end_index = read(cursor)
     if len(messages) == 1:
-        data = messages[0].encoded(encoding)
+        data = messages[0].framed(framing)
     else:
-        data = b"".join([message.encoded(encoding) for message in messages])
+        data = b"".join([message.framed(framing) for message in messages])
     cache.start = cursor
     cache.end = (end_chunk, end_index)
-    cache.encoding = encoding
     cache.data = data
     return data

@@ -39,9 +39,10 @@ class ISubscriber(Interface):
 class IFollower(ISubscriber):
     """
     A subscriber that writes what it is sent later, many messages at once
-    (a WebSocket subscriber, through L{memmq.server.combine}): rather than
-    being handed each message of a topic, it is woken once, and takes at
-    its next write everything published since (L{memmq.following}).
+    (a WebSocket, Server-Sent Events or streaming C{/sub} subscriber:
+    L{memmq.server.combine.CombinedSubscriber}): rather than being handed
+    each message of a topic, it is woken once, and takes at its next write
+    everything published since (L{memmq.following}).
     """
 
     def wake():

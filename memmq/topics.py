@@ -104,7 +104,7 @@ class Message:
     def framed(self, framing: Callable[[Message], bytes]) -> bytes:
         """
         Return C{framing(self)}, computed at most once per message: for a
-        frame that carries the topic as well as the payload.
+        frame that carries more than the payload (the topic, the stamp).
         """
         encodings = self._encodings
         if encodings is None:
@@ -220,17 +220,21 @@ class Subscription:
         self.topic_entry.waiting += 1
         self.subscriber.wake()
 
-    def take(self, encoding: Callable[[bytes], bytes]) -> bytes:
+    def take(self, framing: Callable[[Message], bytes]) -> bytes:
         """
         What waits for this subscriber in its topic's log, each message
-        framed by C{encoding} and joined (shared with the subscribers that
-        take the same stretch); stop following.
+        framed by C{framing} (L{Message.framed}) and joined (shared with the
+        subscribers that take the same stretch with the same framing); stop
+        following.
         """
         cursor = self.cursor
         if cursor is None:
             return b""
-        entry = self.topic_entry
-        data = joined(entry.joined, cursor, encoding)
+        caches = self.topic_entry.joined
+        cache = caches.get(framing)
+        if cache is None:
+            cache = caches[framing] = Joined()
+        data = joined(cache, cursor, framing)
         self._unfollow()
         return data
 
@@ -257,7 +261,7 @@ class Subscription:
         if not entry.waiting:
             # Nobody reads the log: let it, and the last stretch framed, go.
             entry.tail = None
-            entry.joined = Joined()
+            entry.joined = {}
 
     def pause(self) -> None:
         self.catch_up()
@@ -339,11 +343,11 @@ class Topic:
         self._snapshot: tuple[Subscription, ...] | None = None
         # The log its followers read from (memmq.following): how many
         # members can follow, how many do now, the chunk being appended
-        # to (while any does), and the last stretch framed.
+        # to (while any does), and the last stretch framed, per framing.
         self.followers = 0
         self.waiting = 0
         self.tail: Chunk | None = None
-        self.joined = Joined()
+        self.joined: dict[Callable, Joined] = {}
 
     @property
     def subscriptions(self) -> tuple[Subscription, ...]:

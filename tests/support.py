@@ -8,6 +8,7 @@ tests/grpc_support.py), never from each other.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import os
@@ -985,3 +986,112 @@ class NotifySocket:
         """
         return sum(1 for message in self.read() if message == "WATCHDOG=1")
 
+
+
+class StreamReader(Protocol):
+    """
+    A raw reader of a streaming C{GET /sub} over TLS, as a browser's
+    C{EventSource} (C{event_stream}) or a plain client sends it: the body,
+    de-chunked as it comes, and for an event stream its events, parsed as
+    they come (so that megabytes cost no quadratic copying).  Pausing its
+    transport stops reading, as a stalled peer does.
+
+    @ivar events: for an event stream, each event's C{(id, data)}, the id
+        being the last one seen (L{None} before any); an id alone (the end
+        of a replay) only moves C{last_id}.
+    """
+
+    def __init__(self, testcase, server: RunningServer, query: str, headers: dict | None = None,
+                 event_stream: bool = False) -> None:
+        self.event_stream = event_stream
+        self.head: bytes | None = None
+        self.body = bytearray()
+        self.events: list[tuple[int | None, bytes]] = []
+        self.last_id: int | None = None
+        self.ended = False
+        self.lost: Deferred = Deferred()
+        self._raw = bytearray()
+        self._data_left = 0
+        self._crlf_left = 0
+        self._parsed = 0
+        lines = [f"GET /sub?{query} HTTP/1.1", "Host: 127.0.0.1"]
+        if event_stream:
+            lines.append("Accept: text/event-stream")
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        self._request = ("\r\n".join(lines) + "\r\n\r\n").encode()
+        endpoint = endpoints.SSL4ClientEndpoint(reactor, "127.0.0.1", server.port, server.client.tls_options())
+        self.opened = bounded(endpoints.connectProtocol(endpoint, self))
+        testcase.addCleanup(self.close)
+
+    def connectionMade(self) -> None:
+        self.transport.write(self._request)
+
+    def dataReceived(self, data: bytes) -> None:
+        raw = self._raw
+        raw += data
+        if self.head is None:
+            end = raw.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            self.head = bytes(raw[:end])
+            del raw[: end + 4]
+        start = 0
+        while start < len(raw) and not self.ended:
+            if self._data_left:
+                taken = min(self._data_left, len(raw) - start)
+                self.body += raw[start : start + taken]
+                self._data_left -= taken
+                start += taken
+            elif self._crlf_left:
+                taken = min(self._crlf_left, len(raw) - start)
+                self._crlf_left -= taken
+                start += taken
+            else:
+                end = raw.find(b"\r\n", start)
+                if end < 0:
+                    break
+                size = int(raw[start:end], 16)
+                start = end + 2
+                if size == 0:
+                    self.ended = True
+                self._data_left, self._crlf_left = size, 2
+        del raw[:start]
+        if self.event_stream:
+            self._parse_events()
+
+    def _parse_events(self) -> None:
+        body = self.body
+        while True:
+            end = body.find(b"\n\n", self._parsed)
+            if end < 0:
+                return
+            data = None
+            kind = None
+            for line in bytes(body[self._parsed : end]).split(b"\n"):
+                if line.startswith(b"id: "):
+                    self.last_id = int(line[4:])
+                elif line.startswith(b"data: "):
+                    data = line[6:] if data is None else data + b"\n" + line[6:]
+                elif line.startswith(b"event: "):
+                    kind = line[7:]
+            if data is not None:
+                if kind == b"base64":
+                    data = base64.b64decode(data)
+                self.events.append((self.last_id, data))
+            self._parsed = end + 2
+
+    def data(self) -> list[bytes]:
+        return [data for _, data in self.events]
+
+    def ids(self) -> list[int | None]:
+        return [event_id for event_id, _ in self.events]
+
+    def connectionLost(self, reason) -> None:
+        self.lost.callback(None)
+
+    _closed = False
+
+    def close(self) -> None:
+        if self.transport is not None and not self._closed:
+            self._closed = True
+            self.transport.abortConnection()

@@ -1,14 +1,19 @@
 """
 Tests for memmq.server.combine: when the Combiner flushes waiting
-subscribers, driven by a fake clock.
+subscribers, driven by a fake clock; and what a CombinedSubscriber writes
+at its flush (what was delivered to it, then its topic's log).
 """
 
 from __future__ import annotations
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
-from memmq.server.combine import Combiner
+from memmq.broker import Broker, Message
+from memmq.interfaces import IFollower
+from memmq.patterns import parse_pattern
+from memmq.server.combine import CombinedSubscriber, Combiner
 
 WINDOW = 0.001
 
@@ -285,3 +290,138 @@ class SliceTests(SynchronousTestCase):
         combiner.stop()
         self.assertEqual([name for name, _ in log], list("abcde"))
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+def _angled(message: Message) -> bytes:
+    return b"<" + message.payload + b">"
+
+
+class _Counting(Combiner):
+    """
+    A Combiner that counts how often it is asked for a flush.
+    """
+
+    asked = 0
+
+    def want_flush(self, subscriber) -> None:
+        self.asked += 1
+        super().want_flush(subscriber)
+
+
+class _Written(CombinedSubscriber):
+    """
+    A CombinedSubscriber that writes to a list, with its combiner on a
+    fake clock.
+    """
+
+    framing = staticmethod(_angled)
+
+    def __init__(self, combiner: Combiner) -> None:
+        self.combiner = combiner
+        self.writes: list[bytes] = []
+
+    def write_combined(self, data: bytes) -> None:
+        self.writes.append(data)
+
+
+class CombinedSubscriberTests(SynchronousTestCase):
+    """
+    A subscriber written to through the combiner follows its topic's log,
+    and writes at each flush, once, everything since the last.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.combiner = _Counting(self.clock, window=0)
+        self.broker = Broker()
+
+    def subscribe(self, topic: str = "t") -> _Written:
+        subscriber = _Written(self.combiner)
+        subscriber.subscription = self.broker.subscribe(topic, subscriber)
+        return subscriber
+
+    def test_is_a_follower(self) -> None:
+        """
+        It is what the broker lets follow a topic's log.
+        """
+        self.assertTrue(verifyObject(IFollower, _Written(self.combiner)))
+
+    def test_one_write_per_flush(self) -> None:
+        """
+        Messages published before a flush are written in one write, in
+        order; the combiner was asked once.
+        """
+        subscriber = self.subscribe()
+        for data in (b"a", b"b", b"c"):
+            self.broker.publish_now("t", data)
+        self.assertTrue(subscriber.subscription.following)
+        self.assertEqual(self.combiner.asked, 1)
+        self.combiner.flush()
+        self.assertEqual(subscriber.writes, [b"<a><b><c>"])
+        self.broker.publish_now("t", b"d")
+        self.combiner.flush()
+        self.assertEqual(subscriber.writes, [b"<a><b><c>", b"<d>"])
+
+    def test_same_bytes_for_everyone(self) -> None:
+        """
+        Subscribers flushed together write the same bytes object.
+        """
+        subscribers = [self.subscribe() for _ in range(3)]
+        self.broker.publish_now("t", b"a")
+        self.broker.publish_now("t", b"b")
+        self.combiner.flush()
+        (first,) = subscribers[0].writes
+        for other in subscribers[1:]:
+            self.assertIs(other.writes[0], first)
+
+    def test_delivered_then_logged(self) -> None:
+        """
+        What was delivered (the log caught up when a pattern also took the
+        topic) is written before what the log holds, in publish order.
+        """
+        subscriber = self.subscribe()
+        self.broker.publish_now("t", b"a")
+        pattern = self.broker.subscribe_pattern(parse_pattern("*"), _Written(self.combiner))
+        self.broker.publish_now("t", b"b")
+        self.broker.unsubscribe(pattern)
+        self.broker.publish_now("t", b"c")
+        self.assertTrue(subscriber.subscription.following)
+        self.combiner.flush()
+        self.assertEqual(subscriber.writes, [b"<a><b><c>"])
+
+    def test_nothing_to_write(self) -> None:
+        """
+        A flush with nothing waiting writes nothing (an empty write could
+        end a chunked response).
+        """
+        subscriber = self.subscribe()
+        subscriber.flush()
+        self.assertEqual(subscriber.writes, [])
+
+    def test_flush_now(self) -> None:
+        """
+        flush_now writes what waits at once (the connection is closing),
+        and nothing when nothing waits.
+        """
+        subscriber = self.subscribe()
+        subscriber.flush_now()
+        self.broker.publish_now("t", b"a")
+        subscriber.flush_now()
+        self.assertEqual(subscriber.writes, [b"<a>"])
+        self.combiner.flush()
+        self.assertEqual(subscriber.writes, [b"<a>"])
+
+    def test_gone(self) -> None:
+        """
+        Once unsubscribed and its frames forgotten, nothing is written at
+        the flush it had asked for, and the topic keeps no log for it.
+        """
+        subscriber = self.subscribe()
+        other = self.subscribe()
+        self.broker.publish_now("t", b"a")
+        self.broker.unsubscribe(subscriber.subscription)
+        subscriber.forget_frames()
+        self.combiner.flush()
+        self.assertEqual(subscriber.writes, [])
+        self.assertEqual(other.writes, [b"<a>"])
+        self.assertIsNone(self.broker.topic("t").tail)

@@ -16,8 +16,8 @@ from memmq.interfaces import IFollower, ISubscriber
 from memmq.patterns import parse_pattern
 
 
-def _frame(payload: bytes) -> bytes:
-    return b"<" + payload + b">"
+def _frame(message: Message) -> bytes:
+    return b"<" + message.payload + b">"
 
 
 @implementer(IFollower)
@@ -35,7 +35,7 @@ class Follower:
         self.subscription: Subscription | None = None
 
     def deliver(self, message: Message) -> None:
-        self.delivered.append(_frame(message.payload))
+        self.delivered.append(_frame(message))
 
     def wake(self) -> None:
         self.wakes += 1
@@ -59,7 +59,7 @@ def _subscribe(broker: Broker, count: int = 1, topic: str = "t") -> list[Followe
 
 
 def _expected(*payloads: bytes) -> bytes:
-    return b"".join(_frame(p) for p in payloads)
+    return b"".join(b"<" + p + b">" for p in payloads)
 
 
 class FollowTests(SynchronousTestCase):

@@ -8,10 +8,18 @@
 // fields: deliveries_per_s = received / (last arrival - first send), lost,
 // out_of_order, duplicates, latency.
 //
+// With -pid, server_cpu_s is the server's CPU time (from /proc/PID/stat)
+// from the first publish to the end of the drain: the deliveries' cost,
+// without the streams' TLS handshakes. It takes mqbench's common flags
+// (-q, -pid) and an optional scenario name "fanout" before the scenario's
+// flags, so that bench/ab.py (and bench/sse_ab.py) can run it in
+// mqbench's place.
+//
 // Loopback only, bounded by -timeout. Standard library only:
 //
 //	cd bench/ssefanout && GO111MODULE=off go build -o ssefanout .
 //	./ssefanout -url https://127.0.0.1:8081 -s 100 -m 2000 -b 64
+//	./ssefanout -q -url https://127.0.0.1:8081 -pid PID fanout -s 1000 -m 2000 -b 64
 package main
 
 import (
@@ -49,6 +57,7 @@ type result struct {
 	DeliveriesPerS float64            `json:"deliveries_per_s"`
 	Latency        map[string]float64 `json:"latency"`
 	ConnectS       float64            `json:"connect_s"`
+	ServerCPUS     *float64           `json:"server_cpu_s,omitempty"`
 	Error          string             `json:"error,omitempty"`
 }
 
@@ -83,6 +92,23 @@ func loopback(base string) {
 	}
 }
 
+// serverCPU is the CPU time (user + system, seconds) process pid has used.
+func serverCPU(pid int) float64 {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		fail("-pid %d: %v", pid, err)
+	}
+	str := string(stat)
+	// utime and stime: fields 14 and 15, the 12th and 13th after comm's ")".
+	f := strings.Fields(str[strings.LastIndexByte(str, ')')+1:])
+	if len(f) < 13 {
+		fail("-pid %d: unexpected /proc stat", pid)
+	}
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100.0 // USER_HZ is 100 on Linux
+}
+
 func main() {
 	base := flag.String("url", "https://127.0.0.1:8081", "server base URL (loopback only)")
 	subs := flag.Int("s", 100, "subscribers (event streams), at most 10000")
@@ -90,7 +116,15 @@ func main() {
 	size := flag.Int("b", 64, "payload bytes (at least 24)")
 	timeout := flag.Duration("timeout", 2*time.Minute, "hard limit for the whole run")
 	drain := flag.Duration("drain", 5*time.Second, "how long to wait for the last deliveries")
+	pid := flag.Int("pid", 0, "server process id, to report its CPU time while delivering")
+	flag.Bool("q", false, "quiet (accepted for mqbench's sake: nothing but the result is printed)")
 	flag.Parse()
+	if rest := flag.Args(); len(rest) > 0 {
+		if rest[0] != "fanout" {
+			fail("the only scenario is fanout, not %q", rest[0])
+		}
+		flag.CommandLine.Parse(rest[1:])
+	}
 	loopback(*base)
 	if *subs < 1 || *subs > 10000 || *messages < 1 || int64(*subs)*int64(*messages) > 20000000 || *size < 24 {
 		fail("out of bounds: -s 1..10000, -m >= 1, s*m <= 20,000,000, -b >= 24")
@@ -183,6 +217,10 @@ func main() {
 
 	publisher := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
 	pad := strings.Repeat("x", *size)
+	var cpuBefore float64
+	if *pid != 0 {
+		cpuBefore = serverCPU(*pid)
+	}
 	first := time.Now()
 	for seq := 0; seq < *messages; seq++ {
 		body := fmt.Sprintf("%d %d ", seq, time.Now().UnixNano())
@@ -204,10 +242,15 @@ func main() {
 	case <-finished:
 	case <-time.After(*drain):
 	}
+	var cpu *float64
+	if *pid != 0 {
+		used := serverCPU(*pid) - cpuBefore
+		cpu = &used
+	}
 	transport.CloseIdleConnections()
 
 	r := result{Scenario: "sse-fanout", Subscribers: *subs, Messages: *messages, Bytes: *size,
-		PublishedPerS: float64(*messages) / published, Expected: expected, ConnectS: connect}
+		PublishedPerS: float64(*messages) / published, Expected: expected, ConnectS: connect, ServerCPUS: cpu}
 	var last time.Time
 	var latencies []float64
 	for _, s := range state {

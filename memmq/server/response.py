@@ -8,6 +8,11 @@ The response is its connection's push producer: a full connection pauses
 the replay while there is one, else the subscription.  The subscription,
 the replay and the server's list of connections end when the response
 does (finished, or its connection lost).
+
+Its writes are combined as a WebSocket subscriber's are, and it follows
+its topic's log (L{CombinedSubscriber}): a thousand browsers'
+C{EventSource}s on one topic cost a publish one append, and each flush
+writes the same joined bytes to all of them.
 """
 
 from __future__ import annotations
@@ -15,20 +20,22 @@ from __future__ import annotations
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
-from memmq.interfaces import IBroker, IReplaySource, ISubscriber, ISubscription
+from memmq.interfaces import IBroker, IReplaySource, ISubscription
 from memmq.persist.replay import Replay, replay_subject
+from memmq.server.combine import CombinedSubscriber, Combiner
 from memmq.server.connections import Connections
 from memmq.server.query import Subject, subscribe_subject
 
 __all__ = ["ResponseSubscriber"]
 
 
-@implementer(ISubscriber, IPushProducer)
-class ResponseSubscriber:
+@implementer(IPushProducer)
+class ResponseSubscriber(CombinedSubscriber):
     """
     The plumbing of a subscriber on C{request}, whose subclass has set the
     response's headers (and written its first bytes) before calling this
-    constructor, and defines C{deliver}, C{_write_replayed} and C{_fail}.
+    constructor, and defines C{framing} (how a message is written),
+    C{_write_replayed} and C{_fail}.
 
     @param since: replay the persisted messages stamped after it first
         (with C{replay}, where they are read from).
@@ -39,9 +46,10 @@ class ResponseSubscriber:
     _over = False
 
     def __init__(
-        self, broker: IBroker, connections: Connections, subject: Subject, request,
+        self, broker: IBroker, connections: Connections, combiner: Combiner, subject: Subject, request,
         since: int | None = None, replay: IReplaySource | None = None, group: str | None = None,
     ) -> None:
+        self.combiner = combiner
         self._broker = broker
         self._connections = connections
         self._request = request
@@ -84,8 +92,13 @@ class ResponseSubscriber:
     def stopProducing(self) -> None:
         pass
 
+    def write_combined(self, data: bytes) -> None:
+        if not self._over and not self._request.finished:
+            self._request.write(data)
+
     def _finished(self, _) -> None:
         self._over = True
+        self.forget_frames()
         if self._replay is not None:
             self._replay.cancel()
         self._broker.unsubscribe(self.subscription)
@@ -93,6 +106,7 @@ class ResponseSubscriber:
 
     def close_going_away(self) -> None:
         if not self._request.finished and not self._over:
+            self.flush_now()
             self._request.unregisterProducer()
             self._request.finish()
 

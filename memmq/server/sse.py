@@ -16,7 +16,8 @@ back.
 Flow control and drops are those of every subscriber: the stream is the
 push producer of its connection, and a full connection pauses the
 subscription, whose bounded buffer then drops for this subscriber alone.
-Writes are combined as the WebSocket subscriber's are (L{Combiner}).
+Writes are combined as the WebSocket subscriber's are, and the stream
+follows its topic's log (L{memmq.server.response}).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from memmq.server.response import ResponseSubscriber
 
 __all__ = [
     "BASE64_EVENT", "EVENT_STREAM", "HEARTBEAT", "RETRY_MS", "EventStreamSubscriber", "event", "last_event_id",
-    "wants_event_stream",
+    "message_event", "wants_event_stream",
 ]
 
 EVENT_STREAM = b"text/event-stream"
@@ -86,6 +87,18 @@ def event(payload: bytes) -> bytes:
     return b"event: base64\ndata: " + base64.b64encode(payload) + b"\n\n"
 
 
+def message_event(message: Message) -> bytes:
+    """
+    The event that carries C{message}, with its timestamp as its C{id:}
+    when it has one (C{--persist}): computed once per message
+    (L{Message.framed}) for every stream.
+    """
+    data = event(message.payload)
+    if message.stamp is not None:
+        return b"id: %d\n" % message.stamp + data
+    return data
+
+
 class EventStreamSubscriber(ResponseSubscriber):
     """
     One C{text/event-stream} response subscribed to a topic or a pattern,
@@ -94,7 +107,7 @@ class EventStreamSubscriber(ResponseSubscriber):
     @param since: replay the persisted messages stamped after it first.
     """
 
-    _events: list[bytes] | None = None
+    framing = staticmethod(message_event)
     _heartbeat: IDelayedCall | None = None
     _replay_over = False
 
@@ -110,39 +123,19 @@ class EventStreamSubscriber(ResponseSubscriber):
         replay: IReplaySource | None = None,
         group: str | None = None,
     ) -> None:
-        self._combiner = combiner
         self._clock = clock
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
         # nginx passes the stream on as it comes, whatever proxy_buffering says.
         request.setHeader(b"x-accel-buffering", b"no")
         request.write(b"retry: %d\n\n" % RETRY_MS)
-        super().__init__(broker, connections, subject, request, since, replay, group)
+        super().__init__(broker, connections, combiner, subject, request, since, replay, group)
         if self._replay is not None and not self._replay.active:
             self._replay_ended()  # nothing to replay: it ended as it began
         self._schedule_heartbeat()
 
     def _replay_subscription(self) -> ISubscription:
         return _ReplayEnd(self.subscription, self._replay_ended)
-
-    def deliver(self, message: Message) -> None:
-        data = message.encoded(event)
-        if message.stamp is not None:
-            data = b"id: %d\n" % message.stamp + data
-        events = self._events
-        if events is None:
-            self._events = [data]
-            self._combiner.want_flush(self)
-        else:
-            events.append(data)
-
-    def flush(self) -> None:
-        """
-        Write the events waiting since the last flush, in one write.
-        """
-        events, self._events = self._events, None
-        if events and not self._over:
-            self._request.write(events[0] if len(events) == 1 else b"".join(events))
 
     def _write_replayed(self, payload: bytes) -> None:
         # No id: until the replay ends, a reconnecting browser starts it
@@ -173,16 +166,10 @@ class EventStreamSubscriber(ResponseSubscriber):
         self._schedule_heartbeat()
 
     def _finished(self, reason) -> None:
-        self._events = None
         if self._heartbeat is not None and self._heartbeat.active():
             self._heartbeat.cancel()
         self._heartbeat = None
         super()._finished(reason)
-
-    def close_going_away(self) -> None:
-        if self._events and not self._request.finished:
-            self.flush()
-        super().close_going_away()
 
 
 class _ReplayEnd:

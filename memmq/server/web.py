@@ -372,7 +372,11 @@ class SubscribeResource(LeafResource):
         self._websocket = websocket
         self._replay = replay
         self._origins = origins or Origins()
-        self._combiner = combiner
+        if clock is None:
+            from twisted.internet import reactor as clock
+        # The streaming responses' writes are combined as the WebSocket
+        # subscribers' are: with the site's combiner, one flush for all.
+        self._combiner = combiner if combiner is not None else Combiner(clock)
         self._clock = clock
         self._access = access or Access()
         self._mux = mux
@@ -398,7 +402,7 @@ class SubscribeResource(LeafResource):
             raise HTTPError(400, NO_REPLAY)
         if upgrade:
             return self._websocket.upgrade(request, identity)
-        if wants_event_stream(request) and self._combiner is not None:
+        if wants_event_stream(request):
             if since is None and self._replay is not None:
                 since = last_event_id(request)
             self._origins.answer(request)
@@ -408,7 +412,7 @@ class SubscribeResource(LeafResource):
             )
         else:
             streaming = StreamingSubscriber(
-                self._broker, self._connections, topic, request, since, self._replay, group
+                self._broker, self._connections, self._combiner, topic, request, since, self._replay, group
             )
         # A JWT that expires ends the response.
         expiry = self._access.at_expiry(identity, streaming.close_going_away)

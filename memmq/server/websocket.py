@@ -23,7 +23,7 @@ from zope.interface import implementer
 from memmq.broker import Message
 from memmq.errors import BackplaneUnavailable, MemmqError, PersistError
 from memmq.hops import HOPS_HEADER, check_hops
-from memmq.interfaces import IBroker, IFollower, IReplaySource
+from memmq.interfaces import IBroker, IReplaySource
 from memmq.internals.autobahn_private import (
     LenientKeyHandshake,
     fail_connection,
@@ -33,7 +33,7 @@ from memmq.internals.autobahn_private import (
 from memmq.logs import RateLimited
 from memmq.persist.replay import Replay, replay_subject
 from memmq.server.access import EXPIRED_CLOSE_CODE, Access
-from memmq.server.combine import Combiner
+from memmq.server.combine import CombinedSubscriber, Combiner
 from memmq.server.connections import Connections
 from memmq.server.credentials import select_subprotocol
 from memmq.server.http_channel import GuardedChannel
@@ -50,7 +50,7 @@ from memmq.server.query import (
 __all__ = [
     "GOING_AWAY", "INTERNAL_ERROR", "TRY_AGAIN_LATER", "PublisherProtocol", "ServerConnection",
     "SubscriberProtocol", "TakeOverResource", "UpgradeResource",
-    "WebSocketFactory", "binary_frame", "close_reason",
+    "WebSocketFactory", "binary_frame", "binary_message", "close_reason",
 ]
 
 _log = Logger()
@@ -72,13 +72,19 @@ def close_reason(reason: str) -> bytes:
 
 def binary_frame(payload: bytes) -> bytes:
     """
-    The complete unmasked binary WebSocket frame carrying C{payload}.
-
-    Computed once per message (see L{Message.encoded}) and written as it is
-    to every subscriber; valid because permessage-deflate is never
-    negotiated here.
+    The complete unmasked binary WebSocket frame carrying C{payload};
+    valid because permessage-deflate is never negotiated here.
     """
     return unmasked_binary_frame(payload)
+
+
+def binary_message(message: Message) -> bytes:
+    """
+    The binary frame carrying C{message}'s payload: how a C{/sub}
+    WebSocket frames a message, once per message (L{Message.framed}), for
+    every subscriber to write as it is (L{CombinedSubscriber}).
+    """
+    return unmasked_binary_frame(message.payload)
 
 
 class ServerConnection(LenientKeyHandshake, WebSocketServerProtocol):
@@ -158,8 +164,8 @@ class _ServerProtocol(ServerConnection):
 
 
 
-@implementer(IFollower, IPushProducer)
-class SubscriberProtocol(_ServerProtocol):
+@implementer(IPushProducer)
+class SubscriberProtocol(CombinedSubscriber, _ServerProtocol):
     """
     C{/sub} over WebSocket: every message published to the topic from now on,
     one binary frame each, in publish order; with C{?since=N}, the
@@ -168,16 +174,21 @@ class SubscriberProtocol(_ServerProtocol):
     It is the push producer of its own connection: when the connection's
     buffer fills, the broker is told to hold (and, past the limits, drop)
     this subscriber's messages, and to resume when the buffer drains.
+
+    Its writes are combined, and it follows its topic's log
+    (L{CombinedSubscriber}).
     """
 
-    subscription = None
+    framing = staticmethod(binary_message)
     since: int | None = None
     group: str | None = None
     subject: Subject | None = None
     _replay: Replay | None = None
-    _frames: list[bytes] | None = None
-    _flushing_soon = False
     _stall: OutputStall | None = None
+
+    @property
+    def combiner(self) -> Combiner:
+        return self.factory.combiner
 
     def _read_subject(self, params) -> None:
         self.subject, self.group = subject_from_query(params)
@@ -214,40 +225,9 @@ class SubscriberProtocol(_ServerProtocol):
         if self.state == self.STATE_OPEN:
             send_close_frame(self, INTERNAL_ERROR, close_reason(reason))
 
-    def deliver(self, message: Message) -> None:
-        frames = self._frames
-        if frames is None:
-            self._frames = [message.encoded(binary_frame)]
-            self.wake()
-        else:
-            frames.append(message.encoded(binary_frame))
-
-    def wake(self) -> None:
-        """
-        Something waits for this subscriber (delivered, or in its topic's
-        log: see L{memmq.following}): flush it soon.
-        """
-        if not self._flushing_soon:
-            self._flushing_soon = True
-            self.factory.combiner.want_flush(self)
-
-    def flush(self) -> None:
-        """
-        Write what waits since the last flush, in one write: the frames
-        delivered, then what the topic's log holds.
-        """
-        self._flushing_soon = False
-        frames, self._frames = self._frames, None
-        subscription = self.subscription
-        logged = subscription.take(binary_frame) if subscription is not None else b""
-        if self.state != self.STATE_OPEN:
-            return
-        if frames:
-            if logged:
-                frames.append(logged)
-            self.transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
-        elif logged:
-            self.transport.write(logged)
+    def write_combined(self, data: bytes) -> None:
+        if self.state == self.STATE_OPEN:
+            self.transport.write(data)
 
     def onMessage(self, payload, isBinary) -> None:
         # A subscriber has nothing to say; pings are answered by autobahn.
@@ -280,13 +260,12 @@ class SubscriberProtocol(_ServerProtocol):
         pass
 
     def close_going_away(self) -> None:
-        if self._flushing_soon:
-            self.flush()
+        self.flush_now()
         super().close_going_away()
 
     def onClose(self, wasClean, code, reason) -> None:
         super().onClose(wasClean, code, reason)
-        self._frames = None
+        self.forget_frames()
         if self._stall is not None:
             self._stall.cancel()
         if self._replay is not None:
