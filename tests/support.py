@@ -397,6 +397,21 @@ class ServerProcess(ProcessProtocol):
         return bounded(self.ended)
 
 
+def held_then_dropped(testcase, topic, buffered: int = 50):
+    """
+    Check that of C{topic}'s two subscriptions (the stalled one first) the
+    stalled one dropped messages, keeping at most C{buffered}, and the
+    healthy one none, and that the topic counts the stalled one's drops;
+    return the stalled subscription.
+    """
+    stalled, healthy = list(topic.subscriptions)
+    testcase.assertEqual(healthy.dropped, 0)
+    testcase.assertGreater(stalled.dropped, 0)
+    testcase.assertLessEqual(stalled.buffered, buffered)
+    testcase.assertEqual(topic.dropped, stalled.dropped)
+    return stalled
+
+
 def until(condition: Callable[[], object], seconds: float = WAIT) -> Deferred:
     """
     Fire once C{condition()} holds, checking each reactor turn; bounded.
