@@ -12,9 +12,10 @@ import signal
 import sys
 
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from memmq.workers.parent import HANG_LIMIT
+from memmq.workers.parent import HANG_LIMIT, WorkersService, _Worker
 from tests.support import START, CertificateFiles, NotifySocket, ServerProcess, child_env, sleep, spawn, until
 
 
@@ -69,3 +70,25 @@ def _continue(pid: int) -> None:
         os.kill(pid, signal.SIGCONT)
     except ProcessLookupError:
         pass
+
+
+class WallClockTests(TestCase):
+    def test_wall_clock_step(self):
+        """
+        A step of the wall clock (the reactor's time) does not make a
+        worker that beats look silent; one silent past HANG_LIMIT on the
+        monotonic clock is killed.
+        """
+        clock = Clock()
+        service = WorkersService({"workers": 1}, [], None, clock)
+        worker = _Worker(service, 0)
+        worker.ready = True
+        killed = []
+        worker.signal = killed.append
+        service.workers[0] = worker
+        clock.advance(HANG_LIMIT * 100)
+        service._check_hangs()
+        self.assertEqual(killed, [])
+        worker.beat -= HANG_LIMIT + 1
+        service._check_hangs()
+        self.assertEqual(killed, ["KILL"])

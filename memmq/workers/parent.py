@@ -30,6 +30,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
@@ -81,12 +82,15 @@ class _Worker(ProcessProtocol):
     One worker process: its status pipe, its end.
     """
 
+    # Its start and its last beat are on the monotonic clock: a step of
+    # the wall clock must not make every worker look silent (or young).
+
     def __init__(self, supervisor: WorkersService, index: int) -> None:
         self.supervisor = supervisor
         self.index = index
         self.pid: int | None = None
         self.ready = False
-        self.started = supervisor._reactor.seconds()
+        self.started = time.monotonic()
         self.beat = self.started
         self.ended: Deferred = Deferred()
         self._status = b""
@@ -99,7 +103,7 @@ class _Worker(ProcessProtocol):
             return
         self._status += data
         *lines, self._status = self._status.split(b"\n")
-        self.beat = self.supervisor._reactor.seconds()
+        self.beat = time.monotonic()
         for line in lines:
             if line == b"ready" and not self.ready:
                 self.ready = True
@@ -260,7 +264,7 @@ class WorkersService(Service):
             worker, sys.executable, [sys.executable, "-m", "memmq.workers.child"], env=env, childFDs=child_fds,
         )
         self.workers[index] = worker
-        worker.started = worker.beat = self._reactor.seconds()
+        worker.started = worker.beat = time.monotonic()
 
     def _grpc_argv(self) -> list[str]:
         if self._grpc_address is None:
@@ -308,7 +312,7 @@ class WorkersService(Service):
     def _feed_watchdog(self, limit: float) -> None:
         # Fed only while every worker beats: a hung worker that is not
         # restarted in time brings systemd's restart of the whole server.
-        now = self._reactor.seconds()
+        now = time.monotonic()
         limit = max(limit, BEAT * 4)
         silent = [worker for worker in self.workers.values() if now - worker.beat >= limit]
         if not silent:
@@ -324,7 +328,7 @@ class WorkersService(Service):
             )
 
     def _check_hangs(self) -> None:
-        now = self._reactor.seconds()
+        now = time.monotonic()
         for worker in list(self.workers.values()):
             # Beats start once it serves: a start-up on a busy machine can
             # take longer than the limit.
@@ -342,7 +346,7 @@ class WorkersService(Service):
         if self._stopping:
             return
         index = worker.index
-        lived = self._reactor.seconds() - worker.started
+        lived = time.monotonic() - worker.started
         if lived > STEADY:
             self._backoff[index] = FIRST_BACKOFF
         delay = self._backoff[index]
