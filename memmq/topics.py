@@ -86,25 +86,10 @@ class Message:
         self.stamp = stamp
         self._encodings: dict | None = None
 
-    def encoded(self, encoding: Callable[[bytes], bytes]) -> bytes:
-        """
-        Return C{encoding(self.payload)}, computed at most once per message.
-        """
-        encodings = self._encodings
-        if encodings is None:
-            encodings = self._encodings = {}
-        else:
-            try:
-                return encodings[encoding]
-            except KeyError:
-                pass
-        encoded = encodings[encoding] = encoding(self.payload)
-        return encoded
-
     def framed(self, framing: Callable[[Message], bytes]) -> bytes:
         """
-        Return C{framing(self)}, computed at most once per message: for a
-        frame that carries more than the payload (the topic, the stamp).
+        Return C{framing(self)}, computed at most once per message, however
+        many subscribers (and of however many kinds) it is written to.
         """
         encodings = self._encodings
         if encodings is None:

@@ -432,58 +432,58 @@ class CountTests(SynchronousTestCase):
 
 class MessageTests(SynchronousTestCase):
     """
-    A message keeps each transport's encoding of its payload.
+    A message keeps each transport's framing of it.
     """
 
-    def test_encoded_once(self) -> None:
+    def test_framed_once(self) -> None:
         """
-        An encoder is called once per message however many times its
-        encoding is asked for.
+        A framing is called once per message however many times it is
+        asked for.
         """
         calls: list[bytes] = []
 
-        def frame(payload: bytes) -> bytes:
-            calls.append(payload)
-            return b"<" + payload + b">"
+        def frame(message: Message) -> bytes:
+            calls.append(message.payload)
+            return b"<" + message.payload + b">"
 
         message = Message("t", b"abc")
         for _ in range(3):
-            self.assertEqual(message.encoded(frame), b"<abc>")
+            self.assertEqual(message.framed(frame), b"<abc>")
         self.assertEqual(calls, [b"abc"])
-        self.assertEqual(Message("t", b"de").encoded(frame), b"<de>")
+        self.assertEqual(Message("t", b"de").framed(frame), b"<de>")
         self.assertEqual(calls, [b"abc", b"de"])
 
     def test_encoders_cached_apart(self) -> None:
         """
-        Different encoders of one message are each called once and keep
+        Different framings of one message are each called once and keep
         their own results.
         """
         calls: list[str] = []
 
-        def upper(payload: bytes) -> bytes:
+        def upper(message: Message) -> bytes:
             calls.append("upper")
-            return payload.upper()
+            return message.payload.upper()
 
-        def double(payload: bytes) -> bytes:
+        def double(message: Message) -> bytes:
             calls.append("double")
-            return payload * 2
+            return message.payload * 2
 
         message = Message("t", b"ab")
         for _ in range(2):
-            self.assertEqual(message.encoded(upper), b"AB")
-            self.assertEqual(message.encoded(double), b"abab")
+            self.assertEqual(message.framed(upper), b"AB")
+            self.assertEqual(message.framed(double), b"abab")
         self.assertEqual(sorted(calls), ["double", "upper"])
 
     def test_shared_between_subscribers(self) -> None:
         """
-        Every subscriber of a publish is handed the same message, so an
-        encoding is computed once for all of them.
+        Every subscriber of a publish is handed the same message, so a
+        framing is computed once for all of them.
         """
         calls: list[bytes] = []
 
-        def frame(payload: bytes) -> bytes:
-            calls.append(payload)
-            return payload
+        def frame(message: Message) -> bytes:
+            calls.append(message.payload)
+            return message.payload
 
         @implementer(ISubscriber)
         class Encoding:
@@ -491,7 +491,7 @@ class MessageTests(SynchronousTestCase):
                 self.out: list[bytes] = []
 
             def deliver(self, message: Message) -> None:
-                self.out.append(message.encoded(frame))
+                self.out.append(message.framed(frame))
 
         broker = Broker()
         subscribers = [Encoding() for _ in range(4)]

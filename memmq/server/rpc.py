@@ -56,12 +56,12 @@ _FRAMING = 1024
 _PUB_RESPONSE = mq_pb2.PubResponse()
 
 
-def _sub_response(payload: bytes) -> bytes:
+def _sub_response(message: Message) -> bytes:
     """
-    A SubResponse carrying C{payload}, serialized: once per message, for
-    every stream (see L{Message.encoded}).
+    A SubResponse carrying C{message}'s payload, serialized: once per
+    message, for every stream (see L{Message.framed}).
     """
-    return mq_pb2.SubResponse(payload=payload).SerializeToString()
+    return mq_pb2.SubResponse(payload=message.payload).SerializeToString()
 
 
 def _as_is(data: bytes) -> bytes:
@@ -170,7 +170,7 @@ class _Stream:
         self._thread.to_loop.call(self._push, _EXPIRED)
 
     def deliver(self, message: Message) -> None:
-        data = message.encoded(_sub_response)
+        data = message.framed(_sub_response)
         self._in_flight += 1
         self._in_flight_bytes += len(data)
         self._thread.to_loop.call(self._push, data)
