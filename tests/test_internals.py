@@ -9,9 +9,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import inspect
+import io
 import signal
 import socket
 
+from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.application import app
 from twisted.internet import abstract, reactor, tcp
@@ -24,6 +26,7 @@ from twisted.protocols.policies import WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.test.requesthelper import DummyChannel, DummyRequest
 
 from memmq.internals import autobahn_private, twisted_private
 from memmq.internals.autobahn_private import (
@@ -31,6 +34,7 @@ from memmq.internals.autobahn_private import (
     WELL_FORMED_KEY,
     LenientKeyHandshake,
     send_close_frame,
+    taken_over,
     unmasked_binary_frame,
 )
 from memmq.internals.twisted_private import clear_exit_signal, open_connections
@@ -409,12 +413,32 @@ class AutobahnTests(SynchronousTestCase):
         send_close_frame(protocol, 1001, b"bye")
         self.assertEqual(transport.value(), b"\x88\x05\x03\xe9bye")
 
+    def test_upgrade_takes_the_connection(self) -> None:
+        """
+        WebSocketResource.render hands the request's connection to the
+        WebSocket protocol and leaves the HTTP channel without a transport.
+        """
+        request = DummyRequest([b"sub"])
+        request.channel = channel = DummyChannel()
+        channel.transport.protocol = channel
+        request.uri = b"/sub"
+        request.transport = channel.transport
+        request.content = io.BytesIO()
+        factory = WebSocketServerFactory()
+        factory.protocol = WebSocketServerProtocol
+        # No opening handshake deadline: nothing left on the reactor.
+        factory.setProtocolOptions(openHandshakeTimeout=0)
+        self.assertFalse(taken_over(channel))
+        WebSocketResource(factory).render(request)
+        self.assertTrue(taken_over(channel))
+        self.assertIsInstance(request.transport.protocol, WebSocketServerProtocol)
+
     def test_listed(self) -> None:
         """
         The module lists each name it touches at its top.
         """
         for name in ("PreparedMessage", "payloadHybi", ".data", "processHandshake", "succeedHandshake",
-                     "_wskey", "sendCloseFrame"):
+                     "_wskey", "sendCloseFrame", "WebSocketResource.render"):
             self.assertIn(name, autobahn_private.__doc__)
 
 

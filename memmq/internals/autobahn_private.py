@@ -24,6 +24,10 @@ The details of autobahn that memmq relies on and autobahn does not publish.
                             oversized message: a close frame, nothing more
                             processed from the peer, and a drop if it does
                             not answer
+    WebSocketResource.render(request)
+                            takes the request's connection over, leaving
+                            C{request.channel.transport} None: how the HTTP
+                            channel is known to have handed it over
 
 Each is pinned by C{tests/test_internals.py}.
 """
@@ -34,7 +38,7 @@ import re
 
 from autobahn.websocket.protocol import PreparedMessage
 
-__all__ = ["LenientKeyHandshake", "fail_connection", "send_close_frame", "unmasked_binary_frame"]
+__all__ = ["LenientKeyHandshake", "fail_connection", "send_close_frame", "taken_over", "unmasked_binary_frame"]
 
 # What autobahn wants in Sec-WebSocket-Key: 16 bytes, base64.
 WELL_FORMED_KEY = re.compile(rb"[A-Za-z0-9+/]{22}==")
@@ -48,6 +52,14 @@ def unmasked_binary_frame(payload: bytes) -> bytes:
     server sends it; valid only while permessage-deflate is not negotiated.
     """
     return PreparedMessage(payload, True, False, True).payloadHybi
+
+
+def taken_over(channel) -> bool:
+    """
+    Whether a WebSocket upgrade (C{WebSocketResource.render}) took
+    C{channel}'s connection over.
+    """
+    return channel.transport is None
 
 
 def send_close_frame(protocol, code: int, reason: bytes) -> None:

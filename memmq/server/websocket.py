@@ -28,6 +28,7 @@ from memmq.internals.autobahn_private import (
     LenientKeyHandshake,
     fail_connection,
     send_close_frame,
+    taken_over,
     unmasked_binary_frame,
 )
 from memmq.logs import RateLimited
@@ -387,7 +388,7 @@ class TakeOverResource(WebSocketResource):
     def render(self, request):
         channel = request.channel
         answer = super().render(request)
-        if channel.transport is None and isinstance(channel, GuardedChannel):
+        if taken_over(channel) and isinstance(channel, GuardedChannel):
             channel.handed_over()
         return answer
 
