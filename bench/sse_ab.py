@@ -13,7 +13,7 @@ anything (the machine is shared).
 
     cd bench/ssefanout && GO111MODULE=off go build -o /tmp/ssefanout .
     python3 bench/sse_ab.py --ssefanout /tmp/ssefanout --runs 3 \\
-        --variant main=/work/main --variant branch=. \\
+        --variant before=PATH/OTHER-CHECKOUT --variant now=. \\
         --scenario "fanout -s 1000 -m 2000 -b 64" --scenario "fanout -s 100 -m 2000"
 """
 
